@@ -1,0 +1,49 @@
+# hello-transformers: `make run` sets up and runs the pipeline, `make test` sets up and runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS ?= 1
+export GX_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export MLFLOW_ENABLE_TELEMETRY ?= false
+export DO_NOT_TRACK ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+MLFLOW_PORT ?= 5000
+PREFECT_PORT ?= 4200
+
+.PHONY: help install run test test-fast bench ui serve clean-data
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel (a looser spec would pull a CUDA build of several GB)
+	$(PY) -m pip install --quiet torch==2.13.0 -c constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the pinned dependencies
+
+run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are
+	$(PY) -m flows.run_pipeline
+
+test: $(STAMP) ## set up and run the whole test suite
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-fast: $(STAMP) ## unit tests only (no training, no servers)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration and not slow"
+
+bench: $(STAMP) ## run the benchmarks, write bench/results/*.json, print a summary
+	$(PY) -m bench.run_all
+
+ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the local store
+	$(PY) -m flows.ui --port $(MLFLOW_PORT)
+
+serve: $(STAMP) ## local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the scheduled retrain deployment
+	$(PY) -m flows.serve --port $(PREFECT_PORT)
+
+clean-data: ## remove stage outputs (data/, reports/) but keep the MLflow store
+	rm -rf data reports

@@ -1,0 +1,71 @@
+"""Data flows: ingest, validate, prepare (per task) and the pretraining corpus.
+
+    python -m flows.data ingest emotion
+    python -m flows.data validate emotion
+    python -m flows.data prepare emotion
+    python -m flows.data corpus
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, task
+
+from flows.common import mark_flow_run, params_or_exit, run_cli
+from pipeline.config import DATASETS, TASKS
+
+USAGE = f"usage: python -m flows.data ingest|validate DATASET ({'|'.join(DATASETS)}) | prepare TASK ({'|'.join(TASKS)}) | corpus"
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(dataset: str) -> str:
+    from pipeline.ingest import ingest_dataset
+
+    params = params_or_exit()
+    mark_flow_run()
+    return str(ingest_dataset(dataset, params))
+
+
+@flow(name="validate", log_prints=True)
+def validate_flow(dataset: str) -> dict:
+    from pipeline.validate import validate_dataset
+
+    params = params_or_exit()
+    mark_flow_run()
+    return validate_dataset(dataset, params)
+
+
+@flow(name="prepare", log_prints=True)
+def prepare_flow(task_name: str) -> str:
+    from pipeline.prepare import prepare_task
+
+    params = params_or_exit()
+    mark_flow_run()
+    return str(prepare_task(task_name, params))
+
+
+@flow(name="corpus", log_prints=True)
+def corpus_flow() -> str:
+    from pipeline.prepare import build_corpus
+
+    params = params_or_exit()
+    mark_flow_run()
+    return str(build_corpus(params))
+
+
+def main(argv: list[str]) -> None:
+    params_or_exit()  # fail on bad params before Prefect starts
+    if argv[:1] == ["corpus"] and len(argv) == 1:
+        return run_cli(corpus_flow)
+    if len(argv) != 2:
+        raise SystemExit(USAGE)
+    step, name = argv
+    allowed = TASKS if step == "prepare" else DATASETS
+    if step not in ("ingest", "validate", "prepare") or name not in allowed:
+        raise SystemExit(f"{USAGE}\n(got {' '.join(argv)!r})")
+    run_cli({"ingest": ingest_flow, "validate": validate_flow, "prepare": prepare_flow}[step], name)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

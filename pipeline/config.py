@@ -1,0 +1,331 @@
+"""Typed, validated view of params.yaml.
+
+Every stage reads its params only through `load_params()`. Unknown keys, wrong types and impossible
+values are rejected before any work starts, with a message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DatasetName = Literal["emotion", "sst2", "conll2003", "multi30k", "wikitext"]
+TaskName = Literal["emotion", "sst2", "conll2003", "multi30k"]
+TaskKind = Literal["classification", "ner", "translation"]
+Family = Literal["rnn", "encdec", "gpt", "bert"]
+
+DATASETS: tuple[str, ...] = get_args(DatasetName)
+TASKS: tuple[str, ...] = get_args(TaskName)
+# task -> (dataset it is built from, kind of task)
+TASK_SPECS: dict[str, tuple[str, str]] = {
+    "emotion": ("emotion", "classification"),
+    "sst2": ("sst2", "classification"),
+    "conll2003": ("conll2003", "ner"),
+    "multi30k": ("multi30k", "translation"),
+}
+MIRROR_ENV = "HT_MIRROR_DIR"
+PARAMS_ENV = "HT_PARAMS"
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+OptionalCap = Annotated[int, Field(gt=0)] | None
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names each offending key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+# ---------------------------------------------------------------- common
+class CommonConfig(Strict):
+    seed: NonNegInt = 42
+    mlflow_tracking_uri: str = "sqlite:///mlflow/mlflow.db"
+    mlflow_artifact_root: str = "mlflow/artifacts"
+    num_threads: NonNegInt = 0
+
+
+# ---------------------------------------------------------------- ingest
+class HubSource(Strict):
+    hub_id: str
+    config: str | None = None
+    revision: str = "main"
+    validation_size: PosInt | None = None
+
+
+class IngestConfig(Strict):
+    mirror_dir: str | None = "../shared/datasets"
+    datasets: dict[DatasetName, HubSource]
+
+    @model_validator(mode="after")
+    def _all_datasets(self) -> "IngestConfig":
+        missing = sorted(set(DATASETS) - set(self.datasets))
+        if missing:
+            raise ValueError(f"missing dataset(s) {missing}; every one of {list(DATASETS)} needs an entry")
+        return self
+
+    def resolved_mirror_dir(self, root: Path | None = None) -> Path | None:
+        """The mirror folder: HT_MIRROR_DIR, else the params key (relative to the repo root)."""
+        raw = os.environ.get(MIRROR_ENV) or self.mirror_dir
+        if not raw:
+            return None
+        path = Path(raw)
+        if not path.is_absolute():
+            path = (root or Path.cwd()) / path
+        return path.resolve()
+
+
+# ---------------------------------------------------------------- validate
+class DatasetChecks(Strict):
+    min_chars: NonNegInt = 1
+    max_chars: PosInt = 1000
+    max_duplicate_fraction: Fraction = 0.01
+    max_leaked_texts: NonNegInt = 0
+    min_length_ratio: PosFloat | None = None
+    max_length_ratio: PosFloat | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "DatasetChecks":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must be <= max_chars ({self.max_chars})")
+        if self.min_length_ratio and self.max_length_ratio and self.min_length_ratio > self.max_length_ratio:
+            raise ValueError("min_length_ratio must be <= max_length_ratio")
+        return self
+
+
+class ValidateConfig(Strict):
+    datasets: dict[DatasetName, DatasetChecks]
+
+
+# ---------------------------------------------------------------- prepare
+class SplitCaps(Strict):
+    max_train: OptionalCap = None
+    max_validation: OptionalCap = None
+    max_test: OptionalCap = None
+
+
+class CorpusConfig(Strict):
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.02
+    min_chars: NonNegInt = 20
+
+
+class PrepareConfig(Strict):
+    tasks: dict[TaskName, SplitCaps]
+    corpus: CorpusConfig = CorpusConfig()
+
+
+# ---------------------------------------------------------------- tokenizers
+class TokenizersConfig(Strict):
+    bert_vocab_size: Annotated[int, Field(ge=256)] = 12000
+    gpt_vocab_size: Annotated[int, Field(ge=300)] = 12000
+    min_frequency: PosInt = 2
+
+
+# ---------------------------------------------------------------- pretrain
+class PretrainModelConfig(Strict):
+    n_layer: PosInt = 2
+    n_head: PosInt = 4
+    n_embd: PosInt = 256
+    block_size: Annotated[int, Field(ge=8)] = 128
+    max_steps: PosInt = 600
+    batch_size: PosInt = 16
+    learning_rate: PosFloat = 1e-3
+    warmup_steps: NonNegInt = 0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    eval_steps: PosInt = 200
+    save_steps: PosInt = 200
+    mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "PretrainModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class PretrainConfig(Strict):
+    gpt: PretrainModelConfig
+    bert: PretrainModelConfig
+
+
+# ---------------------------------------------------------------- models
+class ModelConfig(Strict):
+    family: Family
+    source: Literal["pretrain", "pretrained", "scratch"]
+    name_or_path: str | None = None
+    # rnn
+    emb_dim: PosInt = 128
+    hid_dim: PosInt = 256
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    teacher_forcing_ratio: Fraction = 0.5
+    # encdec
+    d_model: PosInt = 256
+    layers: PosInt = 2
+    heads: PosInt = 4
+    ffn_dim: PosInt = 512
+
+    @model_validator(mode="after")
+    def _source_fits_family(self) -> "ModelConfig":
+        if self.source == "pretrained" and not self.name_or_path:
+            raise ValueError("source 'pretrained' needs name_or_path (a hub id, a local folder or package:<module>/<folder>)")
+        if self.source != "pretrained" and self.name_or_path:
+            raise ValueError(f"name_or_path is only used with source 'pretrained', not {self.source!r}")
+        if self.family in ("rnn", "encdec") and self.source != "scratch":
+            raise ValueError(f"family {self.family!r} is trained from scratch: source must be 'scratch'")
+        if self.family in ("gpt", "bert") and self.source == "scratch":
+            raise ValueError(f"family {self.family!r} needs source 'pretrain' or 'pretrained'")
+        if self.family == "encdec" and self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+# ---------------------------------------------------------------- finetune
+class FinetuneCommon(Strict):
+    batch_size: PosInt = 32
+    eval_batch_size: PosInt = 64
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_ratio: Fraction = 0.06
+    patience: PosInt = 2
+    save_total_limit: PosInt = 2
+
+
+class TaskTraining(Strict):
+    epochs: PosInt = 3
+    learning_rate: PosFloat = 1e-4
+    max_length: Annotated[int, Field(ge=8)] = 128
+    max_steps: PosInt | None = None
+
+
+class TaskOverride(Strict):
+    epochs: PosInt | None = None
+    learning_rate: PosFloat | None = None
+    max_length: Annotated[int, Field(ge=8)] | None = None
+    max_steps: PosInt | None = None
+    batch_size: PosInt | None = None
+
+
+class GenerationConfig(Strict):
+    num_beams: PosInt = 4
+    length_penalty: float = 1.0
+    max_new_tokens: PosInt = 64
+
+
+class FinetuneConfig(Strict):
+    common: FinetuneCommon = FinetuneCommon()
+    tasks: dict[TaskName, TaskTraining]
+    generation: GenerationConfig = GenerationConfig()
+    overrides: dict[str, TaskOverride] = {}
+
+    def for_run(self, model: str, task: str) -> TaskTraining:
+        """Task training params with the model-task override applied."""
+        base = self.tasks[task].model_dump()
+        override = self.overrides.get(f"{model}-{task}")
+        if override:
+            base.update({k: v for k, v in override.model_dump().items() if v is not None and k in base})
+        return TaskTraining(**base)
+
+    def batch_size_for(self, model: str, task: str) -> int:
+        override = self.overrides.get(f"{model}-{task}")
+        return (override.batch_size if override and override.batch_size else None) or self.common.batch_size
+
+
+# ---------------------------------------------------------------- compare / orchestration
+class CompareConfig(Strict):
+    min_improvement: Annotated[float, Field(ge=0)] = 0.0
+
+
+class OrchestrationConfig(Strict):
+    retries: NonNegInt = 2
+    retry_delay_seconds: Annotated[float, Field(ge=0)] = 5
+    retrain_cron: str = "0 3 * * *"
+    lock_timeout_seconds: Annotated[float, Field(ge=0)] = 0
+
+
+class Params(Strict):
+    common: CommonConfig = CommonConfig()
+    ingest: IngestConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    prepare: PrepareConfig
+    tokenizers: TokenizersConfig = TokenizersConfig()
+    pretrain: PretrainConfig
+    models: dict[str, ModelConfig]
+    finetune: FinetuneConfig
+    compare: CompareConfig = CompareConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        for name in self.models:
+            if not name.replace("_", "").isalnum() or "-" in name:
+                raise ValueError(f"models.{name}: model names use letters, digits and '_' only")
+        for key in self.finetune.overrides:
+            model, _, task = key.partition("-")
+            if model not in self.models or task not in TASKS:
+                raise ValueError(
+                    f"finetune.overrides.{key}: keys are '<model>-<task>' with model in {sorted(self.models)} "
+                    f"and task in {list(TASKS)}"
+                )
+        missing = sorted(set(TASKS) - set(self.finetune.tasks))
+        if missing:
+            raise ValueError(f"finetune.tasks: missing task(s) {missing}")
+        missing = sorted(set(DATASETS) - set(self.validate_.datasets))
+        if missing:
+            raise ValueError(f"validate.datasets: missing dataset(s) {missing}")
+        return self
+
+    @property
+    def validate_cfg(self) -> ValidateConfig:
+        return self.validate_
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"Invalid params in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after",))
+        loc = loc.replace("validate_", "validate")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here; check the spelling against params.yaml)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        elif e["type"] in ("dict_type", "model_type", "int_parsing", "float_parsing", "string_type", "int_type",
+                           "float_type", "bool_type", "int_from_float"):
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  - {loc or '<root>'}: {msg}")
+    lines.append("Fix params.yaml and run again; nothing was run.")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of stage sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def params_path() -> Path:
+    return Path(os.environ.get(PARAMS_ENV, "params.yaml"))
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    """Load and validate params.yaml (or HT_PARAMS, or `path`)."""
+    path = Path(path) if path else params_path()
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found (run from the repository root or set {PARAMS_ENV})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))
