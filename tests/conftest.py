@@ -1,0 +1,59 @@
+"""Test-wide setup: offline, no telemetry, fixtures for params and the real data mirror.
+
+Area fixtures live in tests/fixtures/<area>.py (registered below) so each area owns its own file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+pytest_plugins = [
+    "tests.fixtures.data",
+    "tests.fixtures.models",
+    "tests.fixtures.text2text",
+    "tests.fixtures.tracking",
+    "tests.fixtures.orchestration",
+    "tests.fixtures.compare",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MIRROR_DIR = (REPO_ROOT / ".." / "shared" / "datasets").resolve()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def mirror_dir() -> Path:
+    assert MIRROR_DIR.is_dir(), f"the real data mirror is expected at {MIRROR_DIR} (../shared/datasets)"
+    return MIRROR_DIR
+
+
+@pytest.fixture(scope="session")
+def default_params_dict() -> dict:
+    """params.yaml as a plain dict; copy.deepcopy it before changing."""
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def in_tmp_repo(tmp_path, monkeypatch) -> Path:
+    """cwd = an empty tmp folder standing in for the repo root (stage outputs land under it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
