@@ -1,11 +1,39 @@
-"""Shared plumbing for the stage flows: params loading, logging, the flow-run id for MLflow tags."""
+"""Shared plumbing for the stage flows: params loading, logging, the flow-run id for MLflow tags, retries.
+
+Pattern of a stage flow (see flows/data.py):
+
+    @flow(name="ingest", log_prints=True)
+    def ingest_flow(dataset: str) -> str:
+        params = params_or_exit()     # typed params; bad params.yaml exits 2 before any work
+        mark_flow_run()               # MLflow runs opened by pipeline/ get the tag prefect.flow_run_id
+        return str(ingest_dataset(dataset, params))
+
+Tasks that touch the outside (hub download, MLflow server, model registry) go through `external_task`:
+
+    download = external_task(download_snapshot, "hub-download", params)
+    path = download(repo_id, revision)
+
+It wraps the function in a Prefect task that retries `params.orchestration.retries` times, waiting
+`params.orchestration.retry_delay_seconds` between tries, and only on transient errors (`is_transient`:
+connection refused/reset, timeouts, DNS "try again", HTTP 429/5xx from MLflow or the hub). Anything else
+(a bug, bad data, a 404, HF offline mode) fails at once. Results are not cached: a retry re-runs the function.
+
+A retried task must not duplicate what its first try created; the pipeline/ functions already make that so:
+- MLflow runs: tracking.stage_run keeps the run id in the stage's state folder and resumes an unfinished
+  (failed or killed) run instead of opening a new one;
+- registered versions: pipeline.registry reuses the version a run already registered (or registers the
+  model that run logged before it was interrupted).
+Wrap the whole unit (e.g. "train + log + register inside stage_run") or one idempotent call, not half of one.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from pipeline.config import Params, ParamsError, load_params
 from pipeline.tracking import FLOW_RUN_ENV
@@ -14,11 +42,12 @@ log = logging.getLogger("hello_transformers")
 
 
 def setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("HT_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    level = os.environ.get("HT_LOG_LEVEL", "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Importing Prefect may already have set the root logger to WARNING (basicConfig is then a no-op):
+    # set our own loggers' level so pipeline/ progress logs still reach the console.
+    for name in ("pipeline", "flows", "hello_transformers"):
+        logging.getLogger(name).setLevel(level)
 
 
 def params_or_exit() -> Params:
@@ -50,3 +79,108 @@ def run_cli(flow: Callable, *args) -> None:
     except Exception as err:  # the flow run already carries the traceback in Prefect's logs
         print(f"\nFAILED: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+# ---------------------------------------------------------------- retries of tasks that touch the outside
+TRANSIENT_HTTP_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH",
+                 "ENETDOWN", "ENETRESET", "EPIPE", "EAGAIN")
+    if hasattr(errno, name)
+)
+TRANSIENT_MLFLOW_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"})
+# Connection errors that no retry can fix.
+PERMANENT_NAMES = frozenset({"OfflineModeIsEnabled", "InvalidURL", "InvalidUrlException", "SSLError"})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, its causes and the exceptions it was raised while handling (MLflow wraps without `from`)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 20:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _mlflow_transient(exc: BaseException) -> bool:
+    try:
+        from mlflow.exceptions import MlflowException, RestException
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        return False
+    if isinstance(exc, RestException):  # an HTTP answer from an MLflow server
+        return exc.get_http_status_code() in TRANSIENT_HTTP_STATUS
+    return isinstance(exc, MlflowException) and exc.error_code in TRANSIENT_MLFLOW_CODES
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that a later try may not meet: network failures, timeouts, HTTP 429/5xx."""
+    chain = _chain(exc)
+    if any(type(e).__name__ in PERMANENT_NAMES for e in chain):
+        return False
+    for e in chain:
+        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):
+            return True
+        if isinstance(e, socket.gaierror):
+            return e.errno == socket.EAI_AGAIN  # "temporary failure in name resolution"
+        if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:
+            return True
+        if _mlflow_transient(e):
+            return True
+        if _http_status(e) in TRANSIENT_HTTP_STATUS:
+            return True
+        names = {cls.__name__ for cls in type(e).__mro__}
+        # requests / urllib3 / httpx network errors, without importing them all
+        if names & {"ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError", "ProtocolError",
+                    "NewConnectionError", "MaxRetryError", "RemoteDisconnected", "IncompleteRead",
+                    "ChunkedEncodingError", "RemoteProtocolError"}:
+            return True
+    return False
+
+
+def _state_exception(state) -> BaseException | None:
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception:  # an unreadable result is not a reason to retry
+        return None
+    return result if isinstance(result, BaseException) else None
+
+
+def retry_on_transient(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only when the failure is transient (see `is_transient`)."""
+    exc = _state_exception(state)
+    transient = exc is not None and is_transient(exc)
+    if exc is not None:
+        from prefect.logging.loggers import task_run_logger
+
+        task_run_logger(task_run, task=task).warning(
+            "%s: %s -> %s", type(exc).__name__, exc, "transient, retrying" if transient else "not transient, no retry"
+        )
+    return transient
+
+
+def external_task(fn: Callable, name: str | None = None, params: Params | None = None, **options: Any):
+    """A Prefect task around `fn` that retries transient errors (counts and delays from params.orchestration)."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    orchestration = (params or load_params()).orchestration
+    return task(
+        fn,
+        name=name or fn.__name__,
+        retries=orchestration.retries,
+        retry_delay_seconds=orchestration.retry_delay_seconds,
+        retry_condition_fn=retry_on_transient,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+        **options,
+    )

@@ -91,6 +91,8 @@ class DatasetChecks(Strict):
     max_leaked_texts: NonNegInt = 0
     min_length_ratio: PosFloat | None = None
     max_length_ratio: PosFloat | None = None
+    # fraction of translation pairs that must lie within the length-ratio bounds (GX `mostly`)
+    length_ratio_mostly: Fraction = 1.0
 
     @model_validator(mode="after")
     def _bounds(self) -> "DatasetChecks":
@@ -288,21 +290,27 @@ class Params(Strict):
         return self.validate_
 
 
+_SHOW_INPUT = {"literal_error", "dict_type", "model_type", "int_parsing", "float_parsing", "string_type", "int_type",
+               "float_type", "bool_type", "bool_parsing", "int_from_float", "greater_than", "greater_than_equal",
+               "less_than", "less_than_equal"}
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"Invalid params in {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after",))
-        loc = loc.replace("validate_", "validate")
-        msg = e["msg"]
+        parts = ["validate" if p == "validate_" else str(p) for p in e["loc"] if p != "function-after"]
+        is_key = "[key]" in parts  # the error is about a mapping key itself (e.g. an unknown dataset name)
+        loc = ".".join(p for p in parts if p != "[key]")
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here; check the spelling against params.yaml)"
-        elif e["type"] == "literal_error":
+        elif is_key:
+            msg = f"unknown name {e.get('input')!r} here: {msg}"
+        elif e["type"] in _SHOW_INPUT:
             msg = f"{msg} (got {e.get('input')!r})"
-        elif e["type"] in ("dict_type", "model_type", "int_parsing", "float_parsing", "string_type", "int_type",
-                           "float_type", "bool_type", "int_from_float"):
-            msg = f"{msg} (got {e.get('input')!r})"
-        lines.append(f"  - {loc or '<root>'}: {msg}")
-    lines.append("Fix params.yaml and run again; nothing was run.")
+        # root-level cross checks name their key in the message already
+        lines.append(f"  - {loc}: {msg}" if loc else f"  - {msg}")
+    lines.append(f"Fix {source} and run again; nothing was run.")
     return "\n".join(lines)
 
 

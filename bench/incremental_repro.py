@@ -1,0 +1,73 @@
+"""Incremental reproduction: `dvc repro` after changing one fine-tune param runs only that stage and compare.
+
+In a private copy (hard links) of a finished run, sets `finetune.overrides.<model>-<task>.max_steps` (a small
+value, so the re-run is short), runs `dvc repro` and records which stages ran and how long it took. The
+stage can be chosen with HT_BENCH_INCREMENTAL=<model>-<task> (default bert-emotion).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import yaml
+
+from bench.common import ERROR, NOT_MEASURED, BenchOptions, fmt_s, result_body, row, verdict
+from bench.workspace import NOT_RUN_HINT, bench_env, break_links, measurement_copy, run_tracked
+
+log = logging.getLogger("bench")
+
+NAME = "incremental_repro"
+DEFAULT_RUN = "bert-emotion"
+SCRATCH_MODELS = ("rnn", "encdec")
+MAX_STEPS = 20
+TIMEOUT_S = 1800
+
+
+def stage_name(model_task: str) -> str:
+    model = model_task.split("-", 1)[0]
+    return f"{'scratch' if model in SCRATCH_MODELS else 'finetune'}@{model_task}"
+
+
+def change_param(params_file, model_task: str) -> dict:
+    """Set finetune.overrides.<model_task>.max_steps to a new small value; returns the override written."""
+    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    overrides = raw.setdefault("finetune", {}).setdefault("overrides", {})
+    current = dict(overrides.get(model_task) or {})
+    current["max_steps"] = MAX_STEPS + 1 if current.get("max_steps") == MAX_STEPS else MAX_STEPS
+    overrides[model_task] = current
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return current
+
+
+def run(opts: BenchOptions, ctx: dict) -> dict:
+    model_task = os.environ.get("HT_BENCH_INCREMENTAL", DEFAULT_RUN)
+    stage = stage_name(model_task)
+    expected = {stage, "compare"}
+    item = f"dvc repro after changing finetune.overrides.{model_task}"
+    target = f"only {stage} and compare run"
+    src, copy, why = measurement_copy(opts.workspace, NAME)
+    if copy is None:
+        return result_body([row(item, target, "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")])
+    override = change_param(copy / "params.yaml", model_task)
+    # The re-run stage and compare rewrite their outputs: give them private files, not links to the source's.
+    for folder in (copy / "data" / "finetune" / model_task, copy / "reports"):
+        if folder.exists():
+            break_links(folder)
+    tracked = run_tracked(["dvc", "repro"], copy, bench_env(), timeout=TIMEOUT_S,
+                          log_file=copy.parent / "repro.log")
+    data = {"source": str(src), "copy": str(copy), "override": {model_task: override}, "run": tracked.to_dict(),
+            "expected": sorted(expected)}
+    if tracked.rc != 0:
+        return result_body([row(item, target, f"ran {tracked.ran}", ERROR,
+                                f"dvc repro exited {tracked.rc}: {' / '.join(tracked.tail[-3:])}")], **data)
+    ran = set(tracked.ran)
+    extra, missing = sorted(ran - expected), sorted(expected - ran)
+    note = f"{len(tracked.skipped)} stages skipped; " + "; ".join(
+        x for x in (f"also ran {extra}" if extra else "", f"did not run {missing}" if missing else "") if x)
+    per_stage = ", ".join(f"{s.name} {fmt_s(s.wall_s)}" for s in tracked.stages)
+    return result_body(
+        [row(item, target, f"ran {len(ran)} stage(s) in {fmt_s(tracked.wall_s)}: {per_stage}",
+             verdict(ran == expected), note.rstrip("; "))],
+        **data,
+    )

@@ -1,0 +1,70 @@
+"""No-op reproduction: `dvc repro` when nothing changed, on the full default pipeline.
+
+Runs in a private copy (hard links) of a finished run (bench.workspace.measurement_copy), never in the
+developer's checkout. A/B interleaved with `dvc config core.analytics` (the DVC CLI's start-up: Python, imports,
+repo discovery), so the summary can say how much of the no-op time is start-up and how much is checking stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+
+from bench.common import (
+    ERROR,
+    NOT_MEASURED,
+    BenchOptions,
+    fmt_s,
+    interleave,
+    paired_ratios,
+    result_body,
+    row,
+    summarize,
+    verdict,
+)
+from bench.workspace import NOT_RUN_HINT, bench_env, measurement_copy, run_tracked
+
+log = logging.getLogger("bench")
+
+NAME = "noop_repro"
+TARGET_S = 3.0
+
+
+def run(opts: BenchOptions, ctx: dict) -> dict:
+    src, copy, why = measurement_copy(opts.workspace, NAME)
+    if copy is None:
+        return result_body([row("dvc repro, nothing changed", f"<= {TARGET_S:g} s", "-", NOT_MEASURED,
+                                f"{NOT_RUN_HINT} ({why})")])
+    env = bench_env()
+    ran: list[list[str]] = []
+    skipped = []
+
+    def repro() -> float:
+        tracked = run_tracked(["dvc", "repro"], copy, env)
+        if tracked.rc != 0:
+            raise RuntimeError(f"dvc repro exited {tracked.rc}: {' / '.join(tracked.tail[-3:])}")
+        ran.append(tracked.ran)
+        skipped.append(len(tracked.skipped))
+        return tracked.wall_s
+
+    def startup() -> float:
+        t0 = time.perf_counter()
+        subprocess.run(["dvc", "config", "core.analytics"], cwd=copy, env=env, capture_output=True, check=True)
+        return time.perf_counter() - t0
+
+    samples = interleave(repro, startup, reps=opts.pick(5, 3), warmup=1, measure=lambda fn: fn())
+    if any(ran):
+        return result_body([row("dvc repro, nothing changed", f"<= {TARGET_S:g} s", "-", ERROR,
+                                f"stages ran although the copy was up to date: {sorted({s for r in ran for s in r})}")],
+                           samples=samples)
+    noop, start = summarize(samples["a"]), summarize(samples["b"])
+    share = paired_ratios(samples["b"], samples["a"])
+    note = (f"{skipped[-1]} stages checked; DVC CLI start-up alone {fmt_s(start['median'])} "
+            f"({summarize(share)['median']:.0%} of it)")
+    return result_body(
+        [row("dvc repro, nothing changed", f"<= {TARGET_S:g} s", fmt_s(noop["median"]),
+             verdict(noop["median"] <= TARGET_S), note)],
+        source=str(src), copy=str(copy), samples=samples, stats={"noop": noop, "cli_startup": start},
+        stages_checked=skipped[-1],
+    )

@@ -1,0 +1,39 @@
+"""Pretraining flow: this pipeline's own GPT (causal LM) or BERT (MLM + NSP) on the corpus.
+
+    python -m flows.pretrain gpt
+    python -m flows.pretrain bert
+
+A killed run resumes from its last checkpoint (checkpoints/pretrain-<family>/) and continues the same MLflow run.
+For GPU-sized models: HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt (see pipeline/pretrain.py).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from flows.common import mark_flow_run, params_or_exit, run_cli
+
+FAMILIES = ("gpt", "bert")
+USAGE = f"usage: python -m flows.pretrain FAMILY ({'|'.join(FAMILIES)})"
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain_flow(family: str) -> dict:
+    from pipeline.pretrain import pretrain
+
+    params = params_or_exit()
+    mark_flow_run()
+    return pretrain(family, params)
+
+
+def main(argv: list[str]) -> None:
+    params_or_exit()  # fail on bad params before Prefect starts
+    if len(argv) != 1 or argv[0] not in FAMILIES:
+        raise SystemExit(f"{USAGE}\n(got {' '.join(argv)!r})")
+    run_cli(pretrain_flow, argv[0])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

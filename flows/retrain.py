@@ -1,0 +1,202 @@
+"""Retrain flow: reproduce what is out of date in dvc.yaml (through compare + champions), publish the leaderboard.
+
+    python -m flows.retrain                      # the repository in the working directory
+    python -m flows.retrain --repo-dir PATH [--force] [--lock-timeout SECONDS] [TARGET ...]
+
+1. Take the repository's retrain lock (.locks/retrain.lock, fcntl): a second retrain (or `make run`) on the
+   same repository waits up to params.orchestration.lock_timeout_seconds, then fails with a message naming
+   the holder. One run at a time means outputs are never interleaved; DVC's own repo lock guards dvc.lock.
+2. `dvc status`: the stages out of date (changed data, code or params). None -> "nothing changed", no repro.
+3. Otherwise `dvc repro` (only the out-of-date stages and what depends on them run; each is its own flow
+   run, reporting to the same Prefect server), its output streamed into this flow run's logs.
+4. Compare and champion promotion are the last DVC stage (pipeline.compare calls pipeline.champion), so they
+   run whenever a model's metrics changed. To re-apply the champion gate alone (e.g. after unblocking a
+   version in the MLflow UI): `dvc repro --force --single-item compare`.
+5. The leaderboard (reports/comparison.md/json) is published as Prefect artifacts `leaderboard[-table]`,
+   also when nothing changed, so each retrain run shows the leaderboard it leaves in place.
+
+Scheduled as a deployment by flows/serve.py (`make serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.artifacts import publish_leaderboard
+from flows.common import setup_logging
+from pipeline.config import ParamsError, load_params
+from pipeline.locking import LockBusy, repo_lock
+from pipeline.tracking import FLOW_RUN_ENV
+
+LOCK_FILE = Path(".locks") / "retrain.lock"
+NOTHING_CHANGED = "nothing changed"
+EXIT_BUSY = 75  # EX_TEMPFAIL: try again later
+
+
+def _api_url() -> str | None:
+    """The API URL this process reports to (also a temporary server's), for the stage processes to share."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return url
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            return str(client.api_url).rstrip("/")
+    except Exception:  # no server at all: each stage falls back to its own temporary one
+        return None
+
+
+def stage_env() -> dict[str, str]:
+    """Environment of `dvc` and the stages: this interpreter's tools first, no run ids of this flow run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__") and k != FLOW_RUN_ENV}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    url = _api_url()
+    if url:
+        env["PREFECT_API_URL"] = url
+    return env
+
+
+def _dvc(repo: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
+                          text=True)
+
+
+def lock_entries(repo: Path) -> dict:
+    path = repo / "dvc.lock"
+    if not path.exists():
+        return {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {}) or {}
+
+
+@task(name="dvc-status", cache_policy=NO_CACHE, persist_result=False)
+def stale_stages(repo: Path, targets: list[str], env: dict[str, str]) -> dict[str, list]:
+    """Stages whose deps, params, command or outputs changed since dvc.lock (`dvc status --json`)."""
+    result = _dvc(repo, "status", "--json", *targets, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"`dvc status` failed in {repo} (exit {result.returncode}):\n{result.stderr.strip()}")
+    text = result.stdout.strip()
+    return json.loads(text[text.find("{"):]) if "{" in text else {}
+
+
+@task(name="dvc-repro", cache_policy=NO_CACHE, persist_result=False)
+def reproduce(repo: Path, targets: list[str], force: bool, env: dict[str, str]) -> list[str]:
+    """Run `dvc repro`, streaming its output into the flow-run logs; returns the stages it re-ran."""
+    logger = get_run_logger()
+    before = lock_entries(repo)
+    cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
+    logger.info("$ %s  (in %s)", " ".join(["dvc", *cmd[3:]]), repo)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1, stdin=subprocess.DEVNULL) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                logger.info("%s", line)
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"`dvc repro` failed in {repo} (exit {code}); last lines:\n" + "\n".join(tail))
+    after = lock_entries(repo)
+    return sorted(name for name in after if after[name] != before.get(name))
+
+
+def champions(repo: Path) -> dict:
+    """The task leaders the last compare wrote to reports/comparison.json ({} when there is none)."""
+    try:
+        board = json.loads((repo / "reports" / "comparison.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {task: f"{c.get('model')} v{c.get('version')}" for task, c in (board.get("champion") or {}).items()}
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: bool = False,
+                 lock_timeout_seconds: float | None = None) -> dict:
+    """Reproduce what is out of date (compare and champion promotion included), publish the leaderboard."""
+    logger = get_run_logger()
+    started = time.monotonic()
+    repo = Path(repo_dir).expanduser().resolve()
+    if not (repo / "dvc.yaml").is_file():
+        raise FileNotFoundError(f"{repo}/dvc.yaml not found: repo_dir must be the root of the DVC repository")
+    params = load_params(repo / "params.yaml")
+    timeout = params.orchestration.lock_timeout_seconds if lock_timeout_seconds is None else lock_timeout_seconds
+    targets = list(targets or [])
+    from prefect.runtime import flow_run
+
+    def waiting(holder: dict | None) -> None:
+        logger.info("Waiting up to %g s for %s, held by %s", timeout, LOCK_FILE, holder or "another process")
+
+    with repo_lock(repo / LOCK_FILE, timeout, purpose=f"retrain (flow run {flow_run.id})", on_wait=waiting):
+        env = stage_env()
+        stale = stale_stages(repo, targets, env)
+        if stale or force:
+            logger.info("Out of date: %s", ", ".join(sorted(stale)) or "(none; --force)")
+            rerun = reproduce(repo, targets, force, env)
+        else:
+            logger.info("%s: every stage of %s/dvc.yaml is up to date, nothing to reproduce",
+                        NOTHING_CHANGED.capitalize(), repo)
+            rerun = []
+        leaders = champions(repo)
+        if leaders:
+            logger.info("Champions (task leaders): %s", ", ".join(f"{t}: {m}" for t, m in leaders.items()))
+        note = f"re-ran {len(rerun)} stage(s)" if rerun else NOTHING_CHANGED
+        published = publish_leaderboard(repo, note=note)
+    summary = {
+        "repo": str(repo),
+        "out_of_date": sorted(stale),
+        "rerun": rerun,
+        "nothing_changed": not rerun,
+        "leaders": leaders,
+        "leaderboard": published["markdown"],
+        "duration_s": round(time.monotonic() - started, 1),
+    }
+    logger.info("Retrain done in %.1f s: %s%s", summary["duration_s"], note,
+                f" ({', '.join(rerun)})" if rerun else "")
+    return summary
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=__doc__.split("\n")[0])
+    parser.add_argument("targets", nargs="*", help="dvc.yaml stages to reproduce (default: all)")
+    parser.add_argument("--repo-dir", default=".", help="root of the DVC repository (default: .)")
+    parser.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
+    parser.add_argument("--lock-timeout", type=float, default=None,
+                        help="seconds to wait for a running retrain (default: params.orchestration)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    try:
+        load_params(Path(args.repo_dir) / "params.yaml")  # bad params fail before Prefect starts
+    except ParamsError as err:
+        print(str(err), file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging()
+    try:
+        retrain_flow(repo_dir=args.repo_dir, targets=args.targets, force=args.force,
+                     lock_timeout_seconds=args.lock_timeout)
+    except LockBusy as err:
+        print(f"\nNOT RUN: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BUSY) from None
+    except Exception as err:  # the flow run's logs carry the traceback
+        print(f"\nFAILED: {type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,81 @@
+"""Word-level NER with a token-classification model: raw text in, entities (words, type, offsets) out.
+
+Words are whitespace-separated (as in CoNLL); each word takes the tag predicted on its first sub-token,
+exactly as in training and evaluation (pipeline.task_data), and B-/I- tags are grouped into entities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from pipeline.task_data import encode_words, word_spans
+
+
+def tags_to_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first_word, last_word + 1) per entity; an I- tag that does not continue its type starts one."""
+    entities: list[list] = []
+    current = None
+    for i, tag in enumerate(tags):
+        prefix, _, kind = tag.partition("-")
+        if prefix == "B" or (prefix == "I" and (current is None or current[0] != kind)):
+            current = [kind, i, i + 1]
+            entities.append(current)
+        elif prefix == "I":
+            current[2] = i + 1
+        else:
+            current = None
+    return [tuple(e) for e in entities]
+
+
+class NerTagger:
+    def __init__(self, model, tokenizer, max_length: int = 512):
+        self.model = model
+        self.tokenizer = tokenizer
+        # the model has no position embeddings beyond this
+        self.max_length = min(max_length, getattr(model.config, "max_position_embeddings", None)
+                              or getattr(model.config, "n_positions", max_length))
+        self.id2label = {int(k): v for k, v in model.config.id2label.items()}
+
+    @classmethod
+    def load(cls, folder: str | Path, max_length: int = 512) -> "NerTagger":
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        model = AutoModelForTokenClassification.from_pretrained(str(folder), use_safetensors=True)
+        return cls(model, AutoTokenizer.from_pretrained(str(folder)), max_length)
+
+    @torch.no_grad()
+    def word_tags(self, texts: Sequence[str]) -> list[list[str]]:
+        """One tag per whitespace-separated word of each text (words cut off by max_length get 'O')."""
+        self.model.eval()
+        spans = [word_spans(t) for t in texts]
+        enc = encode_words(self.tokenizer, list(texts), spans, self.max_length)
+        out = []
+        for ids, mask, word_index, s in zip(enc["input_ids"], enc["attention_mask"], enc["word_index"], spans):
+            device = self.model.device
+            logits = self.model(input_ids=torch.tensor([ids], device=device),
+                                attention_mask=torch.tensor([mask], device=device)).logits  # [1, len, tags]
+            pred = logits[0].argmax(-1).tolist()
+            tags = ["O"] * len(s)
+            seen = set()
+            for p, w in zip(pred, word_index):
+                if w >= 0 and w not in seen:
+                    seen.add(w)
+                    tags[w] = self.id2label[p]
+            out.append(tags)
+        return out
+
+    def entities(self, texts: Sequence[str]) -> list[list[dict]]:
+        """Per text: [{'entity': 'PER', 'word': 'John Smith', 'start': 0, 'end': 10, 'word_start': 0, 'word_end': 2}]."""
+        result = []
+        for text, tags in zip(texts, self.word_tags(texts)):
+            spans = word_spans(text)
+            found = []
+            for kind, first, last in tags_to_entities(tags):
+                start, end = spans[first][0], spans[last - 1][1]
+                found.append({"entity": kind, "word": text[start:end], "start": start, "end": end,
+                              "word_start": first, "word_end": last})
+            result.append(found)
+        return result
