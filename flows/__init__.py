@@ -2,7 +2,7 @@
 
 import os
 
-# Telemetry off by default so nothing waits on the network (a user can still opt in).
+# Defaults (the environment wins): telemetry off so nothing waits on the network, Prefect logging and startup.
 for _key, _value in {
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
@@ -10,5 +10,10 @@ for _key, _value in {
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # pipeline/ logs (e.g. "MLflow run <id> in experiment ...") go to the flow run's logs in the Prefect UI
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline",
+    # without PREFECT_API_URL each process starts a temporary server; 20 s (the default) is too short on a
+    # busy 2-core machine (see flows/prefect_server.py for the shared server `make run` uses instead)
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }.items():
     os.environ.setdefault(_key, _value)

@@ -48,6 +48,8 @@ def setup_logging() -> None:
     # set our own loggers' level so pipeline/ progress logs still reach the console.
     for name in ("pipeline", "flows", "hello_transformers"):
         logging.getLogger(name).setLevel(level)
+    for name in ("httpx", "httpcore"):  # one INFO line per HTTP request to the Prefect API otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def params_or_exit() -> Params:

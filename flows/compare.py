@@ -13,6 +13,7 @@ import sys
 
 from prefect import flow
 
+from flows.artifacts import publish_leaderboard
 from flows.common import mark_flow_run, params_or_exit, run_cli, setup_logging
 
 USAGE = ("usage: python -m flows.compare                  (the compare stage)\n"
@@ -27,6 +28,7 @@ def compare_flow() -> dict:
     params = params_or_exit()
     mark_flow_run()
     result = compare(params)
+    publish_leaderboard()  # Prefect artifacts `leaderboard` (markdown) + `leaderboard-table`
     return {"best": result["best"], "parent_run_id": result["parent_run_id"], "outputs": result["outputs"]}
 
 
@@ -42,6 +44,17 @@ def rollback_flow(target: str) -> dict:
     return event
 
 
+def check_target(target: str) -> None:
+    """A wrong rollback target fails here, before Prefect starts."""
+    from pipeline.champion import ChampionError, resolve_target
+
+    try:
+        resolve_target(target, params_or_exit())
+    except ChampionError as err:
+        print(str(err), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def show_history(target: str | None) -> None:
     from pipeline.champion import read_history
 
@@ -55,6 +68,7 @@ def main(argv: list[str]) -> None:
     if not argv:
         return run_cli(compare_flow)
     if argv[0] == "rollback" and len(argv) == 2:
+        check_target(argv[1])
         return run_cli(rollback_flow, argv[1])
     if argv[0] == "history" and len(argv) <= 2:
         setup_logging()

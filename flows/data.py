@@ -12,13 +12,16 @@ import sys
 
 from prefect import flow, task
 
+from flows.artifacts import publish_validation, publish_validation_failure
 from flows.common import mark_flow_run, params_or_exit, run_cli
 from pipeline.config import DATASETS, TASKS
 
 USAGE = f"usage: python -m flows.data ingest|validate DATASET ({'|'.join(DATASETS)}) | prepare TASK ({'|'.join(TASKS)}) | corpus"
 
 
-@flow(name="ingest", log_prints=True)
+# log_prints stays off for ingest/validate: Prefect's print patch breaks dill's stdout capture (dill.detect),
+# used by datasets' fingerprinting, and floods the log with bytecode listings. pipeline/ logs via `logging`.
+@flow(name="ingest", log_prints=False)
 def ingest_flow(dataset: str) -> str:
     from pipeline.ingest import ingest_dataset
 
@@ -27,13 +30,20 @@ def ingest_flow(dataset: str) -> str:
     return str(ingest_dataset(dataset, params))
 
 
-@flow(name="validate", log_prints=True)
+@flow(name="validate", log_prints=False)
 def validate_flow(dataset: str) -> dict:
-    from pipeline.validate import validate_dataset
+    """Run the GX suite; results (and on failure the GX summary, also logged) become Prefect artifacts."""
+    from pipeline.validate import DataValidationError, validate_dataset
 
     params = params_or_exit()
     mark_flow_run()
-    return validate_dataset(dataset, params)
+    try:
+        report = validate_dataset(dataset, params)
+    except DataValidationError as err:
+        publish_validation_failure(dataset, str(err))
+        raise
+    publish_validation(dataset, report)
+    return report
 
 
 @flow(name="prepare", log_prints=True)

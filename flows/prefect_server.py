@@ -116,20 +116,24 @@ class LocalServer:
 
 
 @contextlib.contextmanager
-def prefect_api(port: int | None = None, ui: bool = True, services: bool = True) -> Iterator[str]:
-    """Yield the API URL of a Prefect server: the configured one, one on `port`, or a local one started here."""
+def prefect_api(port: int | None = None, reuse_port: int | None = DEFAULT_PORT, ui: bool = True) -> Iterator[str]:
+    """Yield the API URL of a Prefect server and export it in PREFECT_API_URL for this process and its children.
+
+    In order: PREFECT_API_URL when set; a server already answering on 127.0.0.1:`reuse_port`; else a local
+    server started here on `port` (a free one when None) and stopped when the block ends.
+    """
     configured = os.environ.get(API_ENV)
     if configured:
         if not healthy(configured, timeout_s=5):
             log.warning("%s=%s does not answer /health; flow runs will fail until it does", API_ENV, configured)
         yield configured
         return
-    if port and healthy(api_url_for(port)):
-        log.info("Using the Prefect server already running on %s", api_url_for(port))
-        with _env(API_ENV, api_url_for(port)):
-            yield api_url_for(port)
+    if reuse_port and healthy(api_url_for(reuse_port)):
+        log.info("Using the Prefect server already running on %s", api_url_for(reuse_port))
+        with _env(API_ENV, api_url_for(reuse_port)):
+            yield api_url_for(reuse_port)
         return
-    with LocalServer(port=port, ui=ui, services=services) as server, _env(API_ENV, server.api_url):
+    with LocalServer(port=port, ui=ui) as server, _env(API_ENV, server.api_url):
         yield server.api_url
 
 

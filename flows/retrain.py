@@ -123,7 +123,7 @@ def champions(repo: Path) -> dict:
     return {task: f"{c.get('model')} v{c.get('version')}" for task, c in (board.get("champion") or {}).items()}
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: bool = False,
                  lock_timeout_seconds: float | None = None) -> dict:
     """Reproduce what is out of date (compare and champion promotion included), publish the leaderboard."""

@@ -278,7 +278,7 @@ def _open_promotions(events: list[dict]) -> list[dict]:
     return [e for e in events if e.get("event") == "promote" and e.get("id") not in undone]
 
 
-def _resolve_target(target: str, params: Params) -> tuple[str, set[str]]:
+def resolve_target(target: str, params: Params) -> tuple[str, set[str]]:
     """(task, registered model names) of a rollback target: a task or a `<task>-<model>` name."""
     if target in TASKS:
         return target, {registered_name(target, m) for m in params.models}
@@ -293,7 +293,7 @@ def rollback(target: str, params: Params, root: Path | None = None) -> dict:
     """Undo the last champion promotion of `target` (a task or a `<task>-<model>` name); returns the event."""
     from mlflow import MlflowClient
 
-    task, names = _resolve_target(target, params)
+    task, names = resolve_target(target, params)
     configure(params, root)
     client = MlflowClient()
     with _locked(params, root) as history:

@@ -194,8 +194,10 @@ def register(setup: TaskSetup, model: str, task: str, params: Params, export_dir
     if setup.kind == "classification":
         from transformers import pipeline as hf_pipeline
 
+        setup.tokenizer.model_max_length = setup.max_length  # served inputs are truncated like training ones
         pipe = hf_pipeline("text-classification", model=setup.model, tokenizer=setup.tokenizer)
-        return registry.register_transformers(pipe, task, model, input_example=list(test["text"][:2]))
+        return registry.register_transformers(pipe, task, model, input_example=list(test["text"][:2]),
+                                              model_config={"truncation": True})
     from pipeline.pyfunc_models import MODEL_ARTIFACT, NerModel, TranslationModel
 
     shutil.rmtree(export_dir, ignore_errors=True)

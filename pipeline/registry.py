@@ -102,9 +102,13 @@ def register_transformers(
     model: str,
     *,
     input_example: Any,
+    model_config: dict[str, Any] | None = None,
     pip_requirements: list[str] | None = None,
 ) -> str:
-    """Log a transformers pipeline with mlflow.transformers and register it; returns the version."""
+    """Log a transformers pipeline with mlflow.transformers and register it; returns the version.
+
+    `model_config`: call options the served pipeline always gets (e.g. {"truncation": True}).
+    """
     import mlflow
     from mlflow.models import infer_signature
 
@@ -113,13 +117,14 @@ def register_transformers(
     version = _reuse(name, run_id)
     if version:
         return version
-    output = mlflow.transformers.generate_signature_output(pipeline_obj, input_example)
+    output = mlflow.transformers.generate_signature_output(pipeline_obj, input_example, model_config=model_config)
     info = mlflow.transformers.log_model(
         pipeline_obj,
         name=MODEL_ARTIFACT,
         task=pipeline_obj.task,
         signature=infer_signature(input_example, output),
         input_example=input_example,
+        model_config=model_config,
         pip_requirements=pip_requirements or default_pip_requirements(),
         registered_model_name=name,
     )

@@ -280,6 +280,10 @@ def build_model(model: str, task: str, params: Params, data=None) -> Text2TextMo
     cfg = params.models.get(model)
     if cfg is None or cfg.family not in ("rnn", "encdec"):
         raise Text2TextError(f"models.{model}: text-to-text training is for families rnn/encdec (got {cfg and cfg.family})")
+    if params.common.num_threads:
+        import torch
+
+        torch.set_num_threads(params.common.num_threads)
     data = data if data is not None else load_task_data(task)
     fmt = task_format(task, data["train"])
     ckpt = checkpoint_dir(model, task)

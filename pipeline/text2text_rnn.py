@@ -233,10 +233,11 @@ class RNNText2Text(Text2TextModel):
             optimizer.step()
             scheduler.step()
             state["steps"] += 1
-            total_loss += float(loss)
+            value = loss.item()
+            total_loss += value
             n_batches += 1
             tokens += int(src_len.sum()) + int((tgt[:, 1:] != PAD_IDX).sum())
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
             if self.run.max_steps and state["steps"] >= total_steps:
                 break
         return total_loss / max(n_batches, 1), tokens

@@ -44,6 +44,12 @@ def _non_blank(texts: Iterable[str]) -> Iterator[str]:
             yield text
 
 
+def wordpiece_alphabet_limit(vocab_size: int) -> int:
+    """Characters WordPiece may keep: each can also appear as '##c', so cap the alphabet at a third of the
+    vocabulary (less the special tokens) to keep the vocabulary within vocab_size and leave room for merges."""
+    return max(1, min(WORDPIECE_ALPHABET_LIMIT, (vocab_size - len(BERT_SPECIALS)) // 3))
+
+
 def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path,
                     show_progress: bool = False) -> PreTrainedTokenizerFast:
     """Train a cased BERT WordPiece tokenizer on `texts` and save it to `out_dir`."""
@@ -56,7 +62,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, o
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=specials,
-        limit_alphabet=WORDPIECE_ALPHABET_LIMIT,
+        limit_alphabet=wordpiece_alphabet_limit(vocab_size),
         continuing_subword_prefix="##",
         show_progress=show_progress,
     )

@@ -65,8 +65,14 @@ def configure(params: Params, root: Path | None = None) -> str:
     import mlflow
 
     uri = tracking_uri(params, root)
+    user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow 3 also exports these env vars; left set, they would override the params' store on the next call
+    # (another stage or test in this process) and hide artifact_root(): keep only what the user set.
+    for key, value in user_env.items():
+        if value is None:
+            os.environ.pop(key, None)
     return uri
 
 

@@ -1,0 +1,123 @@
+"""Bad input: corrupted copies of real mirror files must stop the pipeline at ingest or validate, with a message
+naming the problem, no half-written data/raw output and no later-stage output.
+
+The mirror is a subsample of the real files (tests.fixtures.data.small_mirror); the clean subsample passes,
+so each failure below is caused by its corruption alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+from pipeline.config import DATASETS, MIRROR_ENV
+from pipeline.ingest import ingest_dataset
+from pipeline.readers import SourceDataError
+from pipeline.validate import DataValidationError, validate_dataset
+from tests.data.corruptions import CORRUPTIONS, Corruption
+
+pytestmark = pytest.mark.integration
+
+LATER_STAGE_OUTPUTS = ("data/prepared", "data/corpus", "data/tokenizers", "data/pretrain", "data/finetune", "reports")
+
+
+def run_data_stages(name: str, params) -> tuple[str, Exception | None]:
+    """ingest then validate, as DVC chains them; returns (stage that failed or 'done', its error)."""
+    try:
+        ingest_dataset(name, params)
+    except Exception as err:
+        return "ingest", err
+    try:
+        validate_dataset(name, params)
+    except Exception as err:
+        return "validate", err
+    return "done", None
+
+
+def assert_nothing_half_written(name: str, stage: str) -> None:
+    raw = Path("data/raw")
+    leftovers = [p.name for p in raw.iterdir() if p.name.startswith(".")] if raw.exists() else []
+    assert leftovers == [], f"temp folders left behind in data/raw: {leftovers}"
+    if stage == "ingest":
+        assert not (raw / name).exists(), "a failed ingest must not leave data/raw/<name>"
+    else:  # ingest succeeded: its output is complete and loadable; validation is what stops the pipeline
+        assert (raw / name / "SOURCE.json").is_file()
+        datasets.load_from_disk(str(raw / name))
+    for later in LATER_STAGE_OUTPUTS:
+        assert not Path(later).exists(), f"{later} exists although the data stages failed"
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_clean_subsample_passes(name, in_tmp_repo, small_mirror, make_params):
+    stage, err = run_data_stages(name, make_params(small_mirror))
+    assert (stage, err) == ("done", None)
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS, ids=[c.kind for c in CORRUPTIONS])
+def test_bad_input_stops_with_a_specific_message(corruption: Corruption, in_tmp_repo, small_mirror_copy, make_params):
+    corruption.apply(small_mirror_copy)
+    stage, err = run_data_stages(corruption.dataset, make_params(small_mirror_copy))
+    assert stage == corruption.stage, f"expected to stop at {corruption.stage}, got {stage}: {err}"
+    expected_type = SourceDataError if stage == "ingest" else DataValidationError
+    assert isinstance(err, expected_type), f"{type(err).__name__}: {err}"
+    message = str(err)
+    for fragment in corruption.fragments:
+        assert fragment in message, f"{fragment!r} missing from the error message:\n{message}"
+    if stage == "validate":
+        assert f"dataset {corruption.dataset!r}" in message and Path(f"data/validation/{corruption.dataset}.json").is_file()
+    assert_nothing_half_written(corruption.dataset, stage)
+
+
+def test_at_least_eleven_kinds_of_bad_input():
+    kinds = {c.kind for c in CORRUPTIONS}
+    required = {"missing_field", "empty_text", "unknown_label", "broken_bio", "tokens_tags_mismatch",
+                "misaligned_translation", "non_utf8", "empty_file", "truncated_conll", "train_test_leak",
+                "duplicated_rows"}
+    assert required <= kinds and len(kinds) == len(CORRUPTIONS) >= 11
+
+
+# ---------------------------------------------------------------- through the real flow CLI
+def run_chain(name: str, cwd: Path, mirror: Path, repo_root: Path) -> subprocess.CompletedProcess:
+    """ingest && validate && prepare through `python -m flows.data`, chained like DVC's stages."""
+    env = dict(os.environ)
+    env.update(
+        {
+            MIRROR_ENV: str(mirror),
+            "PYTHONPATH": str(repo_root),
+            "PREFECT_HOME": str(cwd / ".prefect"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+            "HT_LOG_LEVEL": "INFO",
+        }
+    )
+    env.pop("PREFECT_API_URL", None)
+    py = sys.executable
+    command = " && ".join(f"{py} -m flows.data {step} {name}" for step in ("ingest", "validate", "prepare"))
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "kind,stopped_by,step_markers",
+    [
+        ("non_utf8", "ingest", ("SourceDataError", "train.txt:10", "non-UTF-8")),
+        ("train_test_leak", "validate", ("DataValidationError", "split 'train'", "column 'in_test'", "observed 30")),
+    ],
+)
+def test_flow_cli_exits_nonzero_and_stops_the_chain(kind, stopped_by, step_markers, in_tmp_repo, small_mirror_copy, repo_root):
+    corruption = next(c for c in CORRUPTIONS if c.kind == kind)
+    corruption.apply(small_mirror_copy)
+    shutil.copy(repo_root / "params.yaml", in_tmp_repo / "params.yaml")
+    result = run_chain(corruption.dataset, in_tmp_repo, small_mirror_copy, repo_root)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "FAILED: " + step_markers[0] in result.stderr, output[-3000:]
+    for marker in step_markers[1:]:
+        assert marker in result.stderr, f"{marker!r} missing:\n{result.stderr[-3000:]}"
+    assert_nothing_half_written(corruption.dataset, stopped_by)
+    if stopped_by == "validate":
+        assert "ingest emotion: wrote data/raw/emotion" in output  # the first stage did run and succeed

@@ -1,0 +1,151 @@
+"""The real `dvc repro` of the data stages (ingest, validate, prepare, corpus, tokenizers) on the real mirror.
+
+A copy of the repository (git-tracked and untracked-but-not-ignored files; no .venv, data or mlflow) is made a
+git repo in tmp; its params.yaml points at the mirror and has tiny caps and vocabularies. Checks: every data
+stage runs and writes well-formed outputs; a second repro runs nothing and `dvc status` is clean; changing
+one task's caps re-runs only that task's prepare stage. Stages report to the shared test Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import load_from_disk
+
+from pipeline.config import DATASETS, TASKS
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+
+TARGETS = ["tokenizers", *(f"prepare@{task}" for task in TASKS)]
+DATA_STAGES = {
+    *(f"ingest@{d}" for d in DATASETS),
+    *(f"validate@{d}" for d in DATASETS),
+    *(f"prepare@{t}" for t in TASKS),
+    "corpus",
+    "tokenizers",
+}
+CAPS = {"max_train": 40, "max_validation": 16, "max_test": 16}
+VOCAB = 500
+RAN = re.compile(r"Running stage '([^']+)'")
+SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+def copy_repo(src: Path, dst: Path) -> Path:
+    """Working-tree copy of the files git would see (tracked + untracked, minus ignored), as a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
+                            check=True, capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        source = src / rel
+        if source.is_file() and not rel.startswith(("tests/", "bench/")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / rel)
+    _git(dst, "init", "-q")
+    _git(dst, "add", "-A")
+    _git(dst, "commit", "-q", "-m", "copy of the pipeline")
+    return dst
+
+
+def set_params(repo: Path, update) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    update(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc(repo: Path, env: dict, *args: str, timeout: float = 1200) -> tuple[str, float]:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed ({proc.returncode}):\n{output[-6000:]}"
+    return output, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def data_repo(tmp_path_factory, repo_root, mirror_dir):
+    repo = copy_repo(repo_root, tmp_path_factory.mktemp("dvc-data") / "repo")
+
+    def shrink(params):
+        params["ingest"]["mirror_dir"] = str(mirror_dir)
+        for task in TASKS:
+            params["prepare"]["tasks"][task] = dict(CAPS)
+        params["tokenizers"].update(bert_vocab_size=VOCAB, gpt_vocab_size=VOCAB)
+
+    set_params(repo, shrink)
+    _git(repo, "commit", "-qam", "tiny params")
+    return repo
+
+
+@pytest.fixture
+def dvc_env(prefect_env) -> dict:
+    env = {k: v for k, v in prefect_env.items() if k not in ("HT_MIRROR_DIR", "HT_PARAMS")}
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def test_data_stages_run_then_stay_cached_then_rerun_only_what_changed(data_repo, dvc_env, mirror_dir):
+    repo = data_repo
+    # 1. everything upstream of the targets runs once
+    out, first_s = dvc(repo, dvc_env, "repro", *TARGETS)
+    assert set(RAN.findall(out)) == DATA_STAGES, out[-4000:]
+    check_outputs(repo)
+
+    # 2. nothing changed: nothing runs, dvc status is clean
+    out, second_s = dvc(repo, dvc_env, "repro", *TARGETS)
+    assert not RAN.findall(out), out[-4000:]
+    assert set(SKIPPED.findall(out)) == DATA_STAGES, out[-4000:]
+    assert second_s < max(60.0, first_s / 3), f"no-op repro took {second_s:.0f} s (first run {first_s:.0f} s)"
+    status, _ = dvc(repo, dvc_env, "status", "--json", *TARGETS)
+    assert json.loads(status.strip().splitlines()[-1]) == {}, status
+
+    # 3. one task's caps change: only its prepare stage is stale and re-runs
+    set_params(repo, lambda p: p["prepare"]["tasks"]["emotion"].update(max_train=25))
+    status, _ = dvc(repo, dvc_env, "status", "--json", *TARGETS)
+    assert set(json.loads(status.strip().splitlines()[-1])) == {"prepare@emotion"}, status
+    out, _ = dvc(repo, dvc_env, "repro", *TARGETS)
+    assert RAN.findall(out) == ["prepare@emotion"], out[-4000:]
+    assert len(load_from_disk(str(repo / "data/prepared/emotion"))["train"]) == 25
+    status, _ = dvc(repo, dvc_env, "status", "--json", *TARGETS)
+    assert json.loads(status.strip().splitlines()[-1]) == {}, status
+    print(f"first repro {first_s:.0f} s, no-op repro {second_s:.1f} s")
+
+
+def check_outputs(repo: Path) -> None:
+    from transformers import AutoTokenizer
+
+    data = repo / "data"
+    for dataset in DATASETS:
+        assert json.loads((data / "validation" / f"{dataset}.json").read_text())["success"] is True
+        assert (data / "raw" / dataset / "SOURCE.json").exists()
+    for task in TASKS:
+        prepared = load_from_disk(str(data / "prepared" / task))
+        meta = json.loads((data / "prepared" / task / "meta.json").read_text())
+        assert {s: len(prepared[s]) for s in prepared} == {"train": 40, "validation": 16, "test": 16} == meta["sizes"]
+        assert meta["task"] == task
+    train = (data / "corpus" / "train.txt").read_text(encoding="utf-8").splitlines()
+    heldout = (data / "corpus" / "heldout.txt").read_text(encoding="utf-8").splitlines()
+    stats = json.loads((data / "corpus" / "stats.json").read_text())
+    assert len(train) == stats["train_lines"] > 100_000 and len(heldout) == stats["heldout_lines"] > 1000
+    assert set(stats["sources"]) == {"wikitext", "emotion", "sst2", "conll2003", "multi30k_en", "multi30k_de"}
+    assert all(line.strip() for line in train[:1000])
+    bert = AutoTokenizer.from_pretrained(str(data / "tokenizers" / "bert"))
+    gpt = AutoTokenizer.from_pretrained(str(data / "tokenizers" / "gpt"))
+    assert bert.mask_token == "[MASK]" and len(bert) <= VOCAB and gpt.pad_token == "<|pad|>" and len(gpt) <= VOCAB
+    german = "Ein Mädchen läuft über die Straße."
+    assert gpt.decode(gpt(german)["input_ids"]) == german
+    assert "Mädchen" in bert.decode(bert(german)["input_ids"], skip_special_tokens=True)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert DATA_STAGES <= set(lock)
