@@ -48,7 +48,12 @@ class BenchOptions:
     reps: int | None = None  # override the repetition count of interleaved benchmarks
 
     def pick(self, full: int, quick: int) -> int:
+        """A repetition count: --reps when given, else the full or the quick value."""
         return self.reps if self.reps else (quick if self.quick else full)
+
+    def size(self, full: int, quick: int) -> int:
+        """A workload size (steps, examples): the full or the quick value (--reps does not change it)."""
+        return quick if self.quick else full
 
 
 # ---------------------------------------------------------------- machine & environment

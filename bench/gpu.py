@@ -83,7 +83,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     }
     runs, rows = {}, []
     for key, cfg in configs.items():
-        r = gpt_tokens_per_s(cfg, steps=opts.pick(30, 10), warmup=opts.pick(10, 5))
+        r = gpt_tokens_per_s(cfg, steps=opts.size(30, 10), warmup=opts.size(10, 5))
         med = r["stats"]["median"]
         r["mfu_datasheet"] = 6 * r["n_params_6n"] * med / sheet if sheet else None
         r["mfu_measured_peak"] = 6 * r["n_params_6n"] * med / measured["peak_flops"]

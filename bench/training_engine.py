@@ -136,7 +136,7 @@ def trainer_family(family: str, opts: BenchOptions) -> dict:
         args = pretrain._training_args(family, cfg, params)
         fused = "fused" in str(args.optim).lower()
         hand = HandLoop(copy.deepcopy(model), cfg.learning_rate, cfg.weight_decay, fused=fused)
-        every = args.logging_steps * math.ceil(opts.pick(5, 3) / args.logging_steps)
+        every = args.logging_steps * math.ceil(opts.size(5, 3) / args.logging_steps)
         reps, warmup = opts.pick(5, 2), 1
         args = dataclasses.replace(args, output_dir=str(Path(tmp) / "ckpt"), max_steps=every * (reps + warmup),
                                    eval_strategy="no", save_strategy="no")
@@ -177,7 +177,7 @@ def rnn_family(opts: BenchOptions) -> dict:
     from pipeline.text2text_rnn import pad_batch
 
     base = fixtures.params()
-    steps = opts.pick(8, 4)
+    steps = opts.size(8, 4)
     raw = base.model_dump(by_alias=True)
     raw["finetune"]["overrides"][f"rnn-{RNN_TASK}"] = {
         **(raw["finetune"]["overrides"].get(f"rnn-{RNN_TASK}") or {}), "max_steps": steps}

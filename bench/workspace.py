@@ -26,8 +26,9 @@ from bench.common import REPO_ROOT, read_result
 log = logging.getLogger("bench")
 
 DEFAULT_WORKDIR = Path(os.environ.get("HT_BENCH_WORKDIR", "/tmp/ht-bench"))
-RUNNING_RE = re.compile(r"^Running stage '([^']+)'")
-SKIPPED_RE = re.compile(r"^Stage '([^']+)' didn't change, skipping")
+# DVC's stage lines, also when a flow re-logs them with a prefix (flows.retrain streams dvc into Prefect logs).
+RUNNING_RE = re.compile(r"(?:^|\s)Running stage '([^']+)':")
+SKIPPED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' didn't change, skipping")
 # Variables that would point a copy at the developer's stores instead of its own.
 ISOLATE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "HT_PARAMS", "PREFECT_API_URL")
 
@@ -279,13 +280,13 @@ def run_tracked(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, ti
                 sink.write(f"[{now:8.1f}s] {line}")
             line = line.rstrip("\n")
             run.tail = (run.tail + [line])[-200:]
-            if m := RUNNING_RE.match(line):
+            if m := RUNNING_RE.search(line):
                 with lock:
                     if run.stages:
                         run.stages[-1].wall_s = now - run.stages[-1].start_s
                     run.stages.append(StageTiming(m.group(1), now))
                 log.info("[%7.1fs] stage %s", now, m.group(1))
-            elif m := SKIPPED_RE.match(line):
+            elif m := SKIPPED_RE.search(line):
                 run.skipped.append(m.group(1))
             if deadline and time.perf_counter() > deadline:
                 proc.kill()

@@ -94,7 +94,10 @@ def cap_split(ds: Dataset, cap: int | None, seed: int) -> Dataset:
     """At most `cap` rows: a seeded shuffle then the first `cap`; all rows in their order when cap is None or larger."""
     if cap is None or len(ds) <= cap:
         return ds
-    return ds.shuffle(seed=seed).select(range(cap)).flatten_indices()
+    # keep_in_memory: datasets would otherwise write cache-*.arrow files into data/raw/<dataset>/, which
+    # changes the ingest stage's DVC output and makes every downstream stage look stale.
+    return ds.shuffle(seed=seed, keep_in_memory=True).select(range(cap), keep_in_memory=True).flatten_indices(
+        keep_in_memory=True)
 
 
 def label_names(ds: Dataset) -> list[str] | None:

@@ -100,7 +100,7 @@ def decode(
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     results: list[Hypothesis | None] = [None] * len(sources)
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+    for start in starts if progress is None else tqdm(starts, desc=progress, leave=False):
         idx = order[start : start + batch_size]
         src, src_len = pad_batch([sources[i] for i in idx], device)  # [batch, src_len], [batch]
         max_len = decode_len(kind, [len(sources[i]) for i in idx], max_new_tokens)

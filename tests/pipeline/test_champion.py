@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mlflow
 import pytest
@@ -148,20 +146,3 @@ def test_rollback_target_must_be_a_task_or_registered_model(compare_repo):
         rollback("emotion-t5", compare_repo.params)
     with pytest.raises(ChampionError, match="no champion promotion of 'sst2'"):
         rollback("sst2", compare_repo.params)
-
-
-def test_rollback_cli(compare_repo):
-    compare_repo.add_run("multi30k", "encdec", {"bleu": 10.0, "chrf": 30.0})
-    update_champions(compare_repo.params, tasks=("multi30k",))
-    compare_repo.add_run("multi30k", "encdec", {"bleu": 12.0, "chrf": 31.0})
-    update_champions(compare_repo.params, tasks=("multi30k",))
-
-    out = subprocess.run([sys.executable, "-m", "flows.compare", "rollback", "multi30k"], cwd=compare_repo.root,
-                         capture_output=True, text=True, timeout=300)
-
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "multi30k-encdec: alias 'champion' moved back from version 2 to 1" in out.stdout + out.stderr
-    assert _alias("multi30k-encdec") == "1"
-    bad = subprocess.run([sys.executable, "-m", "flows.compare", "rollback", "nope"], cwd=compare_repo.root,
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "neither a task nor a registered model" in bad.stderr

@@ -132,7 +132,9 @@ def test_prepare_refuses_without_raw_data(in_tmp_repo, default_params_dict):
 def test_prepare_caps_splits_deterministically(raw_repo, default_params_dict):
     caps = {"max_train": 15, "max_validation": 5, "max_test": None}
     params = make_params(default_params_dict, **{"prepare.tasks.emotion": caps})
+    raw_files = sorted(paths.RAW.rglob("*"))
     out = prepare_task("emotion", params)
+    assert sorted(paths.RAW.rglob("*")) == raw_files, "no cache files written into the ingest stage's output"
     assert out == paths.prepared_dir("emotion")
     first = load_from_disk(str(out))
     assert {s: len(first[s]) for s in first} == {"train": 15, "validation": 5, "test": 10}

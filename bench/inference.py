@@ -1,0 +1,142 @@
+"""Inference: p50/p95 latency of each registered model through mlflow.pyfunc, batch 1 and batch 32.
+
+Reads the MLflow registry of a finished run (the last `make bench FULL=1` workspace, else the repo after
+`make run`), loads the latest version of every `<task>-<model>` with pipeline.registry.load_registered and
+predicts on that task's test texts (data/prepared/<task>), shaped like the model's logged input example.
+Latency = wall time of one `predict` call, after warmup calls. Read-only: nothing is logged or registered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import time
+from pathlib import Path
+
+from bench.common import NOT_MEASURED, REPORT, BenchOptions, result_body, row, summarize, verdict
+from bench.workspace import NOT_RUN_HINT, find_finished_workspace
+
+log = logging.getLogger("bench")
+
+NAME = "inference"
+CLASSIFICATION_P50_MS = 20.0
+TASK_KINDS = {"emotion": "classification", "sst2": "classification", "conll2003": "ner", "multi30k": "translation"}
+BATCHES = (1, 32)
+
+
+@contextlib.contextmanager
+def tracking_store(root: Path):
+    """Point MLflow at the workspace's local store for the block (the params' default sqlite location)."""
+    import mlflow
+
+    from pipeline.config import load_params
+    from pipeline.tracking import tracking_uri
+
+    old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    uri = tracking_uri(load_params(root / "params.yaml"), root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(old[0])
+        mlflow.set_registry_uri(old[1])
+
+
+def test_texts(root: Path, task: str, n: int) -> list[str]:
+    """Up to n test inputs of a task as text (NER: the words joined by spaces, translation: English)."""
+    from datasets import load_from_disk
+
+    test = load_from_disk(str(root / "data" / "prepared" / task))["test"]
+    test = test.select(range(min(n, len(test))))
+    if "tokens" in test.column_names:
+        return [" ".join(t) for t in test["tokens"]]
+    if "en" in test.column_names:
+        return list(test["en"])
+    return list(test["text"])
+
+
+def shaped(example, texts: list[str]):
+    """`texts` in the form of the model's logged input example (list of str, a DataFrame column, a dict)."""
+    import pandas as pd
+
+    if isinstance(example, pd.DataFrame):
+        column = "text" if "text" in example.columns else example.columns[0]
+        if column == "tokens":
+            return pd.DataFrame({"tokens": [t.split() for t in texts]})
+        return pd.DataFrame({column: texts})
+    if isinstance(example, dict):
+        key = "text" if "text" in example else next(iter(example))
+        return {key: texts}
+    return list(texts)
+
+
+def latencies(model, inputs: list, warmup: int) -> list[float]:
+    for x in inputs[:warmup]:
+        model.predict(x)
+    out = []
+    for x in inputs:
+        t0 = time.perf_counter()
+        model.predict(x)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def measure_model(name: str, texts: list[str], opts: BenchOptions) -> dict:
+    from pipeline.registry import load_registered
+
+    t0 = time.perf_counter()
+    model = load_registered(name, "latest")
+    load_s = time.perf_counter() - t0
+    example = model.input_example
+    out = {"load_s": load_s, "input_type": type(example).__name__}
+    for batch in BATCHES:
+        calls = opts.pick(30, 10) if batch == 1 else opts.pick(8, 3)
+        inputs = [shaped(example, [texts[(i * batch + j) % len(texts)] for j in range(batch)]) for i in range(calls)]
+        ms = latencies(model, inputs, warmup=min(3, calls))
+        out[f"batch_{batch}"] = {"ms": ms, **summarize(ms)}
+    del model
+    gc.collect()
+    return out
+
+
+def run(opts: BenchOptions, ctx: dict) -> dict:
+    root, why = find_finished_workspace(opts.workspace, check_status=False)
+    if root is None:
+        return result_body([row("registered models, p50 at batch 1", f"classification <= {CLASSIFICATION_P50_MS:g} ms",
+                                "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")])
+    from mlflow import MlflowClient
+
+    results, rows = {}, []
+    with tracking_store(root) as uri:
+        names = sorted(m.name for m in MlflowClient().search_registered_models())
+        for name in names:
+            task, _, model_name = name.partition("-")
+            if task not in TASK_KINDS:
+                continue
+            try:
+                texts = test_texts(root, task, 32 * opts.pick(8, 3))
+                results[name] = measure_model(name, texts, opts)
+            except Exception as err:  # one broken model must not hide the others
+                log.exception("inference %s failed", name)
+                results[name] = {"error": f"{type(err).__name__}: {err}"}
+    for task, kind in TASK_KINDS.items():
+        models = {n: r for n, r in results.items() if n.startswith(f"{task}-")}
+        if not models:
+            rows.append(row(f"{task}: registered models", "report", "-", NOT_MEASURED,
+                            f"no registered {task}-<model> in {uri}"))
+            continue
+        for name, r in sorted(models.items()):
+            if "error" in r:
+                rows.append(row(name, "-", "-", "error", r["error"]))
+                continue
+            b1, b32 = r["batch_1"], r["batch_32"]
+            measured = (f"b1 p50 {b1['p50']:.1f} / p95 {b1['p95']:.1f} ms; "
+                        f"b32 p50 {b32['p50']:.0f} / p95 {b32['p95']:.0f} ms")
+            if kind == "classification":
+                rows.append(row(name, f"p50 <= {CLASSIFICATION_P50_MS:g} ms at batch 1", measured,
+                                verdict(b1["p50"] <= CLASSIFICATION_P50_MS), f"load {r['load_s']:.1f} s"))
+            else:
+                rows.append(row(name, "report", measured, REPORT, f"{kind}; load {r['load_s']:.1f} s"))
+    return result_body(rows, workspace=str(root), tracking_uri=uri, models=results)
