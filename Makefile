@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
 
-.PHONY: help install run test test-fast bench ui serve clean-data
+.PHONY: help install run test test-fast bench ui serve rollback clean-data
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -41,6 +41,10 @@ bench: $(STAMP) ## run the benchmarks, write bench/results/*.json, print a summa
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1:$(MLFLOW_PORT) over the local store
 	$(PY) -m flows.ui --port $(MLFLOW_PORT)
+
+rollback: $(STAMP) ## undo the last champion promotion: make rollback TASK=emotion (or TASK=emotion-bert)
+	@test -n "$(TASK)" || { echo "usage: make rollback TASK=<task, e.g. emotion | registered model, e.g. emotion-bert>"; exit 2; }
+	$(PY) -m flows.compare rollback $(TASK)
 
 serve: $(STAMP) ## local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the scheduled retrain deployment
 	$(PY) -m flows.serve --port $(PREFECT_PORT)

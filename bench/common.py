@@ -264,13 +264,20 @@ def check_result(result: dict[str, Any]) -> None:
 
 
 def _jsonable(obj: Any) -> Any:
+    """JSON-ready copy: NaN/inf -> None (not valid JSON), paths -> str, numpy/torch scalars -> numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+    if hasattr(obj, "item"):
+        return _jsonable(obj.item())
+    return str(obj)
 
 
 def write_result(name: str, result: dict[str, Any], results_dir: Path | None = None) -> Path:
@@ -280,7 +287,7 @@ def write_result(name: str, result: dict[str, Any], results_dir: Path | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_jsonable, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 

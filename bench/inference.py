@@ -92,7 +92,7 @@ def measure_model(name: str, texts: list[str], opts: BenchOptions) -> dict:
     example = model.input_example
     out = {"load_s": load_s, "input_type": type(example).__name__}
     for batch in BATCHES:
-        calls = opts.pick(30, 10) if batch == 1 else opts.pick(8, 3)
+        calls = opts.pick(20, 5) if batch == 1 else opts.pick(5, 2)
         inputs = [shaped(example, [texts[(i * batch + j) % len(texts)] for j in range(batch)]) for i in range(calls)]
         ms = latencies(model, inputs, warmup=min(3, calls))
         out[f"batch_{batch}"] = {"ms": ms, **summarize(ms)}
@@ -116,7 +116,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
             if task not in TASK_KINDS:
                 continue
             try:
-                texts = test_texts(root, task, 32 * opts.pick(8, 3))
+                texts = test_texts(root, task, 32 * opts.pick(5, 2))
                 results[name] = measure_model(name, texts, opts)
             except Exception as err:  # one broken model must not hide the others
                 log.exception("inference %s failed", name)

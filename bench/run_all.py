@@ -26,6 +26,7 @@ from bench.common import (
     RESULTS_DIR,
     BenchOptions,
     envelope,
+    read_result,
     row,
     summary_markdown,
     summary_text,
@@ -119,11 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         log.info("=== %s ===", name)
         ctx[name] = run_one(name, opts, ctx)
-    results = list(ctx.values())
+    # The summary covers every benchmark: this run's results, and the latest earlier one of those not run now.
+    earlier = {n: read_result(n) for n in BENCHMARKS if n not in ctx}
+    earlier = {n: r for n, r in earlier.items() if r}
+    results = [ctx.get(n) or earlier[n] for n in BENCHMARKS if n in ctx or n in earlier]
     markdown = summary_markdown(results)
+    if earlier:
+        markdown += "\nFrom earlier runs: " + ", ".join(f"{n} ({r['started_at']})" for n, r in earlier.items()) + "\n"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / SUMMARY_MD).write_text(markdown, encoding="utf-8")
     print("\n" + summary_text(results))
+    if earlier:
+        print("\nFrom earlier runs (not run now): " + ", ".join(f"{n} ({r['started_at']})" for n, r in earlier.items()))
     print(f"\nResults: {RESULTS_DIR}/<name>.json; summary: {RESULTS_DIR / SUMMARY_MD}")
     if args.update_readme:
         if update_readme(markdown):

@@ -253,7 +253,7 @@ def log_comparison(rows: list[Row], outputs: dict[str, Path], markdown: str, par
         tags[PREFECT_TAG] = flow_run
     linked = [r for r in rows if r.status == OK and r.mlflow_run_id and not _missing_run(r)]
     for task in TASKS:
-        ids = [r.mlflow_run_id for r in linked if r.task == task]
+        ids = [r.mlflow_run_id for r in rows_for(linked, task)]  # best first: the UI shows them in this order
         if ids:
             tags[f"compare.runs.{task}"] = ",".join(ids)
             exp = mlflow.get_experiment_by_name(task_experiment(task))

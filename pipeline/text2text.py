@@ -14,25 +14,25 @@ text2text_encdec.py.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
 import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from pipeline import paths
 from pipeline.config import TASK_SPECS, Params
 from pipeline.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
+from pipeline.outputs import METRICS_FILE, PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
+FAMILIES = ("rnn", "encdec")
 ATTENTION_EXAMPLES = 3  # first N validation examples get an attention heatmap
+LATENCY_EXAMPLES = 20  # as pipeline.finetune: batch-1 inference over the first 20 test examples
 INVALID_LABEL = "<invalid>"  # how an output that is no label shows up in confusion.csv
 CHECKPOINTS = Path("checkpoints")
 _WORD = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]")
@@ -197,50 +197,14 @@ def task_format(task: str, train_split) -> TaskFormat:
     return TaskFormat(task, kind, names)
 
 
-# ---------------------------------------------------------------- data
-def load_task_data(task: str):
-    """data/prepared/<task> as a DatasetDict with train/validation/test."""
-    from datasets import DatasetDict, load_from_disk
-
-    folder = paths.prepared_dir(task)
-    hint = f"run the prepare stage first (python -m flows.data prepare {task})"
-    if not folder.exists():
-        raise Text2TextError(f"{folder} not found: {hint}")
-    try:
-        data = load_from_disk(str(folder))
-    except Exception as err:  # datasets raises several types for a broken folder
-        raise Text2TextError(f"{folder} is not a saved DatasetDict ({err}); {hint}") from None
-    missing = [s for s in SPLITS if not isinstance(data, DatasetDict) or s not in data or len(data[s]) == 0]
-    if missing:
-        raise Text2TextError(f"{folder}: split(s) {missing} missing or empty; {hint}")
-    return data
-
-
-def checkpoint_dir(model: str, task: str) -> Path:
-    return CHECKPOINTS / f"finetune-{model}-{task}"
-
-
 # ---------------------------------------------------------------- what a family trainer hands back
 @dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    val_metric: float
-
-
-@dataclass
 class TrainOutcome:
-    history: list[EpochRecord]
-    best_epoch: int
+    curve: list[dict[str, float]]  # one row per epoch: epoch, train_loss, val_loss, val_<metric>...
+    best_epoch: int | None
     train_time_s: float
     tokens_per_s: float
     param_count: int
-
-
-@dataclass
-class TestOutcome:
-    outputs: list[list[str]]  # model output words (rnn) or [text] (encdec) per test example
-    latency_ms_per_example: float
 
 
 @dataclass
@@ -255,14 +219,26 @@ class Text2TextModel:
 
     family: str
     fmt: TaskFormat
+    data: Any  # the prepared DatasetDict
 
-    def describe(self) -> dict[str, object]:  # tokenization, vocab sizes, decoding: logged as run params
+    def describe(self) -> dict[str, object]:
+        """Tokenization, vocabulary sizes, decoding: logged as run params."""
         raise NotImplementedError
 
-    def fit(self, on_epoch: Callable[[EpochRecord, dict[str, float]], None]) -> TrainOutcome:
+    def fingerprint(self) -> dict:
+        """What the checkpoints depend on: a checkpoint made with another fingerprint is not resumed."""
         raise NotImplementedError
 
-    def predict_test(self) -> TestOutcome:
+    def fit(self, resume_from: Path | None) -> TrainOutcome:
+        """Train (resuming when possible), log per-epoch metrics to the active MLflow run, keep the best epoch."""
+        raise NotImplementedError
+
+    def predict_test(self) -> list[list[str]]:
+        """Output words per test example (tags for NER; one text for encdec), by beam search."""
+        raise NotImplementedError
+
+    def latency_ms(self, n: int) -> float:
+        """Mean wall time of batch-1 inference (beam search) over the first n test examples."""
         raise NotImplementedError
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
@@ -271,20 +247,27 @@ class Text2TextModel:
     def register(self, task: str, model: str) -> str:
         raise NotImplementedError
 
-    def fingerprint(self) -> str:
-        raise NotImplementedError
-
 
 # ---------------------------------------------------------------- the stage
+def checkpoint_dir(model: str, task: str) -> Path:
+    return CHECKPOINTS / f"finetune-{model}-{task}"
+
+
 def build_model(model: str, task: str, params: Params, data=None) -> Text2TextModel:
+    """The family trainer of `model` for `task` (data: the prepared DatasetDict, loaded when not given)."""
+    from pipeline.task_data import load_prepared
+
     cfg = params.models.get(model)
-    if cfg is None or cfg.family not in ("rnn", "encdec"):
-        raise Text2TextError(f"models.{model}: text-to-text training is for families rnn/encdec (got {cfg and cfg.family})")
+    if cfg is None or cfg.family not in FAMILIES:
+        raise Text2TextError(
+            f"models.{model}: text-to-text training takes families {list(FAMILIES)} "
+            f"(got {cfg.family if cfg else 'no such model in params.yaml'})"
+        )
     if params.common.num_threads:
         import torch
 
         torch.set_num_threads(params.common.num_threads)
-    data = data if data is not None else load_task_data(task)
+    data = data if data is not None else load_prepared(task)
     fmt = task_format(task, data["train"])
     ckpt = checkpoint_dir(model, task)
     if cfg.family == "rnn":
@@ -296,129 +279,102 @@ def build_model(model: str, task: str, params: Params, data=None) -> Text2TextMo
     return EncDecText2Text(model, fmt, data, params, ckpt)
 
 
+def score_outputs(fmt: TaskFormat, split, outputs: Sequence[Sequence[str]]) -> tuple[dict[str, float], list]:
+    """Metrics of model outputs against a split's gold labels/tags/translations, and the predictions."""
+    golds = [fmt.gold(ex) for ex in split]
+    n_words = [len(fmt.source_words(ex)) if fmt.kind == "ner" else 0 for ex in split]
+    scored = [fmt.prediction(out, n) for out, n in zip(outputs, n_words)]
+    predictions = [p for p, _ in scored]
+    return fmt.score(golds, predictions, [v for _, v in scored]), predictions
+
+
 def train_text2text(model: str, task: str, params: Params) -> dict:
-    """Train `model` (family rnn or encdec) on `task`; returns the metrics written to metrics.json."""
+    """Train `model` (family rnn or encdec) on `task`; returns the summary written to metrics.json."""
     import mlflow
 
     from pipeline import tracking
+    from pipeline.checkpoints import prepare_checkpoints
 
-    data = load_task_data(task)
-    trainer = build_model(model, task, params, data)
+    trainer = build_model(model, task, params)
     fmt = trainer.fmt
-    ckpt = checkpoint_dir(model, task)
-    _drop_stale_checkpoint(ckpt, trainer.fingerprint())
+    folder = checkpoint_dir(model, task)
+    resume = prepare_checkpoints(folder, trainer.fingerprint(), params)
     inputs = [paths.prepared_dir(task)] + ([paths.tokenizer_dir("gpt")] if trainer.family == "encdec" else [])
     tags = tracking.base_tags(params, family=trainer.family, source="scratch", inputs=inputs,
                               extra={"task": task, "model": model})
-    with tracking.stage_run(params, tracking.task_experiment(task), f"{model}-{task}", ckpt, tags) as run:
+    with tracking.stage_run(params, tracking.task_experiment(task), f"{model}-{task}", folder, tags) as run:
         tracking.log_params_once(run_params(model, task, params, trainer))
-
-        def on_epoch(record: EpochRecord, extra: dict[str, float]) -> None:
-            mlflow.log_metrics({"train_loss": record.train_loss, f"val_{fmt.main_metric}": record.val_metric, **extra},
-                               step=record.epoch)
-
-        outcome = trainer.fit(on_epoch)
-        test = trainer.predict_test()
-        test_data = data["test"]
-        golds = [fmt.gold(ex) for ex in test_data]
-        n_words = [len(fmt.source_words(ex)) if fmt.kind == "ner" else 0 for ex in test_data]
-        scored = [fmt.prediction(out, n) for out, n in zip(test.outputs, n_words)]
-        predictions = [p for p, _ in scored]
-        metrics = fmt.score(golds, predictions, [v for _, v in scored])
+        outcome = trainer.fit(resume)
+        test_split = trainer.data["test"]
+        metrics, predictions = score_outputs(fmt, test_split, trainer.predict_test())
         log.info("%s-%s test: %s", model, task, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         summary = {
-            "train_time_s": round(outcome.train_time_s, 3),
-            "param_count": outcome.param_count,
-            "tokens_per_s": round(outcome.tokens_per_s, 3),
-            "latency_ms_per_example": round(test.latency_ms_per_example, 4),
-            "best_epoch": outcome.best_epoch,
-        }
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()} | summary)
-        version = trainer.register(task, model)
-        result = {
             "task": task,
             "model": model,
             "family": trainer.family,
             "weight_source": "scratch",
-            "test": {k: round(v, 6) for k, v in metrics.items()},
-            **{k: summary[k] for k in ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")},
+            "test": metrics,
+            "param_count": outcome.param_count,
+            "train_time_s": round(outcome.train_time_s, 3),
+            "tokens_per_s": round(outcome.tokens_per_s, 2),
+            "latency_ms_per_example": round(trainer.latency_ms(LATENCY_EXAMPLES), 3),
+            "best_epoch": outcome.best_epoch,
             "mlflow_run_id": run.info.run_id,
-            "registered_version": version,
         }
-        out_dir = write_outputs(model, task, result, outcome, fmt, golds, predictions, trainer.attention_maps(ATTENTION_EXAMPLES))
-        mlflow.log_artifact(str(out_dir / "metrics.json"))
-        mlflow.log_artifacts(str(out_dir / "plots"), artifact_path="plots")
-    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the next run of this stage starts fresh
-    return result
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(summary[k]) for k in
+                            ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")})
+        summary["registered_version"] = trainer.register(task, model)
+        golds = [fmt.gold(ex) for ex in test_split] if fmt.kind == "classification" else []
+        out = write_outputs(model, task, summary, outcome.curve, fmt, golds, predictions,
+                            trainer.attention_maps(ATTENTION_EXAMPLES))
+        mlflow.log_artifacts(str(out / PLOTS_DIR), artifact_path="plots")
+        mlflow.log_artifact(str(out / METRICS_FILE))
+    shutil.rmtree(folder, ignore_errors=True)  # finished: the next run of this stage starts fresh
+    return summary
 
 
 def run_params(model: str, task: str, params: Params, trainer: Text2TextModel) -> dict[str, object]:
     from pipeline.tracking import flatten
 
-    values = {
-        "model": model,
-        "task": task,
-        "seed": params.common.seed,
-        "batch_size": params.finetune.batch_size_for(model, task),
-        **flatten("models." + model, params.models[model]),
-        **flatten("train", params.finetune.for_run(model, task)),
+    return {
+        **flatten(f"models.{model}", params.models[model]),
+        **flatten("finetune.run", params.finetune.for_run(model, task)),
+        "finetune.batch_size": params.finetune.batch_size_for(model, task),
         **flatten("finetune.common", params.finetune.common),
-        **flatten("generation", params.finetune.generation),
+        **flatten("finetune.generation", params.finetune.generation),
+        "common.seed": params.common.seed,
+        "train_examples": len(trainer.data["train"]),
+        **trainer.describe(),
     }
-    values.update(trainer.describe())
-    return values
-
-
-def _drop_stale_checkpoint(ckpt: Path, fingerprint: str) -> None:
-    """A checkpoint left by a run with other params or data must not be resumed (nor its MLflow run)."""
-    marker = ckpt / "fingerprint"
-    if ckpt.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint):
-        log.warning("%s was written for other params or data; starting over", ckpt)
-        shutil.rmtree(ckpt)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
 
 
 # ---------------------------------------------------------------- outputs
 def write_outputs(
     model: str,
     task: str,
-    result: dict,
-    outcome: TrainOutcome,
+    summary: dict,
+    curve: list[dict[str, float]],
     fmt: TaskFormat,
-    golds: Sequence[Any],
+    golds: Sequence[int],
     predictions: Sequence[Any],
     attention: list[AttentionMap],
 ) -> Path:
     """data/finetune/<model>-<task>/{metrics.json, plots/} built in a temp folder, then swapped in."""
     from pipeline.attention_plots import save_heatmap
+    from pipeline.outputs import atomic_dir, write_json
+    from pipeline.plots import write_confusion, write_learning_curve
 
     target = paths.finetune_dir(model, task)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    plots = tmp / "plots"
-    plots.mkdir(parents=True)
-    try:
-        (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        with open(plots / "learning_curve.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["epoch", "train_loss", f"val_{fmt.main_metric}"])
-            for rec in outcome.history:
-                writer.writerow([rec.epoch, round(rec.train_loss, 6), round(rec.val_metric, 6)])
+    with atomic_dir(target) as tmp:
+        plots = tmp / PLOTS_DIR
+        write_learning_curve(plots, curve)
         if fmt.kind == "classification":
-            with open(plots / "confusion.csv", "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["actual", "predicted"])
-                for g, p in zip(golds, predictions):
-                    writer.writerow([fmt.label_names[g], fmt.label_names[p] if p >= 0 else INVALID_LABEL])
+            invalid = len(fmt.label_names)  # an output that is no label gets its own row/column
+            write_confusion(plots, golds, [p if p >= 0 else invalid for p in predictions],
+                            [*fmt.label_names, INVALID_LABEL])
         for i, amap in enumerate(attention):
             save_heatmap(amap.weights, amap.source, amap.output, plots / f"attention_{i}.png",
                          title=f"{model} on {task}: validation example {i}")
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / METRICS_FILE, summary)
     return target

@@ -5,39 +5,28 @@ Tokenization: the project's byte-level BPE (data/tokenizers/gpt); <|endoftext|> 
 starts decoding, <|pad|> pads. For NER the nine tags are added as tokens <O>, <B-PER>, ... so the target is
 exactly one token per word (as the rnn's tag vocabulary). Each epoch is evaluated by generation (greedy) on the
 validation split; EarlyStoppingCallback + load_best_model_at_end keep the best epoch; checkpoints go to
-checkpoints/finetune-<model>-<task>/trainer/ and are resumed from. The test split is decoded once with beam search.
+checkpoints/finetune-<model>-<task>/ and are resumed from. The test split is decoded once with beam search.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import torch
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.text2text import (
-    AttentionMap,
-    EpochRecord,
-    TaskFormat,
-    TestOutcome,
-    Text2TextError,
-    Text2TextModel,
-    TrainOutcome,
-)
+from pipeline.text2text import AttentionMap, TaskFormat, Text2TextError, Text2TextModel, TrainOutcome
 
 log = logging.getLogger(__name__)
 
 CLASSIFICATION_MAX_NEW_TOKENS = 8  # a label name is a few BPE tokens
-TRAIN_TIME_FILE = "train_time_s"
 
 
 def tag_token(tag: str) -> str:
@@ -136,7 +125,7 @@ class EncDecText2Text(Text2TextModel):
         self.run = params.finetune.for_run(model_name, fmt.task)
         self.batch_size = params.finetune.batch_size_for(model_name, fmt.task)
         self.gen = params.finetune.generation
-        self.ckpt = ckpt / "trainer"
+        self.ckpt = ckpt
         self.data = data
         self.tokenizer = load_bpe_tokenizer(fmt)
         self.codec = TextCodec(self.tokenizer, fmt, self.run.max_length, self.gen.max_new_tokens)
@@ -167,53 +156,38 @@ class EncDecText2Text(Text2TextModel):
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         }
 
-    def fingerprint(self) -> str:
-        blob = json.dumps(
-            {"run": self.run.model_dump(), "model": self.cfg.model_dump(), "batch": self.batch_size,
-             "common": self.params.finetune.common.model_dump(), "seed": self.params.common.seed,
-             "vocab": len(self.tokenizer), "tok": hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
-             "n": [len(self.encoded["train"]), len(self.encoded["validation"])]},
-            sort_keys=True,
-        )
-        return "encdec-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def fingerprint(self) -> dict:
+        from pipeline.checkpoints import files_digest
+
+        return {
+            "family": "encdec",
+            "model": self.cfg.model_dump(),
+            "run": self.run.model_dump(),
+            "batch_size": self.batch_size,
+            "common": self.params.finetune.common.model_dump(),
+            "generation": self.gen.model_dump(),
+            "seed": self.params.common.seed,
+            "inputs": files_digest([paths.prepared_dir(self.fmt.task), paths.tokenizer_dir("gpt")]),
+        }
 
     # -------------------------------------------------------- fit
     def _scores(self, generated, split: str) -> dict[str, float]:
-        fmt = self.fmt
-        examples = self.data[split]
-        preds, valid = [], []
-        for ids, ex in zip(generated, examples):
-            n_words = len(fmt.source_words(ex)) if fmt.kind == "ner" else 0
-            p, v = fmt.prediction(self.codec.output_words(ids), n_words)
-            preds.append(p)
-            valid.append(v)
-        return fmt.score([fmt.gold(ex) for ex in examples], preds, valid)
+        from pipeline.text2text import score_outputs
 
-    def _build_trainer(self, on_epoch: Callable[[EpochRecord, dict[str, float]], None]):
-        from transformers import (
-            DataCollatorForSeq2Seq,
-            EarlyStoppingCallback,
-            Seq2SeqTrainer,
-            Seq2SeqTrainingArguments,
-            TrainerCallback,
-        )
+        metrics, _ = score_outputs(self.fmt, self.data[split], [self.codec.output_words(ids) for ids in generated])
+        return metrics
 
-        common, main = self.params.finetune.common, self.fmt.main_metric
+    def _build_trainer(self, callbacks: list):
+        from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-        class EpochLogger(TrainerCallback):
-            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-                losses = [h["loss"] for h in state.log_history if "loss" in h]
-                record = EpochRecord(int(round(state.epoch or 0)), float(losses[-1]) if losses else float("nan"),
-                                     float(metrics[f"eval_{main}"]))
-                on_epoch(record, {"val_loss": float(metrics.get("eval_loss", float("nan")))})
-
+        common = self.params.finetune.common
         args = Seq2SeqTrainingArguments(
             output_dir=str(self.ckpt),
             num_train_epochs=self.run.epochs,
             max_steps=self.run.max_steps or -1,
             learning_rate=self.run.learning_rate,
             weight_decay=common.weight_decay,
-            warmup_steps=common.warmup_ratio,
+            warmup_steps=common.warmup_ratio,  # a float < 1 is a fraction of all steps
             per_device_train_batch_size=self.batch_size,
             per_device_eval_batch_size=common.eval_batch_size,
             eval_strategy="epoch",
@@ -221,16 +195,18 @@ class EncDecText2Text(Text2TextModel):
             logging_strategy="epoch",
             save_total_limit=common.save_total_limit,
             load_best_model_at_end=True,
-            metric_for_best_model=f"eval_{main}",
+            metric_for_best_model=self.fmt.main_metric,
             greater_is_better=True,
             restore_callback_states_from_checkpoint=True,
             predict_with_generate=True,
-            generation_max_length=None,
-            generation_num_beams=1,
+            generation_num_beams=1,  # validation: greedy; the test split uses beam search
+            include_num_input_tokens_seen="non_padding",
             seed=self.params.common.seed,
+            data_seed=self.params.common.seed,
             use_cpu=not torch.cuda.is_available(),
             report_to="none",
             dataloader_num_workers=0,
+            disable_tqdm=False,
         )
         return Seq2SeqTrainer(
             model=self.model,
@@ -240,53 +216,48 @@ class EncDecText2Text(Text2TextModel):
             eval_dataset=self.encoded["validation"],
             processing_class=self.tokenizer,
             compute_metrics=lambda pred: self._scores(pred.predictions, "validation"),
-            callbacks=[EarlyStoppingCallback(early_stopping_patience=common.patience), EpochLogger()],
+            callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=common.patience)],
         )
 
-    def fit(self, on_epoch: Callable[[EpochRecord, dict[str, float]], None]) -> TrainOutcome:
-        from transformers.trainer_utils import get_last_checkpoint
+    def fit(self, resume_from: Path | None = None) -> TrainOutcome:
+        from pipeline.finetune_trainer import MlflowEpochLogger, TrainingSpeed
+        from pipeline.plots import learning_curve_from_history
 
-        self.trainer = trainer = self._build_trainer(on_epoch)
-        last = get_last_checkpoint(str(self.ckpt)) if self.ckpt.is_dir() else None
-        if last:
-            log.info("Resuming %s-%s from %s", self.name, self.fmt.task, last)
-        time_file = self.ckpt.parent / TRAIN_TIME_FILE
-        before = float(time_file.read_text()) if last and time_file.exists() else 0.0
+        speed = TrainingSpeed()
+        self.trainer = trainer = self._build_trainer([MlflowEpochLogger(), speed])
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=last)
-        train_time = before + time.perf_counter() - start
-        time_file.write_text(str(train_time))
-        history = self._history(trainer.state.log_history)
-        best_epoch = max(history, key=lambda r: r.val_metric).epoch if history else 0
-        tokens = sum(len(x) for x in self.encoded["train"]["input_ids"]) + sum(len(x) for x in self.encoded["train"]["labels"])
-        epochs_done = float(trainer.state.epoch or 0)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_time = time.perf_counter() - start
+        self.model = trainer.model  # the best epoch's weights (load_best_model_at_end)
         return TrainOutcome(
-            history=history,
-            best_epoch=best_epoch,
+            curve=learning_curve_from_history(trainer.state.log_history),
+            best_epoch=_best_epoch(trainer),
             train_time_s=train_time,
-            tokens_per_s=tokens * epochs_done / train_time if train_time > 0 else 0.0,
+            tokens_per_s=speed.tokens_per_s,
             param_count=sum(p.numel() for p in self.model.parameters()),
         )
 
-    def _history(self, log_history: list[dict]) -> list[EpochRecord]:
-        main = f"eval_{self.fmt.main_metric}"
-        records, last_loss = {}, float("nan")
-        for entry in log_history:
-            if "loss" in entry:
-                last_loss = float(entry["loss"])
-            if main in entry:
-                epoch = int(round(entry["epoch"]))
-                records[epoch] = EpochRecord(epoch, last_loss, float(entry[main]))
-        return [records[e] for e in sorted(records)]
-
-    # -------------------------------------------------------- test, attention, registry
-    def predict_test(self) -> TestOutcome:
-        start = time.perf_counter()
+    # -------------------------------------------------------- test, latency, attention, registry
+    def predict_test(self) -> list[list[str]]:
         out = self.trainer.predict(self.encoded["test"], num_beams=self.gen.num_beams,
                                    length_penalty=self.gen.length_penalty)
-        elapsed = time.perf_counter() - start
-        outputs = [self.codec.output_words(ids) for ids in out.predictions]
-        return TestOutcome(outputs, 1000.0 * elapsed / max(len(outputs), 1))
+        return [self.codec.output_words(ids) for ids in out.predictions]
+
+    @torch.no_grad()
+    def latency_ms(self, n: int) -> float:
+        texts = [self.fmt.source_text(ex) for ex in self.data["test"].select(range(min(n, len(self.data["test"]))))]
+        self.model.eval()
+
+        def run(text: str) -> None:  # tokenize + beam search, as a served request
+            ids = torch.tensor([self.codec.source(text)], device=self.model.device)  # [1, src_len]
+            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=self.gen.num_beams,
+                                length_penalty=self.gen.length_penalty)
+
+        run(texts[0])  # warm-up
+        start = time.perf_counter()
+        for text in texts:
+            run(text)
+        return (time.perf_counter() - start) * 1000 / len(texts)
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
         return cross_attention_maps(self.model, self.tokenizer, self.codec,
@@ -311,6 +282,14 @@ class EncDecText2Text(Text2TextModel):
             words = [self.fmt.source_words(ex) for ex in self.data["test"].select(range(min(2, len(self.data["test"]))))]
             return register_pyfunc(EncDecPyfunc(), {"model": folder, "task": meta}, task, model,
                                    input_example=serving_example(self.fmt, words))
+
+
+def _best_epoch(trainer) -> int | None:
+    best = trainer.state.best_global_step
+    for entry in trainer.state.log_history:
+        if entry.get("step") == best and "epoch" in entry:
+            return int(round(entry["epoch"]))
+    return None
 
 
 def cross_attention_maps(model, tokenizer, codec: TextCodec, texts: list[str], num_beams: int,

@@ -39,16 +39,8 @@ from pipeline.seq2seq_rnn import (
     beam_search,
     greedy_decode,
 )
-from pipeline.text2text import (
-    AttentionMap,
-    EpochRecord,
-    TaskFormat,
-    TestOutcome,
-    Text2TextModel,
-    TrainOutcome,
-    Vocab,
-    word_tokenize,
-)
+from pipeline import paths
+from pipeline.text2text import AttentionMap, TaskFormat, Text2TextModel, TrainOutcome, Vocab, word_tokenize
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +121,7 @@ class RNNText2Text(Text2TextModel):
         self.gen = params.finetune.generation
         self.ckpt = ckpt / "rnn"
         self.device = pick_device()
+        self.data = data
         self.words = {s: [fmt.source_words(ex) for ex in data[s]] for s in ("train", "validation", "test")}
         train_targets = [fmt.target_words(ex) for ex in data["train"]]
         self.src_vocab = Vocab.build(self.words["train"], SRC_MIN_FREQ)
@@ -141,7 +134,6 @@ class RNNText2Text(Text2TextModel):
              [SOS_IDX, *self.tgt_vocab.encode(t[: self.run.max_length]), EOS_IDX])
             for w, t in zip(self.words["train"], train_targets)
         ]
-        self.val_data = data["validation"]
         self.model_config = RNNConfig(len(self.src_vocab), len(self.tgt_vocab), self.cfg.emb_dim, self.cfg.hid_dim,
                                       self.cfg.dropout)
         set_seed(params.common.seed)
@@ -160,17 +152,24 @@ class RNNText2Text(Text2TextModel):
             "device": str(self.device),
         }
 
-    def fingerprint(self) -> str:
-        blob = json.dumps(
-            {"run": self.run.model_dump(), "model": self.cfg.model_dump(), "batch": self.batch_size,
-             "common": self.params.finetune.common.model_dump(), "seed": self.params.common.seed,
-             "src": self.src_vocab.itos, "tgt": self.tgt_vocab.itos, "n": [len(self.train_pairs), len(self.val_data)]},
-            sort_keys=True,
-        )
-        return "rnn-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def fingerprint(self) -> dict:
+        from pipeline.checkpoints import files_digest
+
+        return {
+            "family": "rnn",
+            "model": self.cfg.model_dump(),
+            "run": self.run.model_dump(),
+            "batch_size": self.batch_size,
+            "common": self.params.finetune.common.model_dump(),
+            "seed": self.params.common.seed,
+            "inputs": files_digest([paths.prepared_dir(self.fmt.task)]),
+            "vocab": hashlib.sha256(json.dumps([self.src_vocab.itos, self.tgt_vocab.itos]).encode()).hexdigest(),
+        }
 
     # -------------------------------------------------------- fit
-    def fit(self, on_epoch: Callable[[EpochRecord, dict[str, float]], None]) -> TrainOutcome:
+    def fit(self, resume_from: Path | None = None) -> TrainOutcome:
+        """Train until epochs/max_steps or early stopping; resumes from self.ckpt (resume_from is for the
+        Trainer-based encdec and not used here). Ends with the best epoch's weights loaded."""
         model, run = self.model, self.run
         steps_per_epoch = math.ceil(len(self.train_pairs) / self.batch_size)
         total_steps = run.max_steps or run.epochs * steps_per_epoch
@@ -181,6 +180,7 @@ class RNNText2Text(Text2TextModel):
         state = self._resume(optimizer, scheduler)
         loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_IDX)
         patience = self.params.finetune.common.patience
+        main = self.fmt.main_metric
         epoch = state["epoch"]
         while not state["finished"]:
             epoch += 1
@@ -189,30 +189,29 @@ class RNNText2Text(Text2TextModel):
             loss, tokens = self._train_epoch(epoch, optimizer, scheduler, loss_fn, state, total_steps)
             state["train_time_s"] += time.perf_counter() - start
             state["tokens"] += tokens
-            val_metric, val_loss = self._validate(loss_fn)
-            record = EpochRecord(epoch, loss, val_metric)
-            state["history"].append(record.__dict__)
-            if state["best_metric"] is None or val_metric > state["best_metric"]:
-                state["best_metric"], state["best_epoch"], state["bad_epochs"] = val_metric, epoch, 0
+            val = self._validate(loss_fn)
+            row = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}}
+            state["curve"].append(row)
+            if state["best_metric"] is None or val[main] > state["best_metric"]:
+                state["best_metric"], state["best_epoch"], state["bad_epochs"] = val[main], epoch, 0
                 _atomic_save_weights(model, self.ckpt / "best.safetensors")
             else:
                 state["bad_epochs"] += 1
-            on_epoch(record, {"val_loss": val_loss, "learning_rate": scheduler.get_last_lr()[0]})
-            log.info("epoch %d: train_loss %.4f val_%s %.4f (best %.4f at epoch %d)", epoch, loss,
-                     self.fmt.main_metric, val_metric, state["best_metric"], state["best_epoch"])
+            _log_epoch(row)
+            log.info("epoch %d: train_loss %.4f val_%s %.4f (best %.4f at epoch %d)", epoch, loss, main, val[main],
+                     state["best_metric"], state["best_epoch"])
             state["epoch"] = epoch
             state["finished"] = (epoch >= run.epochs or state["bad_epochs"] >= patience
                                  or bool(run.max_steps and state["steps"] >= run.max_steps))
             self._save(optimizer, scheduler, state)
         model.load_state_dict(load_file(str(self.ckpt / "best.safetensors"), device=str(self.device)))
-        param_count = sum(p.numel() for p in model.parameters())
         train_time = state["train_time_s"]
         return TrainOutcome(
-            history=[EpochRecord(**h) for h in state["history"]],
+            curve=state["curve"],
             best_epoch=state["best_epoch"],
             train_time_s=train_time,
             tokens_per_s=state["tokens"] / train_time if train_time > 0 else 0.0,
-            param_count=param_count,
+            param_count=sum(p.numel() for p in model.parameters()),
         )
 
     def _train_epoch(self, epoch, optimizer, scheduler, loss_fn, state, total_steps) -> tuple[float, int]:
@@ -242,36 +241,37 @@ class RNNText2Text(Text2TextModel):
                 break
         return total_loss / max(n_batches, 1), tokens
 
-    def _validate(self, loss_fn) -> tuple[float, float]:
-        """Greedy-decoded main metric and teacher-forced loss on the validation split."""
-        fmt = self.fmt
-        sources = [source_ids(self.src_vocab, w, self.run.max_length) for w in self.words["validation"]]
-        hyps = decode(self.model, sources, fmt.kind, self.params.finetune.common.eval_batch_size, 1,
-                      self.gen.max_new_tokens, self.gen.length_penalty, self.device, progress="validation")
-        scored = [fmt.prediction(self.tgt_vocab.decode(h.tokens), len(w)) for h, w in zip(hyps, self.words["validation"])]
-        golds = [fmt.gold(ex) for ex in self.val_data]
-        metric = fmt.score(golds, [p for p, _ in scored], [v for _, v in scored])[fmt.main_metric]
+    def _sources(self, split: str) -> list[list[int]]:
+        return [source_ids(self.src_vocab, w, self.run.max_length) for w in self.words[split]]
+
+    def _validate(self, loss_fn) -> dict[str, float]:
+        """Validation metrics of greedy decoding, plus the teacher-forced loss."""
+        from pipeline.text2text import score_outputs
+
+        fmt, eval_batch = self.fmt, self.params.finetune.common.eval_batch_size
+        sources = self._sources("validation")
+        hyps = decode(self.model, sources, fmt.kind, eval_batch, 1, self.gen.max_new_tokens, self.gen.length_penalty,
+                      self.device, progress="validation")
+        metrics, _ = score_outputs(fmt, self.data["validation"], [self.tgt_vocab.decode(h.tokens) for h in hyps])
         targets = [[SOS_IDX, *self.tgt_vocab.encode(fmt.target_words(ex)[: self.run.max_length]), EOS_IDX]
-                   for ex in self.val_data]
+                   for ex in self.data["validation"]]
         self.model.eval()
         total, count = 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(sources), self.params.finetune.common.eval_batch_size):
-                end = start + self.params.finetune.common.eval_batch_size
-                src, src_len = pad_batch(sources[start:end], self.device)  # [batch, src_len], [batch]
-                tgt, _ = pad_batch(targets[start:end], self.device)  # [batch, tgt_len]
+            for start in range(0, len(sources), eval_batch):
+                src, src_len = pad_batch(sources[start : start + eval_batch], self.device)  # [batch, src_len], [batch]
+                tgt, _ = pad_batch(targets[start : start + eval_batch], self.device)  # [batch, tgt_len]
                 logits, _ = self.model(src, src_len, tgt, 1.0)  # [batch, tgt_len-1, vocab]
-                total += float(loss_fn(logits.reshape(-1, logits.size(-1)), tgt[:, 1:].reshape(-1))) * len(src)
+                total += loss_fn(logits.reshape(-1, logits.size(-1)), tgt[:, 1:].reshape(-1)).item() * len(src)
                 count += len(src)
-        return metric, total / max(count, 1)
+        return {"loss": total / max(count, 1), **metrics}
 
     # -------------------------------------------------------- checkpoints
     def _resume(self, optimizer, scheduler) -> dict:
         state_file = self.ckpt / STATE_FILE
-        fresh = {"epoch": 0, "steps": 0, "tokens": 0, "train_time_s": 0.0, "history": [], "best_metric": None,
-                 "best_epoch": 0, "bad_epochs": 0, "finished": False}
         if not state_file.exists():
-            return fresh
+            return {"epoch": 0, "steps": 0, "tokens": 0, "train_time_s": 0.0, "curve": [], "best_metric": None,
+                    "best_epoch": None, "bad_epochs": 0, "finished": False}
         state = json.loads(state_file.read_text())
         self.model.load_state_dict(load_file(str(self.ckpt / "last.safetensors"), device=str(self.device)))
         extra = torch.load(self.ckpt / "optimizer.pt", map_location=self.device, weights_only=True)
@@ -290,15 +290,24 @@ class RNNText2Text(Text2TextModel):
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.ckpt / STATE_FILE)  # written last: it says the files above are complete
 
-    # -------------------------------------------------------- test, attention, registry
-    def predict_test(self) -> TestOutcome:
-        sources = [source_ids(self.src_vocab, w, self.run.max_length) for w in self.words["test"]]
-        start = time.perf_counter()
-        hyps = decode(self.model, sources, self.fmt.kind, self.params.finetune.common.eval_batch_size,
+    # -------------------------------------------------------- test, latency, attention, registry
+    def predict_test(self) -> list[list[str]]:
+        hyps = decode(self.model, self._sources("test"), self.fmt.kind, self.params.finetune.common.eval_batch_size,
                       self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device, progress="test")
-        elapsed = time.perf_counter() - start
-        outputs = [self.tgt_vocab.decode(h.tokens) for h in hyps]
-        return TestOutcome(outputs, 1000.0 * elapsed / max(len(sources), 1))
+        return [self.tgt_vocab.decode(h.tokens) for h in hyps]
+
+    def latency_ms(self, n: int) -> float:
+        words = self.words["test"][:n]
+
+        def run(w: list[str]) -> None:  # tokenize + encode + beam search, as a served request
+            decode(self.model, [source_ids(self.src_vocab, w, self.run.max_length)], self.fmt.kind, 1,
+                   self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device)
+
+        run(words[0])  # warm-up
+        start = time.perf_counter()
+        for w in words:
+            run(w)
+        return (time.perf_counter() - start) * 1000 / len(words)
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
         maps = []
@@ -371,6 +380,14 @@ class RNNPyfunc(mlflow.pyfunc.PythonModel):
             prediction, _ = self.fmt.prediction(self.tgt_vocab.decode(h.tokens), len(w))
             out.append(self.fmt.natural(prediction, w))
         return out
+
+
+def _log_epoch(row: dict) -> None:
+    """Per-epoch metrics to the active MLflow run (step = epoch), named as the transformer fine-tunes'."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
 
 def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:

@@ -47,6 +47,17 @@ def validate_dataset(name: str, params: Params) -> dict:
     log.info("validate %s: %s", name, ", ".join(f"{s} {len(d)} rows" for s, d in dsdict.items()))
 
     report = {"dataset": name, "source": str(source), "success": True, "splits": {}}
+    missing = {s: sorted(set(FEATURES[name]) - set(d.column_names)) for s, d in dsdict.items()}
+    if any(missing.values()):  # no frame can be built: report the schema alone
+        for split, ds in dsdict.items():
+            result = _schema_result(name, ds)
+            report["splits"][split] = {"rows": len(ds), "success": result["success"], "results": [result]}
+        report["success"] = False
+        _write_json(validation_report(name), report)
+        raise DataValidationError(
+            summarize_failures(report)
+            + "\nMissing columns: " + "; ".join(f"{s}: {m}" for s, m in missing.items() if m)
+        )
     docs_target = validation_docs(name)
     docs_target.parent.mkdir(parents=True, exist_ok=True)
     docs_tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=docs_target.parent))
@@ -59,6 +70,9 @@ def validate_dataset(name: str, params: Params) -> dict:
             ok = all(r["success"] for r in results)
             report["splits"][split] = {"rows": len(frame), "success": ok, "results": results}
             report["success"] &= ok
+        results = [r for split_report in report["splits"].values() for r in split_report["results"]]
+        report["evaluated_expectations"] = len(results)
+        report["failed_expectations"] = sum(not r["success"] for r in results)
         report["docs"] = str(docs_target / "index.html")
         _replace_dir(docs_tmp, docs_target)
     except BaseException:
@@ -79,7 +93,10 @@ def run_suite(name: str, checks, frames: dict[str, pd.DataFrame], docs_dir: Path
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    # the ephemeral context comes with a `local_site` in a random temp folder: point it at ours instead
+    # the ephemeral context comes with a `local_site` in a fresh temp folder: point it at ours, drop that folder
+    default_dir = context.list_data_docs_sites().get(SITE, {}).get("store_backend", {}).get("base_directory")
+    if default_dir and Path(default_dir).is_dir() and not any(Path(default_dir).iterdir()):
+        Path(default_dir).rmdir()
     context.update_data_docs_site(
         SITE,
         {

@@ -116,6 +116,7 @@ def test_failure_message_names_split_expectation_count_and_rows(in_tmp_repo, mak
     assert "validate.datasets.emotion" in message  # says what to change
     report = json.loads(Path("data/validation/emotion.json").read_text())
     assert report["success"] is False and report["splits"]["validation"]["success"] is True
+    assert report["failed_expectations"] == 2 and report["evaluated_expectations"] > 30
     leak = next(r for r in report["splits"]["train"]["results"] if r["column"] == "in_test")
     assert leak["unexpected_count"] == 3 and [r["row"] for r in leak["offending_rows"]] == [20, 21, 22]
 
@@ -139,6 +140,14 @@ def test_schema_mismatch_is_reported(in_tmp_repo, make_params):
     save_raw("emotion", {"train": emotion_rows(30), "validation": emotion_rows(6, 50), "test": emotion_rows(6, 80)}, feats)
     with pytest.raises(DataValidationError, match="raw_features_match_canonical"):
         validate_dataset("emotion", make_params())
+
+
+def test_missing_column_is_reported_without_running_the_suite(in_tmp_repo, make_params):
+    feats = datasets.Features({"text": datasets.Value("string")})
+    save_raw("sst2", {"train": {"text": ["a"]}, "validation": {"text": ["b"]}, "test": {"text": ["c"]}}, feats)
+    with pytest.raises(DataValidationError, match=r"(?s)split 'train': raw_features_match_canonical.*Missing columns: train: \['label'\]"):
+        validate_dataset("sst2", make_params())
+    assert json.loads(Path("data/validation/sst2.json").read_text())["success"] is False
 
 
 def test_missing_raw_data_says_run_ingest(in_tmp_repo, make_params):

@@ -1,0 +1,259 @@
+"""The benchmark harness (bench/): statistics, A/B interleaving, result files, the summary, run_all's error
+handling, DVC-output parsing and workspace copies. No timing assertions: benchmarks are not tests."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from bench import common, run_all, workspace
+from bench.common import BenchOptions
+
+
+# ---------------------------------------------------------------- statistics
+def test_percentiles_and_summary_match_numpy_linear_method():
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    s = common.summarize(values)
+    assert s["n"] == 6 and s["min"] == 1.0 and s["max"] == 10.0
+    assert s["median"] == pytest.approx(3.5) and s["p50"] == pytest.approx(3.5)
+    assert s["p95"] == pytest.approx(8.75)  # numpy.percentile(values, 95)
+    assert common.percentile([7.0], 95) == 7.0
+    with pytest.raises(ValueError):
+        common.summarize([])
+    with pytest.raises(ValueError):
+        common.percentile([1.0], 101)
+
+
+def test_ratio_of_medians_and_paired_ratios():
+    a, b = [2.0, 4.0, 100.0], [1.0, 2.0, 2.0]
+    assert common.ratio_of_medians(a, b) == pytest.approx(2.0)
+    assert common.paired_ratios(a, b) == pytest.approx([2.0, 2.0, 50.0])
+    with pytest.raises(ValueError):
+        common.paired_ratios([1.0], [1.0, 2.0])
+    with pytest.raises(ZeroDivisionError):
+        common.ratio_of_medians([1.0], [0.0])
+
+
+# ---------------------------------------------------------------- interleaving
+def test_interleave_alternates_order_and_measures_each_arm():
+    calls: list[str] = []
+
+    def arm(name, value):
+        def fn():
+            calls.append(name)
+            return value
+        return fn
+
+    out = common.interleave(arm("a", 1.0), arm("b", 2.0), reps=4, warmup=1, measure=lambda fn: fn())
+    assert out["a"] == [1.0] * 4 and out["b"] == [2.0] * 4
+    assert out["order"] == ["ab", "ba", "ba", "ab"]  # balanced: each arm first equally often
+    assert calls == ["a", "b", "a", "b", "b", "a", "b", "a", "a", "b"]  # warmup first, then the rounds
+
+
+def test_interleave_many_rotates_so_no_arm_is_always_first():
+    out = common.interleave_many({k: (lambda: 0.0) for k in "xyz"}, reps=6, warmup=0, measure=lambda fn: fn())
+    firsts = [order[0] for order in out["order"]]
+    assert sorted(firsts) == ["x", "x", "y", "y", "z", "z"]
+    assert all(sorted(order) == ["x", "y", "z"] for order in out["order"])
+    with pytest.raises(ValueError):
+        common.interleave_many({"a": lambda: 0}, reps=0)
+
+
+def test_default_measure_is_wall_seconds():
+    out = common.interleave(lambda: sum(range(1000)), lambda: None, reps=2, warmup=0)
+    assert all(isinstance(x, float) and x >= 0 for x in out["a"] + out["b"])
+
+
+# ---------------------------------------------------------------- result files and summary
+def _result(name="demo", rows=None):
+    rows = rows or [common.row("thing", ">= 1", "2", common.MET, "because")]
+    return common.envelope(name, common.result_body(rows, samples={"a": [1.0, float("nan")]}), 0.0, 1.5)
+
+
+def test_envelope_has_machine_versions_commit_and_is_written_atomically(tmp_path):
+    result = _result()
+    path = common.write_result("demo", result, tmp_path)
+    loaded = json.loads(path.read_text())
+    for key in common.REQUIRED_KEYS:
+        assert key in loaded
+    assert loaded["machine"]["logical_cores"] >= 1 and loaded["machine"]["torch_threads"] >= 1
+    assert loaded["versions"]["torch"] and loaded["duration_s"] == 1.5
+    assert loaded["samples"]["a"] == [1.0, None]  # NaN is not valid JSON: written as null
+    assert not list(tmp_path.glob("*.tmp"))
+    assert common.read_result("demo", tmp_path)["name"] == "demo"
+    assert common.read_result("missing", tmp_path) is None
+
+
+def test_check_result_names_what_is_wrong():
+    bad = _result()
+    del bad["machine"]
+    with pytest.raises(ValueError, match="machine"):
+        common.check_result(bad)
+    bad = _result()
+    bad["rows"][0]["status"] = "great"
+    with pytest.raises(ValueError, match="bad status"):
+        common.check_result(bad)
+    with pytest.raises(ValueError, match="status must be one of"):
+        common.row("x", "t", "m", "fine")
+
+
+def test_summary_tables_show_every_row_and_flag_misses():
+    res = [_result("one"), _result("two", [common.row("slow | thing", "<= 1 s", "3 s", common.MISSED, "cause")])]
+    md = common.summary_markdown(res)
+    assert md.count("\n") == 4  # header, rule, two rows
+    assert "| two | slow \\| thing | <= 1 s | 3 s | **missed** | cause |" in md
+    text = common.summary_text(res)
+    assert "one" in text and "missed" in text and "↳ cause" in text
+
+
+# ---------------------------------------------------------------- run_all
+def test_run_all_writes_results_and_summary_and_survives_a_broken_benchmark(tmp_path, monkeypatch, capsys):
+    ok = types.ModuleType("bench_test_ok")
+    ok.run = lambda opts, ctx: common.result_body([common.row("fine", "report", "1", common.REPORT)],
+                                                  quick=opts.quick)
+    broken = types.ModuleType("bench_test_broken")
+
+    def boom(opts, ctx):
+        assert "ok" in ctx  # earlier results of the same run are passed on
+        raise RuntimeError("no subject yet")
+
+    broken.run = boom
+    monkeypatch.setitem(sys.modules, "bench_test_ok", ok)
+    monkeypatch.setitem(sys.modules, "bench_test_broken", broken)
+    monkeypatch.setattr(run_all, "BENCHMARKS", {"ok": "bench_test_ok", "broken": "bench_test_broken"})
+    monkeypatch.setattr(run_all, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+
+    assert run_all.main(["--quick"]) == 0
+    assert json.loads((tmp_path / "ok.json").read_text())["quick"] is True
+    broken_result = json.loads((tmp_path / "broken.json").read_text())
+    assert broken_result["rows"][0]["status"] == common.ERROR
+    assert "no subject yet" in broken_result["rows"][0]["note"] and "RuntimeError" in broken_result["traceback"]
+    summary = (tmp_path / run_all.SUMMARY_MD).read_text()
+    assert "| ok | fine |" in summary and "| broken |" in summary
+    assert "no subject yet" in capsys.readouterr().out
+
+
+def test_run_all_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        run_all.parse_args(["--only", "nope"])
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{run_all.README_BEGIN}\nold\n{run_all.README_END}\noutro\n")
+    assert run_all.update_readme("| new |\n", readme)
+    assert readme.read_text() == f"intro\n{run_all.README_BEGIN}\n| new |\n{run_all.README_END}\noutro\n"
+    (tmp_path / "plain.md").write_text("no markers")
+    assert not run_all.update_readme("x", tmp_path / "plain.md")
+
+
+def test_options_pick_reps_and_sizes():
+    assert BenchOptions().pick(5, 2) == 5 and BenchOptions(quick=True).pick(5, 2) == 2
+    assert BenchOptions(reps=7).pick(5, 2) == 7 and BenchOptions(reps=7).size(100, 10) == 100
+
+
+# ---------------------------------------------------------------- workspace helpers (real subprocesses, sqlite)
+def test_run_tracked_times_dvc_stages_from_their_output_lines(tmp_path):
+    script = (
+        "import time\n"
+        "print(\"Stage 'ingest@emotion' didn't change, skipping\", flush=True)\n"
+        "print(\"Running stage 'prepare@emotion':\", flush=True); time.sleep(0.3)\n"
+        "print(\"12:00:00.000 | INFO | Task run 'dvc-repro' - Running stage 'compare':\", flush=True)\n"
+        "x = bytearray(50 * 2**20); time.sleep(0.6)\n"
+    )
+    run = workspace.run_tracked([sys.executable, "-c", script], tmp_path, sample_every=0.05,
+                                log_file=tmp_path / "log.txt")
+    assert run.rc == 0 and run.ran == ["prepare@emotion", "compare"]
+    assert run.skipped == ["ingest@emotion"]
+    prepare, compare = run.stages
+    assert prepare.wall_s > 0.2 and compare.start_s >= prepare.start_s + prepare.wall_s - 1e-6
+    assert compare.peak_rss_gib >= 0.04  # the 50 MiB buffer was sampled while compare ran
+    assert run.peak_rss_gib >= compare.peak_rss_gib
+    assert "Running stage 'compare'" in (tmp_path / "log.txt").read_text()
+    assert json.loads(json.dumps(run.to_dict()))["stages"][1]["name"] == "compare"
+
+
+def test_relocate_mlflow_store_rewrites_absolute_artifact_paths(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE experiments (name VARCHAR(256), artifact_location VARCHAR(256), n INTEGER)")
+        con.execute("INSERT INTO experiments VALUES ('a', ?, 1)", (f"{src.as_uri()}/mlflow/artifacts/1",))
+        con.execute("INSERT INTO experiments VALUES ('b', ?, 2)", (f"{src}/mlflow/artifacts/2",))
+        con.execute("INSERT INTO experiments VALUES ('c', 's3://bucket/x', 3)")
+    assert workspace.relocate_mlflow_store(db, src, dst) == 2
+    with sqlite3.connect(db) as con:
+        rows = [r[0] for r in con.execute("SELECT artifact_location FROM experiments ORDER BY name")]
+    assert rows == [f"{dst.as_uri()}/mlflow/artifacts/1", f"{dst}/mlflow/artifacts/2", "s3://bucket/x"]
+
+
+def test_clone_repo_copies_worktree_files_hardlinks_outputs_and_breaks_links(tmp_path):
+    src = tmp_path / "src" / "repo"
+    (src / "data" / "out").mkdir(parents=True)
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q"], cwd=src, check=True)
+    (src / ".gitignore").write_text("/data/\n")
+    (src / "tracked.txt").write_text("v1")
+    subprocess.run(git + ["add", "-A"], cwd=src, check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], cwd=src, check=True)
+    (src / "untracked.py").write_text("work in progress")
+    (src / "data" / "out" / "big.bin").write_text("payload")
+    (src / "dvc.lock").write_text("stages: {}\n")
+
+    copy = workspace.clone_repo(src, tmp_path / "work", outputs=True)
+    assert (copy / "tracked.txt").read_text() == "v1" and (copy / "untracked.py").exists()
+    linked = copy / "data" / "out" / "big.bin"
+    assert linked.stat().st_ino == (src / "data" / "out" / "big.bin").stat().st_ino
+    assert (copy / "dvc.lock").stat().st_ino != (src / "dvc.lock").stat().st_ino
+    assert (copy / ".git").is_dir()
+
+    workspace.break_links(copy / "data" / "out")
+    assert linked.stat().st_ino != (src / "data" / "out" / "big.bin").stat().st_ino
+    linked.write_text("changed in the copy")
+    assert (src / "data" / "out" / "big.bin").read_text() == "payload"
+
+    bare = workspace.clone_repo(src, tmp_path / "bare")
+    assert not (bare / "data").exists()
+
+
+def test_pipeline_level_benchmarks_say_not_measured_without_a_finished_run(tmp_path, monkeypatch):
+    from bench import quality, whole_pipeline
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(workspace, "candidate_workspaces", lambda explicit: [tmp_path])
+    body = quality.run(BenchOptions(), {})
+    assert len(body["rows"]) == 4 and {r["status"] for r in body["rows"]} == {common.NOT_MEASURED}
+    body = whole_pipeline.run(BenchOptions(), {})
+    assert body["rows"][0]["status"] == common.NOT_MEASURED and "FULL=1" in body["rows"][0]["note"]
+
+
+def test_quality_reads_the_agreed_metrics_files(tmp_path):
+    from bench import quality
+
+    for model, task, test in (("bert", "emotion", {"accuracy": 0.93}), ("rnn", "emotion", {"test_accuracy": 0.5}),
+                              ("gpt", "multi30k", {"bleu": 20.0})):
+        folder = tmp_path / "data" / "finetune" / f"{model}-{task}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"task": task, "model": model, "test": test}))
+    scores = quality.collect(tmp_path)
+    assert scores["emotion"] == {"bert": 0.93, "rnn": 0.5} and scores["multi30k"] == {"gpt": 20.0}
+    assert scores["sst2"] == {}
+
+
+def test_gpu_benchmark_is_skipped_not_failed_without_cuda():
+    import torch
+
+    from bench import gpu
+
+    if torch.cuda.is_available():
+        assert gpu.datasheet_peak("NVIDIA H100 80GB HBM3") == 989e12
+        return
+    body = gpu.run(BenchOptions(), {})
+    assert body["rows"][0]["status"] == common.SKIPPED and "no CUDA device" in body["rows"][0]["note"]
