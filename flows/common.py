@@ -2,7 +2,7 @@
 
 Pattern of a stage flow (see flows/data.py):
 
-    @flow(name="ingest", log_prints=True)
+    @flow(name="ingest")
     def ingest_flow(dataset: str) -> str:
         params = params_or_exit()     # typed params; bad params.yaml exits 2 before any work
         mark_flow_run()               # MLflow runs opened by pipeline/ get the tag prefect.flow_run_id
@@ -92,6 +92,15 @@ TRANSIENT_ERRNOS = frozenset(
     if hasattr(errno, name)
 )
 TRANSIENT_MLFLOW_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"})
+# Network errors of the HTTP clients the hub and MLflow use (matched by name: no need to import them all).
+NETWORK_ERRORS = frozenset({
+    "requests.exceptions.ConnectionError", "requests.exceptions.Timeout", "requests.exceptions.ChunkedEncodingError",
+    "urllib3.exceptions.NewConnectionError", "urllib3.exceptions.MaxRetryError", "urllib3.exceptions.ProtocolError",
+    "urllib3.exceptions.TimeoutError", "http.client.RemoteDisconnected", "http.client.IncompleteRead",
+    "httpx.TimeoutException", "httpx.NetworkError", "httpx.RemoteProtocolError",
+    # huggingface_hub 2.x talks through httpx2
+    "httpx2.TimeoutException", "httpx2.NetworkError", "httpx2.RemoteProtocolError",
+})
 # Connection errors that no retry can fix.
 PERMANENT_NAMES = frozenset({"OfflineModeIsEnabled", "InvalidURL", "InvalidUrlException", "SSLError"})
 
@@ -101,7 +110,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     while exc is not None and exc not in seen and len(seen) < 20:
         seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
     return seen
 
 
@@ -137,11 +146,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if _http_status(e) in TRANSIENT_HTTP_STATUS:
             return True
-        names = {cls.__name__ for cls in type(e).__mro__}
-        # requests / urllib3 / httpx network errors, without importing them all
-        if names & {"ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError", "ProtocolError",
-                    "NewConnectionError", "MaxRetryError", "RemoteDisconnected", "IncompleteRead",
-                    "ChunkedEncodingError", "RemoteProtocolError"}:
+        if {f"{cls.__module__}.{cls.__name__}" for cls in type(e).__mro__} & NETWORK_ERRORS:
             return True
     return False
 

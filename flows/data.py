@@ -46,7 +46,7 @@ def validate_flow(dataset: str) -> dict:
     return report
 
 
-@flow(name="prepare", log_prints=True)
+@flow(name="prepare", log_prints=False)
 def prepare_flow(task_name: str) -> str:
     from pipeline.prepare import prepare_task
 
@@ -55,7 +55,7 @@ def prepare_flow(task_name: str) -> str:
     return str(prepare_task(task_name, params))
 
 
-@flow(name="corpus", log_prints=True)
+@flow(name="corpus", log_prints=False)
 def corpus_flow() -> str:
     from pipeline.prepare import build_corpus
 

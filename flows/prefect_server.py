@@ -79,7 +79,7 @@ class LocalServer:
         while not healthy(self.api_url, timeout_s=1.0):
             if self.process.poll() is not None or time.monotonic() - started > timeout_s:
                 tail = self.log_tail()
-                self.stop()
+                self.stop(keep_log=True)
                 raise RuntimeError(
                     f"the local Prefect server on {self.api_url} did not start within {timeout_s:.0f} s "
                     f"(log {self.log_path}):\n{tail}\nSet {API_ENV} to use a running server instead."
@@ -95,8 +95,10 @@ class LocalServer:
         except OSError:
             return ""
 
-    def stop(self, timeout_s: float = 20.0) -> None:
+    def stop(self, timeout_s: float = 20.0, keep_log: bool = False) -> None:
         proc, self.process = self.process, None
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

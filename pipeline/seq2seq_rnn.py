@@ -221,16 +221,17 @@ def beam_search(
     beam_size: int,
     max_len: int,
     length_penalty: float = 1.0,
+    include_greedy: bool = True,
 ) -> list[Hypothesis]:
     """Batched beam search, ranking finished hypotheses by log_prob / length ** length_penalty.
 
     Stops an example when it has beam_size finished hypotheses and no running beam can still beat the worst one
-    at its current length (HF generate's default heuristic). The greedy output is added to the candidates because
-    pruning can drop the greedy path, so the result is never scored below greedy decoding.
+    at its current length (HF generate's default heuristic). Pruning can drop the greedy path, so by default the
+    greedy output competes too and the result is never scored below greedy decoding.
     """
     if beam_size <= 1:
         return greedy_decode(model, src, src_len, max_len)
-    greedy = greedy_decode(model, src, src_len, max_len)
+    greedy = greedy_decode(model, src, src_len, max_len) if include_greedy else [None] * src.size(0)
     batch, k = src.size(0), beam_size
     device = src.device
     with _eval_mode(model):
@@ -296,7 +297,7 @@ def beam_search(
                             finished[b].append(Hypothesis(history[row].tolist(), score, max_len, attn_history[row].cpu()))
     results = []
     for b in range(batch):
-        candidates = [*finished[b], greedy[b]]
+        candidates = [*finished[b], *([greedy[b]] if greedy[b] is not None else [])]
         results.append(max(candidates, key=lambda h: h.score(length_penalty)))
     return results
 

@@ -164,9 +164,12 @@ def test_mlflow_ui_shows_all_models_of_a_task(mlflow_ui, repo_root):
             page.goto(f"{url}/#/experiments/{compare_exp}/runs/{parent.info.run_id}")
             page.wait_for_selector("text=Best model per task")
             _close_assistant(page)
+            page.get_by_text("Show more", exact=True).click()  # expand the description
+            page.wait_for_selector(f"text={TASK} (main metric: accuracy)")
             text = page.inner_text("body")
-            assert "| emotion | accuracy | minilm |" in text.replace("\t", " | ") or "minilm" in text
-            assert f"{TASK}.minilm.accuracy" in text and "0.904" in text
+            assert f"{TASK}\taccuracy\tminilm\t0.9040\t{TASK}-minilm v1" in text, "best-per-task row missing"
+            for model, accuracy in ACCURACY.items():
+                assert f"{TASK}.{model}.accuracy" in text, f"metric {TASK}.{model}.accuracy missing on the parent run"
             page.screenshot(path=str(shots / "mlflow_ui_comparison_run.png"))
         finally:
             browser.close()

@@ -57,6 +57,8 @@ def fast_retry_params(default_params_dict):
 
 
 def test_is_transient_tells_network_errors_from_bugs():
+    import httpx2
+    import requests
     from huggingface_hub.errors import OfflineModeIsEnabled
     from mlflow.exceptions import MlflowException, RestException
 
@@ -72,6 +74,11 @@ def test_is_transient_tells_network_errors_from_bugs():
             raise MlflowException("API request to http://mlflow:5000 failed with exception ...")
     except MlflowException as wrapped:
         assert is_transient(wrapped)
+    assert is_transient(requests.exceptions.ConnectionError("Max retries exceeded"))
+    assert is_transient(httpx2.ConnectError("connection refused"))  # what huggingface_hub raises
+    assert is_transient(httpx2.HTTPStatusError("busy", request=None, response=httpx2.Response(503)))
+    assert not is_transient(httpx2.HTTPStatusError("gone", request=None, response=httpx2.Response(404)))
+    assert not is_transient(requests.exceptions.SSLError("certificate verify failed"))
     assert not is_transient(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such run"}))
     assert not is_transient(MlflowException("bad param"))
     assert not is_transient(ValueError("bad data"))

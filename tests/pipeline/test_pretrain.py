@@ -67,7 +67,7 @@ def _check_outputs(family_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_gpt_pretraining_lowers_heldout_loss(pretrained_models):
+def test_gpt_pretraining_lowers_heldout_loss(pretrained_models, monkeypatch):
     root = _root(pretrained_models)
     family_dir = root / "data" / "pretrain" / "gpt"
     metrics = _metrics(family_dir)
@@ -78,12 +78,9 @@ def test_gpt_pretraining_lowers_heldout_loss(pretrained_models):
     _check_outputs(family_dir)
 
     # Independently of the stage's own numbers: the saved weights beat a fresh model on the held-out blocks.
-    os.chdir(root)  # read_corpus reads data/corpus under the cwd
-    try:
-        tok = AutoTokenizer.from_pretrained(str(pretrained_models["gpt"]))
-        heldout = lm_blocks(read_corpus("heldout"), tok, TINY_PRETRAIN["block_size"])
-    finally:
-        os.chdir(REPO_ROOT)
+    monkeypatch.chdir(root)  # read_corpus reads data/corpus under the cwd
+    tok = AutoTokenizer.from_pretrained(str(pretrained_models["gpt"]))
+    heldout = lm_blocks(read_corpus("heldout"), tok, TINY_PRETRAIN["block_size"])
     trained = AutoModelForCausalLM.from_pretrained(str(pretrained_models["gpt"]), use_safetensors=True)
     cfg = parse_params(tiny_pretrain_params(root, yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))).pretrain.gpt
     torch.manual_seed(0)
@@ -93,7 +90,7 @@ def test_gpt_pretraining_lowers_heldout_loss(pretrained_models):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_bert_pretraining_reports_mlm_and_nsp(pretrained_models):
+def test_bert_pretraining_reports_mlm_and_nsp(pretrained_models, monkeypatch):
     root = _root(pretrained_models)
     family_dir = root / "data" / "pretrain" / "bert"
     metrics = _metrics(family_dir)
@@ -106,12 +103,9 @@ def test_bert_pretraining_reports_mlm_and_nsp(pretrained_models):
     # The saved model has both pretraining heads and scores the held-out pairs the same way.
     model = AutoModelForPreTraining.from_pretrained(str(pretrained_models["bert"]), use_safetensors=True)
     assert type(model).__name__ == "BertForPreTraining"
-    os.chdir(root)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(pretrained_models["bert"]))
-        heldout = nsp_pairs(read_corpus("heldout"), tok, TINY_PRETRAIN["block_size"], seed=43)
-    finally:
-        os.chdir(REPO_ROOT)
+    monkeypatch.chdir(root)
+    tok = AutoTokenizer.from_pretrained(str(pretrained_models["bert"]))
+    heldout = nsp_pairs(read_corpus("heldout"), tok, TINY_PRETRAIN["block_size"], seed=43)
     again = pt.evaluate_bert(model, heldout, tok, 0.15, 16, seed=42)
     assert again == pytest.approx(final, rel=1e-4)
 
@@ -165,8 +159,8 @@ def _wait_for_checkpoint(proc: subprocess.Popen, folder: Path, timeout: float) -
 def test_killed_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp_path, pretrain_inputs,
                                                                        default_params_dict, monkeypatch):
     copy_pretrain_inputs(pretrain_inputs, tmp_path)
-    max_steps = 60
-    raw = tiny_pretrain_params(tmp_path, default_params_dict, max_steps=max_steps, save_steps=10, eval_steps=30)
+    max_steps = 100  # enough steps after the first checkpoint that the kill always lands before the end
+    raw = tiny_pretrain_params(tmp_path, default_params_dict, max_steps=max_steps, save_steps=10, eval_steps=50)
     write_params(tmp_path, raw)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HT_LOG_LEVEL": "WARNING"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -110,11 +110,13 @@ def test_decoding_one_sequence_alone_or_in_a_batch_gives_the_same_result():
 @pytest.mark.parametrize("trained", [False, True], ids=["untrained", "briefly-trained"])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0])
 def test_beam_search_never_scores_below_greedy_and_reports_true_log_probs(trained, length_penalty):
+    """Checked on the search itself (include_greedy=False); the default also lets the greedy output compete."""
     for seed in range(4):
         model = briefly_trained(seed) if trained else make_model(seed)
         src, lengths = random_batch(100 + seed)
         greedy = greedy_decode(model, src, lengths, max_len=8)
-        beam = beam_search(model, src, lengths, beam_size=4, max_len=8, length_penalty=length_penalty)
+        beam = beam_search(model, src, lengths, beam_size=4, max_len=8, length_penalty=length_penalty,
+                           include_greedy=False)
         for b, (g, h) in enumerate(zip(greedy, beam)):
             assert h.score(length_penalty) >= g.score(length_penalty) - 1e-5, f"seed {seed} row {b}"
             # the reported score is the model's own log-probability of that exact output
