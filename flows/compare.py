@@ -17,7 +17,7 @@ from flows.artifacts import publish_leaderboard
 from flows.common import mark_flow_run, params_or_exit, run_cli, setup_logging
 
 USAGE = ("usage: python -m flows.compare                  (the compare stage)\n"
-         "       python -m flows.compare rollback TARGET  (TARGET: a task, e.g. emotion, or a model, e.g. emotion-bert)\n"
+         "       python -m flows.compare rollback TARGET  (a task, e.g. emotion, or a model, e.g. emotion-bert)\n"
          "       python -m flows.compare history [TARGET]")
 
 

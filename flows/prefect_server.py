@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,7 +60,7 @@ class LocalServer:
         self.api_url = api_url_for(self.port)
         self.home, self.extra_env, self.ui, self.services = home, env or {}, ui, services
         self.process: subprocess.Popen | None = None
-        fd, name = tempfile.mkstemp(prefix=f"prefect-server-{self.port}-", suffix=".log")
+        fd, name = tempfile.mkstemp(prefix=f"prefect-server-{self.port}-", suffix=".log", dir=home)
         os.close(fd)
         self.log_path = Path(name)
 
@@ -135,8 +136,25 @@ def prefect_api(port: int | None = None, reuse_port: int | None = DEFAULT_PORT, 
         with _env(API_ENV, api_url_for(reuse_port)):
             yield api_url_for(reuse_port)
         return
-    with LocalServer(port=port, ui=ui) as server, _env(API_ENV, server.api_url):
+    with _exit_on_sigterm(), LocalServer(port=port, ui=ui) as server, _env(API_ENV, server.api_url):
         yield server.api_url
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit (Python's default is to die on the spot), so the server is stopped too."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager

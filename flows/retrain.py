@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from flows.artifacts import publish_leaderboard
 from flows.common import setup_logging
@@ -135,7 +136,6 @@ def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: b
     params = load_params(repo / "params.yaml")
     timeout = params.orchestration.lock_timeout_seconds if lock_timeout_seconds is None else lock_timeout_seconds
     targets = list(targets or [])
-    from prefect.runtime import flow_run
 
     def waiting(holder: dict | None) -> None:
         logger.info("Waiting up to %g s for %s, held by %s", timeout, LOCK_FILE, holder or "another process")
@@ -153,13 +153,16 @@ def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: b
         leaders = champions(repo)
         if leaders:
             logger.info("Champions (task leaders): %s", ", ".join(f"{t}: {m}" for t, m in leaders.items()))
-        note = f"re-ran {len(rerun)} stage(s)" if rerun else NOTHING_CHANGED
+        if rerun:
+            note = f"re-ran {len(rerun)} stage(s)"
+        else:  # out of date but nothing re-ran: DVC restored the outputs from its cache
+            note = "outputs restored from the DVC cache, no stage re-ran" if stale else NOTHING_CHANGED
         published = publish_leaderboard(repo, note=note)
     summary = {
         "repo": str(repo),
         "out_of_date": sorted(stale),
         "rerun": rerun,
-        "nothing_changed": not rerun,
+        "nothing_changed": not stale and not rerun,
         "leaders": leaders,
         "leaderboard": published["markdown"],
         "duration_s": round(time.monotonic() - started, 1),

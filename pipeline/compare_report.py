@@ -126,7 +126,8 @@ def _table(rows: list[Row], task: str) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows_for(rows, task):
         if r.status != OK:
-            cells = [r.model, r.family or "", r.weight_source or "", NOT_RUN, *([NOT_RUN] * len(extra)), *([""] * 6), NOT_RUN]
+            metrics = [NOT_RUN] * (1 + len(extra))
+            cells = [r.model, r.family or "", r.weight_source or "", *metrics, *([""] * 6), NOT_RUN]
         else:
             version = r.registered_version or NOT_AVAILABLE
             if r.champion:

@@ -145,7 +145,10 @@ def score_test(setup: TaskSetup, trainer, params: Params) -> tuple[dict[str, flo
         options = dict(max_new_tokens=gen.max_new_tokens, length_penalty=gen.length_penalty,
                        batch_size=params.finetune.common.eval_batch_size, progress=True)
         greedy = translation_metrics(test["de"], setup.translator.translate(test["en"], num_beams=1, **options))
-        beam = translation_metrics(test["de"], setup.translator.translate(test["en"], num_beams=gen.num_beams, **options))
+        hyps = setup.translator.translate(test["en"], num_beams=gen.num_beams, **options)
+        beam = translation_metrics(test["de"], hyps)
+        for source, hyp, ref in list(zip(test["en"], hyps, test["de"]))[:3]:
+            log.info("test example:\n  en:  %s\n  hyp: %s\n  ref: %s", source, hyp, ref)
         return {**beam, **{f"{k}_greedy": v for k, v in greedy.items()}}, None
     output = trainer.predict(setup.encoded["test"], metric_key_prefix="test")
     predictions = np.asarray(output.predictions)

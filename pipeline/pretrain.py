@@ -4,8 +4,10 @@
 
 Reads data/corpus/{train,heldout}.txt and data/tokenizers/<family>/, writes data/pretrain/<family>/
 {model/ (safetensors + tokenizer), metrics.json, plots/loss.csv} atomically and logs one MLflow run in the
-`pretraining` experiment (params, per-step loss/lr, eval loss, held-out metrics, train_time_s, param_count,
-tokens_per_s).
+`pretraining` experiment (params, per-step loss/lr, eval loss, held-out metrics before and after training,
+train_time_s, param_count, tokens_per_s). train_time_s is the wall time of this process's trainer.train() (periodic
+evals and checkpoint saves included; a resumed run counts only its own part); tokens_per_s is the non-padding
+training tokens of that part divided by it.
 
 Checkpoints go to checkpoints/pretrain-<family>/ (outside data/: DVC deletes a stage's outs before re-running
 it) every `save_steps`. A run that was killed resumes from its last complete checkpoint and continues the same

@@ -27,15 +27,17 @@ DECODER_TOKENIZER = "decoder_tokenizer"
 
 def build_encoder_decoder(encoder_path: str | Path, decoder_path: str | Path, decoder_tokenizer):
     """EncoderDecoderModel from a BERT-family encoder folder and a GPT decoder folder (cross-attention added)."""
-    from transformers import EncoderDecoderModel
+    from transformers import AutoConfig, EncoderDecoderModel
 
+    decoder_config = AutoConfig.from_pretrained(str(decoder_path))
+    decoder_config.is_decoder = True
+    decoder_config.add_cross_attention = True  # new, randomly initialised cross-attention blocks
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(
         str(encoder_path),
         str(decoder_path),
         encoder_use_safetensors=True,
         decoder_use_safetensors=True,
-        decoder_add_cross_attention=True,
-        decoder_is_decoder=True,
+        decoder_config=decoder_config,
     )
     set_decoder_special_tokens(model, decoder_tokenizer)
     return model

@@ -39,7 +39,8 @@ class Retrain:
     def wait_for(self, condition, what: str, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
-            assert self.proc.poll() is None or condition(), f"exited ({self.proc.returncode}) before {what}:\n{self.output}"
+            exited = self.proc.poll() is not None and not condition()
+            assert not exited, f"exited ({self.proc.returncode}) before {what}:\n{self.output}"
             assert time.monotonic() < deadline, f"no {what} in {timeout_s} s:\n{self.output}"
             time.sleep(0.2)
 

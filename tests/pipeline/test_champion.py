@@ -58,8 +58,10 @@ def test_alias_moves_only_on_improvement_and_every_move_is_recorded(compare_repo
 
     promotions = [e for e in read_history(params) if e["event"] == "promote"]
     assert [(e["old_version"], e["new_version"]) for e in promotions] == [(None, "1"), ("1", "3")]
-    assert (promotions[1]["old_metric"], promotions[1]["new_metric"], promotions[1]["metric"]) == (0.60, 0.65, "accuracy")
-    assert all(e["registered_model"] == "emotion-bert" and e["alias"] == CHAMPION_ALIAS and e["time"] for e in promotions)
+    second = promotions[1]
+    assert (second["old_metric"], second["new_metric"], second["metric"]) == (0.60, 0.65, "accuracy")
+    assert all(e["registered_model"] == "emotion-bert" and e["alias"] == CHAMPION_ALIAS and e["time"]
+               for e in promotions)
     assert history_path(params) == compare_repo.root / "mlflow" / "champion_history.jsonl"
 
     champion = mlflow.pyfunc.load_model(f"models:/emotion-bert@{CHAMPION_ALIAS}")  # a real, loadable model

@@ -42,7 +42,8 @@ def test_leaderboard_covers_every_task_and_model(compare_repo):
     b = _row(rows, "emotion", "bert")
     assert (b.main_value, b.test["macro_f1"], b.param_count) == (0.63, 0.51, 3_200_000)
     assert (b.mlflow_run_id, b.registered_version, b.family, b.weight_source) == (bert.run_id, "1", "bert", "pretrain")
-    assert _row(rows, "emotion", "rnn").train_time_s == 30.0 and _row(rows, "emotion", "rnn").mlflow_run_id == rnn.run_id
+    r = _row(rows, "emotion", "rnn")
+    assert (r.train_time_s, r.mlflow_run_id) == (30.0, rnn.run_id)
     assert _row(rows, "conll2003", "minilm").test["entity_recall"] == 0.72 and ner.version == "1"
     assert not any(r.notes for r in rows if r.status == OK)
 
@@ -155,3 +156,15 @@ def test_dvc_metrics_show_reads_comparison_json(compare_repo, tmp_path_factory):
     assert shown["emotion"]["bert"]["accuracy"] == 0.61
     assert shown["emotion"]["gpt"] == {"status": NOT_RUN}
     assert shown["best"]["emotion"] == {"model": "bert", "accuracy": 0.61}
+
+
+def test_compare_before_any_run_reports_every_combination_as_not_run(compare_repo):
+    result = compare(compare_repo.params)
+
+    assert result["best"] == {} and all(r["status"] == NOT_RUN for r in result["leaderboard"])
+    doc = json.loads((compare_repo.root / "reports/comparison.json").read_text())
+    assert all(doc[t][m] == {"status": NOT_RUN} for t in TASKS for m in compare_repo.params.models)
+    assert doc["best"] == {} and doc["champion"] == {}
+    md = (compare_repo.root / "reports/comparison.md").read_text()
+    assert md.count(f"| {NOT_RUN} |") >= len(TASKS) * len(compare_repo.params.models)
+    assert (compare_repo.root / "reports/plots" / MAIN_PLOT).read_bytes().startswith(PNG_MAGIC)
