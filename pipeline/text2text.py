@@ -146,41 +146,58 @@ class TaskFormat:
         metrics["invalid_rate"] = 1.0 - sum(valid) / max(len(valid), 1)
         return metrics
 
-    def natural(self, prediction: Any, words: Sequence[str]) -> Any:
-        """The served form: a label name, the entities found in `words`, or the German text."""
+    def natural(self, prediction: Any, text: str) -> Any:
+        """The served form: a label name, the entities found in `text` (NER: its whitespace-separated words), or
+        the German text."""
         if self.kind == "classification":
             return self.label_names[prediction] if prediction >= 0 else self.label_names[0]
         if self.kind == "ner":
-            return tags_to_entities(list(words), prediction)
+            return tags_to_entities(text, prediction)
         return prediction
 
 
-def tags_to_entities(words: list[str], tags: list[str]) -> list[dict]:
-    """IOB2 tags -> [{"entity_group", "word", "start", "end"}] with character offsets in " ".join(words)."""
-    starts, pos = [], 0
-    for w in words:
-        starts.append(pos)
-        pos += len(w) + 1
-    entities: list[dict] = []
-    current: dict | None = None
-    for i, (word, tag) in enumerate(zip(words, tags)):
-        kind = tag[2:] if tag[:2] in ("B-", "I-") else None
-        if kind and (tag.startswith("B-") or current is None or current["entity_group"] != kind):
-            current = {"entity_group": kind, "first": i, "last": i}
-            entities.append(current)
-        elif kind:
-            current["last"] = i
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character (start, end) of each whitespace-separated word."""
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def tags_to_entities(text: str, tags: Sequence[str]) -> list[dict]:
+    """IOB2 tags of the words of `text` -> entities in the same form as the fine-tuned NER models serve
+    (pipeline.ner_tagger): {"entity", "word", "start", "end", "word_start", "word_end"} (ends exclusive)."""
+    spans = word_spans(text)
+    groups: list[list] = []  # [type, first word, last word + 1]
+    current = None
+    for i, tag in enumerate(tags[: len(spans)]):
+        prefix, _, kind = tag.partition("-")
+        if prefix == "B" or (prefix == "I" and (current is None or current[0] != kind)):
+            current = [kind, i, i + 1]
+            groups.append(current)
+        elif prefix == "I":
+            current[2] = i + 1
         else:
             current = None
-    return [
-        {
-            "entity_group": e["entity_group"],
-            "word": " ".join(words[e["first"] : e["last"] + 1]),
-            "start": starts[e["first"]],
-            "end": starts[e["last"]] + len(words[e["last"]]),
-        }
-        for e in entities
-    ]
+    entities = []
+    for kind, first, end in groups:
+        start, stop = spans[first][0], spans[end - 1][1]
+        entities.append({"entity": kind, "word": text[start:stop], "start": start, "end": stop,
+                         "word_start": first, "word_end": end})
+    return entities
+
+
+def serving_texts(model_input) -> list[str]:
+    """The texts of a serving request: a DataFrame's `text` column (or first column), a list, or one string."""
+    import pandas as pd
+
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, pd.DataFrame):
+        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        return [str(x) for x in model_input[column].tolist()]
+    if isinstance(model_input, pd.Series):
+        return [str(x) for x in model_input.tolist()]
+    if isinstance(model_input, dict) and "text" in model_input:
+        return serving_texts(model_input["text"])
+    return [str(x) for x in list(model_input)]
 
 
 def task_format(task: str, train_split) -> TaskFormat:

@@ -22,7 +22,7 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.text2text import AttentionMap, TaskFormat, Text2TextError, Text2TextModel, TrainOutcome
+from pipeline.text2text import AttentionMap, TaskFormat, Text2TextError, Text2TextModel, TrainOutcome, serving_texts
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +322,8 @@ def cross_attention_maps(model, tokenizer, codec: TextCodec, texts: list[str], n
 
 
 class EncDecPyfunc(mlflow.pyfunc.PythonModel):
-    """Serves the registered encdec: DataFrame with `text` (NER: space-separated words, or a `tokens` list) ->
-    label names / entities / German text."""
+    """Serves the registered encdec: texts (a DataFrame `text` column, a list or a string; NER: space-separated
+    words) -> label names / entities / German text."""
 
     def load_context(self, context) -> None:
         from transformers import AutoTokenizer, BartForConditionalGeneration
@@ -339,24 +339,18 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
         set_generation_length(self.model, self.codec.gen_max_new_tokens)
 
     def predict(self, context, model_input, params=None) -> list[Any]:
-        from pipeline.text2text_rnn import serving_words
-
-        words = serving_words(self.fmt, model_input)
-        if self.fmt.kind == "ner":
-            texts = [" ".join(w) for w in words]
-        else:
-            frame = model_input
-            texts = [str(t) for t in frame["text"]]
+        texts = serving_texts(model_input)
+        sources = [" ".join(t.split()) if self.fmt.kind == "ner" else t for t in texts]
         results = []
         for start in range(0, len(texts), 32):
-            batch = [self.codec.source(t) for t in texts[start : start + 32]]
+            batch = [self.codec.source(t) for t in sources[start : start + 32]]
             width = max(len(b) for b in batch)
             ids = torch.tensor([b + [self.codec.pad] * (width - len(b)) for b in batch], device=self.model.device)  # [batch, src_len]
-            mask = (torch.arange(width, device=ids.device).unsqueeze(0) < torch.tensor([len(b) for b in batch], device=ids.device).unsqueeze(1)).long()  # [batch, src_len]
+            mask = (ids != self.codec.pad).long()  # [batch, src_len]
             with torch.no_grad():
                 generated = self.model.generate(input_ids=ids, attention_mask=mask, num_beams=self.meta["num_beams"],
                                                 length_penalty=self.meta["length_penalty"])  # [batch, out_len]
-            for row, w in zip(generated.tolist(), words[start : start + 32]):
-                prediction, _ = self.fmt.prediction(self.codec.output_words(row), len(w))
-                results.append(self.fmt.natural(prediction, w))
+            for row, text in zip(generated.tolist(), texts[start : start + 32]):
+                prediction, _ = self.fmt.prediction(self.codec.output_words(row), len(text.split()))
+                results.append(self.fmt.natural(prediction, text))
         return results

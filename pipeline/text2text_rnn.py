@@ -40,7 +40,15 @@ from pipeline.seq2seq_rnn import (
     greedy_decode,
 )
 from pipeline import paths
-from pipeline.text2text import AttentionMap, TaskFormat, Text2TextModel, TrainOutcome, Vocab, word_tokenize
+from pipeline.text2text import (
+    AttentionMap,
+    TaskFormat,
+    Text2TextModel,
+    TrainOutcome,
+    Vocab,
+    serving_texts,
+    word_tokenize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,28 +345,14 @@ class RNNText2Text(Text2TextModel):
                                    input_example=serving_example(self.fmt, self.words["test"][:2]))
 
 
-def serving_example(fmt: TaskFormat, words: list[list[str]]):
-    import pandas as pd
-
-    return pd.DataFrame({"text": [" ".join(w) for w in words]})
-
-
-def serving_words(fmt: TaskFormat, model_input) -> list[list[str]]:
-    """Words per row of a serving request: a `tokens` column (lists of words) or a `text` column."""
-    import pandas as pd
-
-    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-    if "tokens" in frame.columns:
-        return [list(t) for t in frame["tokens"]]
-    if "text" not in frame.columns:
-        raise ValueError(f"expected a 'text' column (or 'tokens' for NER), got columns {list(frame.columns)}")
-    texts = [str(t) for t in frame["text"]]
-    return [t.split() for t in texts] if fmt.kind == "ner" else [word_tokenize(t) for t in texts]
+def serving_example(fmt: TaskFormat, words: list[list[str]]) -> list[str]:
+    """Test inputs as served (as the fine-tuned models' examples: a list of texts; NER: words joined by spaces)."""
+    return [" ".join(w) for w in words]
 
 
 class RNNPyfunc(mlflow.pyfunc.PythonModel):
-    """Serves the registered rnn: DataFrame with `text` (NER: space-separated words, or a `tokens` list) ->
-    label names / entities / German text."""
+    """Serves the registered rnn: texts (a DataFrame `text` column, a list or a string; NER: space-separated
+    words) -> label names / entities / German text."""
 
     def load_context(self, context) -> None:
         meta = json.loads(Path(context.artifacts["vocab"]).read_text(encoding="utf-8"))
@@ -371,14 +365,15 @@ class RNNPyfunc(mlflow.pyfunc.PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> list[Any]:
-        words = serving_words(self.fmt, model_input)
+        texts = serving_texts(model_input)
+        words = [t.split() if self.fmt.kind == "ner" else word_tokenize(t) for t in texts]
         sources = [source_ids(self.src_vocab, w, self.meta["max_length"]) for w in words]
         hyps = decode(self.model, sources, self.fmt.kind, 64, self.meta["num_beams"], self.meta["max_new_tokens"],
                       self.meta["length_penalty"], self.device)
         out = []
-        for w, h in zip(words, hyps):
+        for text, w, h in zip(texts, words, hyps):
             prediction, _ = self.fmt.prediction(self.tgt_vocab.decode(h.tokens), len(w))
-            out.append(self.fmt.natural(prediction, w))
+            out.append(self.fmt.natural(prediction, text))
         return out
 
 

@@ -66,11 +66,11 @@ def test_ner_outputs_are_repaired_to_the_word_count():
 
 
 def test_tags_become_entities_with_character_offsets():
-    words = ["John", "Smith", "visited", "New", "York", "and", "EU"]
+    text = "John  Smith visited New York and EU"
     tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "I-ORG"]
-    entities = tags_to_entities(words, tags)
-    text = " ".join(words)
-    assert [(e["entity_group"], e["word"]) for e in entities] == [("PER", "John Smith"), ("LOC", "New York"), ("ORG", "EU")]
+    entities = tags_to_entities(text, tags)
+    assert [(e["entity"], e["word"], e["word_start"], e["word_end"]) for e in entities] == [
+        ("PER", "John  Smith", 0, 2), ("LOC", "New York", 3, 5), ("ORG", "EU", 6, 7)]
     assert all(text[e["start"] : e["end"]] == e["word"] for e in entities)
 
 
@@ -169,16 +169,16 @@ def test_rnn_stage_writes_outputs_and_registers_a_loadable_ner_model(t2t_repo, t
     assert data.params["tokenization"] == "word-level vocab from train"
     assert int(data.params["tgt_vocab_size"]) == 4 + len(NER_TAGS)
     assert int(data.params["src_vocab_size"]) > 100
-    assert mlflow.get_metric_history(summary["mlflow_run_id"], "val_entity_f1")
+    assert mlflow.MlflowClient().get_metric_history(summary["mlflow_run_id"], "val_entity_f1")
 
     loaded = mlflow.pyfunc.load_model(f"models:/conll2003-rnn/{summary['registered_version']}")
-    words = ["Peter", "Blackburn", "flew", "to", "Germany", "."]
-    by_text = loaded.predict(pd.DataFrame({"text": [" ".join(words), "EU rejects German call"]}))
-    by_tokens = loaded.predict(pd.DataFrame({"tokens": [words]}))
-    assert len(by_text) == 2 and by_tokens[0] == by_text[0]
-    for entity in by_text[0]:
-        assert entity["entity_group"] in {"PER", "ORG", "LOC", "MISC"}
-        assert " ".join(words)[entity["start"] : entity["end"]] == entity["word"]
+    texts = ["Peter Blackburn flew to Germany .", "EU rejects German call to boycott British lamb ."]
+    predicted = loaded.predict(pd.DataFrame({"text": texts}))
+    assert len(predicted) == 2 and predicted == loaded.predict(texts)
+    for text, entities in zip(texts, predicted):
+        for entity in entities:
+            assert entity["entity"] in {"PER", "ORG", "LOC", "MISC"}
+            assert text[entity["start"] : entity["end"]] == entity["word"]
 
 
 @pytest.mark.integration
@@ -230,7 +230,7 @@ def test_rnn_resumes_after_a_crash_in_the_same_mlflow_run(t2t_repo, t2t_params, 
     monkeypatch.setattr(text2text_rnn.RNNText2Text, "_validate", real_validate)
     summary = train_text2text("rnn", "sst2", params)
     assert summary["mlflow_run_id"] == first_run
-    history = mlflow.get_metric_history(first_run, "val_accuracy")
+    history = mlflow.MlflowClient().get_metric_history(first_run, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
     curve = (t2t_repo / "data" / "finetune" / "rnn-sst2" / "plots" / "learning_curve.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in curve[1:]] == ["1", "2"]
