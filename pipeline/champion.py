@@ -108,6 +108,11 @@ def _locked(params: Params, root: Path | None) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------- registry reads
+def _not_found(err) -> bool:
+    """Only a missing run/model/alias means "absent"; an outage (5xx, timeout) must surface, not be skipped."""
+    return getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def main_metric(task: str) -> str:
     return MAIN_METRIC[TASK_SPECS[task][1]]
 
@@ -121,7 +126,9 @@ def _candidate(client, name: str, version, task: str, runs: dict) -> Candidate |
     if version.run_id not in runs:
         try:
             runs[version.run_id] = client.get_run(version.run_id)
-        except MlflowException:
+        except MlflowException as err:
+            if not _not_found(err):
+                raise
             runs[version.run_id] = None
     run = runs[version.run_id]
     if run is None or run.info.status != "FINISHED":
@@ -139,7 +146,9 @@ def _current(client, name: str, task: str, runs: dict) -> Candidate | None:
 
     try:
         version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException:
+    except MlflowException as err:
+        if not _not_found(err):
+            raise
         return None
     found = _candidate(client, name, version, task, runs)
     return found or Candidate(name, str(version.version), None, "", 0)
@@ -154,8 +163,9 @@ def _task_models(client, task: str, params: Params) -> list[str]:
         try:
             client.get_registered_model(registered_name(task, model))
             names.append(registered_name(task, model))
-        except MlflowException:
-            continue
+        except MlflowException as err:
+            if not _not_found(err):
+                raise
     return names
 
 
