@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -94,11 +95,13 @@ class RecordingCollator:
         return out
 
 
-def _interleaver_callback(hand: HandLoop, recorder: RecordingCollator, every: int, samples: dict):
+def _interleaver_callback(hand: HandLoop, recorder: RecordingCollator, every: int, samples: dict,
+                          extra: dict[str, Callable[[], float]]):
     from transformers import TrainerCallback
 
     class Interleaver(TrainerCallback):
-        """Every `every` steps: time the Trainer segment just finished, then run the hand loop on its batches."""
+        """Every `every` steps: time the Trainer segment just finished, then run the hand loop on its batches
+        (and each `extra` probe, e.g. a matmul-peak sample taken under the same machine load)."""
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.t0 = time.perf_counter()
@@ -113,12 +116,14 @@ def _interleaver_callback(hand: HandLoop, recorder: RecordingCollator, every: in
             samples["trainer_s"].append(trainer_s)
             samples["hand_s"].append(hand_s)
             samples["tokens"].append(tokens)
+            for name, probe in extra.items():
+                samples.setdefault(name, []).append(probe())
             self.t0 = time.perf_counter()
 
     return Interleaver()
 
 
-def trainer_family(family: str, opts: BenchOptions) -> dict:
+def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[], float]] | None = None) -> dict:
     import mlflow
     from transformers import Trainer, set_seed
 
@@ -143,7 +148,7 @@ def trainer_family(family: str, opts: BenchOptions) -> dict:
         recorder = RecordingCollator(collator)
         samples = {"trainer_s": [], "hand_s": [], "tokens": []}
         callbacks = [pretrain.MlflowStepLogger(), pretrain.ThroughputMeter(),
-                     _interleaver_callback(hand, recorder, every, samples)]
+                     _interleaver_callback(hand, recorder, every, samples, extra or {})]
         trainer = Trainer(model=model, args=args, data_collator=recorder, train_dataset=train,
                           processing_class=tok, callbacks=callbacks)
         previous_uri = mlflow.get_tracking_uri()
@@ -157,8 +162,9 @@ def trainer_family(family: str, opts: BenchOptions) -> dict:
     a = [t / s for t, s in zip(samples["tokens"][keep], samples["trainer_s"][keep])]
     b = [t / s for t, s in zip(samples["tokens"][keep], samples["hand_s"][keep])]
     n_params = sum(p.numel() for p in model.parameters())
+    probes = {name: samples[name][keep] for name in (extra or {})}
     return {
-        "engine": "transformers.Trainer (pipeline.pretrain config)",
+        "engine": "transformers.Trainer (pipeline.pretrain config)", "probes": probes,
         "model": type(model).__name__, "param_count": n_params, "steps_per_segment": every,
         "warmup_segments": warmup, "logging_steps": args.logging_steps, "optim": str(args.optim), "hand_optim": f"torch.optim.AdamW(fused={fused})",
         "batch_size": cfg.batch_size, "block_size": cfg.block_size,
@@ -251,6 +257,13 @@ def rnn_family(opts: BenchOptions) -> dict:
 
 
 # ---------------------------------------------------------------- the benchmark
+def matmul_probe() -> float:
+    """One fp32 matmul-peak sample (best of 1024^2 and 2048^2), for cpu_utilisation's paired ratio."""
+    from bench.flops import matmul_flops
+
+    return max(max(matmul_flops(n, reps=1, min_time_s=0.15)) for n in (1024, 2048))
+
+
 def finish(family: str, data: dict) -> tuple[dict, dict]:
     a, b = data["pipeline_tokens_per_s"], data["hand_tokens_per_s"]
     ratios = paired_ratios(a, b)
@@ -272,7 +285,8 @@ def finish(family: str, data: dict) -> tuple[dict, dict]:
 def run(opts: BenchOptions, ctx: dict) -> dict:
     torch.manual_seed(0)
     results, rows = {}, []
-    jobs = {"gpt": lambda: trainer_family("gpt", opts), "bert": lambda: trainer_family("bert", opts),
+    jobs = {"gpt": lambda: trainer_family("gpt", opts, extra={"matmul_flops": matmul_probe}),
+            "bert": lambda: trainer_family("bert", opts),
             "rnn": lambda: rnn_family(opts)}
     for family, job in jobs.items():
         log.info("training engine: %s", family)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline import paths
 from pipeline.config import Params
 from pipeline.seq2seq_rnn import (
     EOS_IDX,
@@ -39,7 +40,6 @@ from pipeline.seq2seq_rnn import (
     beam_search,
     greedy_decode,
 )
-from pipeline import paths
 from pipeline.text2text import (
     AttentionMap,
     TaskFormat,

@@ -85,10 +85,11 @@ def _floor(task: str, fmt: TaskFormat, test) -> tuple[str, float]:
     return "bleu", 0.0
 
 
+FLOOR_MARGIN = {"accuracy": 0.03, "token_accuracy": 0.005, "bleu": 1.0}
 FLOOR_SETTINGS = {
     "emotion": dict(epochs=4, learning_rate=0.01, batch_size=64),
-    "sst2": dict(epochs=4, learning_rate=0.01, batch_size=64),
-    "conll2003": dict(epochs=4, learning_rate=0.005, batch_size=32),
+    "sst2": dict(epochs=4, learning_rate=0.005, batch_size=32),
+    "conll2003": dict(epochs=5, learning_rate=0.003, batch_size=16),
     "multi30k": dict(epochs=3, learning_rate=0.01, batch_size=64, max_length=24),
 }
 
@@ -108,10 +109,11 @@ def test_rnn_beats_an_untrained_floor_on_real_data(task, t2t_repo, t2t_params):
     metrics, _ = score_outputs(trainer.fmt, data["test"], trainer.predict_test())
     name, floor = _floor(task, trainer.fmt, data["test"])
     floor = max(floor, untrained[name])
-    assert metrics[name] > floor + 0.02 * (100 if name == "bleu" else 1), (task, metrics, floor)
+    print(task, "floor", floor, "untrained", untrained, "trained", metrics)
+    assert metrics[name] > floor + FLOOR_MARGIN[name], (task, metrics, floor)
     assert outcome.curve[-1]["train_loss"] < outcome.curve[0]["train_loss"]
-    if trainer.fmt.kind == "ner":
-        assert metrics["entity_f1"] > untrained["entity_f1"]
+    if trainer.fmt.kind == "ner":  # the main metric too: all-O and the untrained model find no entities
+        assert metrics["entity_f1"] > untrained["entity_f1"] + 0.1
 
 
 # ---------------------------------------------------------------- the stage, end to end
