@@ -77,7 +77,7 @@ def budget_ok(overhead: float, stage_s: float) -> bool:
     return overhead <= SHORT_STAGE_S or overhead <= FRACTION * stage_s
 
 
-def workspace_for(stage: str) -> tuple[Path | None, str]:
+def workspace_for(stage: str, env: dict[str, str]) -> tuple[Path | None, str]:
     """A repo copy whose stage inputs exist: a copy of a finished run, else a fresh copy after running the
     stage's upstream once."""
     src, _ = find_finished_workspace(None, check_status=False)
@@ -86,7 +86,7 @@ def workspace_for(stage: str) -> tuple[Path | None, str]:
         if copy is not None:
             return copy, f"copy of the finished run in {src}"
     repo = clone_repo(REPO_ROOT, DEFAULT_WORKDIR / NAME)
-    setup = run_tracked(["dvc", "repro", stage], repo, bench_env(), timeout=1800)
+    setup = run_tracked(["dvc", "repro", stage], repo, env, timeout=1800)
     if setup.rc != 0:
         return None, f"setting up ({' '.join(['dvc', 'repro', stage])}) failed: {' / '.join(setup.tail[-3:])}"
     return repo, f"fresh copy, upstream run once ({', '.join(setup.ran)})"
@@ -112,13 +112,18 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
                                 f"{sorted(STAGES)}@<name>, got {stage!r}")])
     flow_args, function, out = STAGES[kind]
     module, fn = function.split(":")
-    repo, origin = workspace_for(stage)
-    if repo is None:
-        return result_body([row(item, target, "-", NOT_MEASURED, origin)])
-    break_links(repo / "data" / out.format(name=name))
     env = bench_env()
     server, server_start_s = start_server(env)
     env["PREFECT_API_URL"] = server.api_url
+    try:
+        repo, origin = workspace_for(stage, env)
+    except BaseException:
+        server.stop()
+        raise
+    if repo is None:
+        server.stop()
+        return result_body([row(item, target, "-", NOT_MEASURED, origin)])
+    break_links(repo / "data" / out.format(name=name))
     python = str(REPO_ROOT / ".venv" / "bin" / "python")
     inner: list[dict] = []
 

@@ -64,7 +64,8 @@ def repo_files(src: Path) -> list[str]:
 def clone_repo(src: Path, workdir: Path, outputs: bool = False) -> Path:
     """Copy the repo's files to <workdir>/repo (a fresh git repo with one commit) and link <workdir>/shared.
 
-    outputs=True also brings a finished run's outputs: data/ and mlflow/artifacts/ as hard links (stages
+    outputs=True also brings a finished run's outputs: data/, mlflow/artifacts/ and the DVC cache (without
+    which `dvc status` says "not in cache") as hard links (stages
     replace outputs by rename, never in place, so the source stays intact), dvc.lock and the MLflow
     database as real copies (they are changed in place).
     """
@@ -82,10 +83,13 @@ def clone_repo(src: Path, workdir: Path, outputs: bool = False) -> Path:
     if not shared.exists() and real_shared.exists():
         shared.symlink_to(real_shared, target_is_directory=True)
     if outputs:
-        for rel in ("data", "mlflow/artifacts"):
+        for rel in ("data", "mlflow/artifacts", ".dvc/cache"):
             if (src / rel).is_dir():
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-                subprocess.run(["cp", "-al", str(src / rel), str(dst / rel)], check=True)
+                linked = subprocess.run(["cp", "-al", str(src / rel), str(dst / rel)], capture_output=True)
+                if linked.returncode != 0:  # another filesystem (e.g. /tmp on tmpfs): a real copy
+                    shutil.rmtree(dst / rel, ignore_errors=True)
+                    subprocess.run(["cp", "-a", str(src / rel), str(dst / rel)], check=True)
         for rel in ("dvc.lock", "mlflow/mlflow.db", "reports"):
             if (src / rel).is_file():
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -184,6 +184,12 @@ def tags_to_entities(text: str, tags: Sequence[str]) -> list[dict]:
     return entities
 
 
+def serving_example(fmt: TaskFormat, split, n: int = 2) -> list[str]:
+    """The first test inputs as served: a list of texts (NER: the words joined by spaces), as the fine-tuned
+    models' registered examples."""
+    return [fmt.source_text(split[i]) for i in range(min(n, len(split)))]
+
+
 def serving_texts(model_input) -> list[str]:
     """The texts of a serving request: a DataFrame's `text` column (or first column), a list, or one string."""
     import pandas as pd

@@ -22,7 +22,15 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.text2text import AttentionMap, TaskFormat, Text2TextError, Text2TextModel, TrainOutcome, serving_texts
+from pipeline.text2text import (
+    AttentionMap,
+    TaskFormat,
+    Text2TextError,
+    Text2TextModel,
+    TrainOutcome,
+    serving_example,
+    serving_texts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +253,7 @@ class EncDecText2Text(Text2TextModel):
 
     @torch.no_grad()
     def latency_ms(self, n: int) -> float:
-        texts = [self.fmt.source_text(ex) for ex in self.data["test"].select(range(min(n, len(self.data["test"]))))]
+        texts = serving_example(self.fmt, self.data["test"], n)
         self.model.eval()
 
         def run(text: str) -> None:  # tokenize + beam search, as a served request
@@ -260,9 +268,10 @@ class EncDecText2Text(Text2TextModel):
         return (time.perf_counter() - start) * 1000 / len(texts)
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
-        return cross_attention_maps(self.model, self.tokenizer, self.codec,
-                                    [self.fmt.source_text(ex) for ex in self.data["validation"].select(range(min(n, len(self.data["validation"]))))],
-                                    self.gen.num_beams, self.gen.length_penalty)
+        validation = self.data["validation"]
+        texts = [self.fmt.source_text(validation[i]) for i in range(min(n, len(validation)))]
+        return cross_attention_maps(self.model, self.tokenizer, self.codec, texts, self.gen.num_beams,
+                                    self.gen.length_penalty)
 
     def register(self, task: str, model: str) -> str:
         from pipeline.registry import register_pyfunc
@@ -277,11 +286,8 @@ class EncDecText2Text(Text2TextModel):
                 "max_length": self.run.max_length, "num_beams": self.gen.num_beams,
                 "length_penalty": self.gen.length_penalty, "max_new_tokens": self.gen.max_new_tokens,
             }))
-            from pipeline.text2text_rnn import serving_example
-
-            words = [self.fmt.source_words(ex) for ex in self.data["test"].select(range(min(2, len(self.data["test"]))))]
             return register_pyfunc(EncDecPyfunc(), {"model": folder, "task": meta}, task, model,
-                                   input_example=serving_example(self.fmt, words))
+                                   input_example=serving_example(self.fmt, self.data["test"]))
 
 
 def _best_epoch(trainer) -> int | None:

@@ -46,6 +46,7 @@ from pipeline.text2text import (
     Text2TextModel,
     TrainOutcome,
     Vocab,
+    serving_example,
     serving_texts,
     word_tokenize,
 )
@@ -243,7 +244,7 @@ class RNNText2Text(Text2TextModel):
             value = loss.item()
             total_loss += value
             n_batches += 1
-            tokens += int(src_len.sum()) + int((tgt[:, 1:] != PAD_IDX).sum())
+            tokens += int(src_len.sum())  # input tokens, as TrainingSpeed counts them for the transformers
             bar.set_postfix(loss=f"{value:.3f}")
             if self.run.max_steps and state["steps"] >= total_steps:
                 break
@@ -342,12 +343,7 @@ class RNNText2Text(Text2TextModel):
                 "length_penalty": self.gen.length_penalty, "max_new_tokens": self.gen.max_new_tokens,
             }, ensure_ascii=False))
             return register_pyfunc(RNNPyfunc(), {"weights": weights, "vocab": meta}, task, model,
-                                   input_example=serving_example(self.fmt, self.words["test"][:2]))
-
-
-def serving_example(fmt: TaskFormat, words: list[list[str]]) -> list[str]:
-    """Test inputs as served (as the fine-tuned models' examples: a list of texts; NER: words joined by spaces)."""
-    return [" ".join(w) for w in words]
+                                   input_example=serving_example(self.fmt, self.data["test"]))
 
 
 class RNNPyfunc(mlflow.pyfunc.PythonModel):
