@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from bench.common import NOT_MEASURED, REPO_ROOT, BenchOptions, result_body, row, verdict
+from bench.common import NOT_MEASURED, REPO_ROOT, REPORT, BenchOptions, result_body, row, verdict
 from bench.workspace import NOT_RUN_HINT, find_finished_workspace
 
 log = logging.getLogger("bench")
@@ -69,7 +69,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
                                 f"{NOT_RUN_HINT} ({why})") for task, (metric, target) in TARGETS.items()])
     scores = collect(root)
     default_params = params_digest(root) == params_digest(REPO_ROOT)
-    caveat = "" if default_params else "; run's params.yaml differs from the repo's defaults"
+    caveat = "" if default_params else "; the run's params.yaml differs from the repo's defaults: no verdict"
     rows = []
     for task, (metric, target) in TARGETS.items():
         by_model = scores[task]
@@ -80,5 +80,5 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         best_model, best = max(by_model.items(), key=lambda kv: kv[1])
         others = ", ".join(f"{m} {v:.3g}" for m, v in sorted(by_model.items(), key=lambda kv: -kv[1]))
         rows.append(row(f"{task} best test {metric}", f">= {target:g}", f"{best:.4g} ({best_model})",
-                        verdict(best >= target), f"all: {others}{caveat}"))
+                        verdict(best >= target) if default_params else REPORT, f"all: {others}{caveat}"))
     return result_body(rows, workspace=str(root), scores=scores, default_params=default_params)

@@ -158,14 +158,19 @@ def has_finished_run(root: Path) -> bool:
 
 
 def candidate_workspaces(explicit: Path | None) -> list[Path]:
-    """Where a finished run may be: --workspace, the copy the last `--full` run left, the repo itself."""
+    """Where a finished run may be: --workspace, the copy the last `--full` run left, the repo itself (and last,
+    the copy of a smoke-size `--full` run)."""
     out: list[Path] = []
     if explicit:
         out.append(Path(explicit))
     recorded = read_result("whole_pipeline")
-    if recorded and recorded.get("workspace"):
-        out.append(Path(recorded["workspace"]))
+    recorded_ws = Path(recorded["workspace"]) if recorded and recorded.get("workspace") else None
+    smoke = bool(recorded and recorded.get("smoke"))
+    if recorded_ws and not smoke:
+        out.append(recorded_ws)
     out.append(REPO_ROOT)
+    if recorded_ws and smoke:  # a smoke-size run only when there is no real one
+        out.append(recorded_ws)
     seen, unique = set(), []
     for p in out:
         key = p.resolve()

@@ -110,20 +110,17 @@ def register_transformers(
     `model_config`: call options the served pipeline always gets (e.g. {"truncation": True}).
     """
     import mlflow
-    from mlflow.models import infer_signature
 
     name = registered_name(task, model)
     run_id = _active_run_id()
     version = _reuse(name, run_id)
     if version:
         return version
-    output = mlflow.transformers.generate_signature_output(pipeline_obj, input_example, model_config=model_config)
     info = mlflow.transformers.log_model(
         pipeline_obj,
         name=MODEL_ARTIFACT,
         task=pipeline_obj.task,
-        signature=infer_signature(input_example, output),
-        input_example=input_example,
+        input_example=input_example,  # MLflow runs the pipeline on it to infer the signature
         model_config=model_config,
         pip_requirements=pip_requirements or default_pip_requirements(),
         registered_model_name=name,

@@ -28,6 +28,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.models",
+    "tests.fixtures.finetune",
     "tests.fixtures.text2text",
     "tests.fixtures.tracking",
     "tests.fixtures.orchestration",

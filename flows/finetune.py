@@ -1,0 +1,52 @@
+"""Training flow for one model on one task (the finetune@ and scratch@ stages of dvc.yaml).
+
+    python -m flows.finetune MODEL TASK      e.g. python -m flows.finetune minilm emotion
+
+Families gpt/bert (gpt, bert, minilm) are fine-tuned from pretrained weights (pipeline.finetune);
+families rnn/encdec are trained from scratch as text-to-text models (pipeline.text2text).
+A killed run resumes from its last checkpoint (checkpoints/finetune-<model>-<task>/) in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from flows.common import mark_flow_run, params_or_exit, run_cli
+from pipeline.config import TASKS, Params
+
+FINETUNED_FAMILIES = ("gpt", "bert")
+
+
+def usage(params: Params) -> str:
+    return f"usage: python -m flows.finetune MODEL ({'|'.join(params.models)}) TASK ({'|'.join(TASKS)})"
+
+
+def train(model: str, task: str, params: Params) -> dict:
+    """Dispatch on the model's family."""
+    if params.models[model].family in FINETUNED_FAMILIES:
+        from pipeline.finetune import finetune
+
+        return finetune(model, task, params)
+    from pipeline.text2text import train_text2text
+
+    return train_text2text(model, task, params)
+
+
+@flow(name="finetune", flow_run_name="{model}-{task}", log_prints=True)
+def finetune_flow(model: str, task: str) -> dict:
+    params = params_or_exit()
+    mark_flow_run()
+    return train(model, task, params)
+
+
+def main(argv: list[str]) -> None:
+    params = params_or_exit()  # fail on bad params before Prefect starts
+    if len(argv) != 2 or argv[0] not in params.models or argv[1] not in TASKS:
+        raise SystemExit(f"{usage(params)}\n(got {' '.join(argv)!r})")
+    run_cli(finetune_flow, *argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
