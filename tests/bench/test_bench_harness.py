@@ -257,3 +257,23 @@ def test_gpu_benchmark_is_skipped_not_failed_without_cuda():
         return
     body = gpu.run(BenchOptions(), {})
     assert body["rows"][0]["status"] == common.SKIPPED and "no CUDA device" in body["rows"][0]["note"]
+
+
+def test_smoke_params_are_valid_and_only_shrink_sizes(default_params_dict):
+    from bench.smoke import smoke_params
+    from pipeline.config import parse_params
+
+    small = parse_params(smoke_params(default_params_dict))
+    full = parse_params(default_params_dict)
+    assert small.pretrain.gpt.max_steps < full.pretrain.gpt.max_steps
+    assert all(small.finetune.tasks[t].max_steps for t in small.finetune.tasks)
+    assert small.ingest == full.ingest and small.validate_ == full.validate_  # same data, same checks
+
+
+def test_a_smoke_workspace_is_used_only_when_no_real_run_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    smoke_ws, real_ws = tmp_path / "smoke", tmp_path / "real"
+    common.write_result("whole_pipeline", {**_result("whole_pipeline"), "workspace": str(smoke_ws), "smoke": True})
+    assert workspace.candidate_workspaces(None) == [common.REPO_ROOT, smoke_ws]
+    common.write_result("whole_pipeline", {**_result("whole_pipeline"), "workspace": str(real_ws)})
+    assert workspace.candidate_workspaces(tmp_path / "x") == [tmp_path / "x", real_ws, common.REPO_ROOT]
