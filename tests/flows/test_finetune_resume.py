@@ -57,7 +57,8 @@ def test_killed_finetune_resumes_from_its_checkpoint_in_the_same_mlflow_run(
         os.killpg(first.pid, signal.SIGKILL)  # no cleanup, no `finally`, like a power cut
         first.communicate(timeout=60)
     assert first.returncode == -signal.SIGKILL
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     experiment = client.get_experiment_by_name(f"task-{task}").experiment_id
     [killed] = client.search_runs([experiment])
     assert killed.info.status == "RUNNING"
