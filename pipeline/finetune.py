@@ -78,7 +78,7 @@ def _device_settings() -> dict:
     return {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
 
 
-def _training_args(setup: TaskSetup, folder: Path, model: str, task: str, params: Params):
+def _training_args(setup: TaskSetup, folder: Path, model: str, task: str, params: Params, resuming: bool):
     from transformers import TrainingArguments
 
     run = params.finetune.for_run(model, task)
@@ -93,6 +93,7 @@ def _training_args(setup: TaskSetup, folder: Path, model: str, task: str, params
         weight_decay=common.weight_decay,
         warmup_steps=common.warmup_ratio,  # a float < 1 is a fraction of all steps
         eval_strategy="epoch",
+        eval_on_start=not resuming,  # epoch 0 of the learning curve: the untrained model's validation score
         save_strategy="epoch",
         logging_strategy="epoch",
         save_total_limit=common.save_total_limit,
@@ -111,12 +112,13 @@ def _training_args(setup: TaskSetup, folder: Path, model: str, task: str, params
     )
 
 
-def _trainer(setup: TaskSetup, folder: Path, model: str, task: str, params: Params, callbacks: list):
+def _trainer(setup: TaskSetup, folder: Path, model: str, task: str, params: Params, callbacks: list,
+             resuming: bool):
     from transformers import EarlyStoppingCallback, Trainer
 
     kwargs = dict(
         model=setup.model,
-        args=_training_args(setup, folder, model, task, params),
+        args=_training_args(setup, folder, model, task, params, resuming),
         train_dataset=setup.encoded["train"],
         eval_dataset=setup.encoded["validation"],
         data_collator=setup.collator,
@@ -277,7 +279,7 @@ def finetune(model: str, task: str, params: Params) -> dict:
     with tracking.stage_run(params, tracking.task_experiment(task), f"{model}-{task}", folder, tags) as run:
         tracking.log_params_once(_run_params(model, task, params, weights, setup))
         speed = TrainingSpeed()
-        trainer = _trainer(setup, folder, model, task, params, [MlflowEpochLogger(), speed])
+        trainer = _trainer(setup, folder, model, task, params, [MlflowEpochLogger(), speed], resuming=bool(resume))
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_time = time.perf_counter() - start

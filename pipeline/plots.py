@@ -1,6 +1,7 @@
 """Plot data files that `dvc plots` renders: learning curves (linear) and confusion matrices.
 
-- learning_curve.csv: one row per epoch: epoch, train_loss, val_loss, val_<metric>...
+- learning_curve.csv: one row per epoch: epoch, train_loss, val_loss, val_<metric>... (epoch 0, when present:
+  the untrained model's validation scores, no train loss)
 - confusion.csv: one row per test example: actual, predicted (label names), for DVC's confusion template.
 """
 

@@ -31,22 +31,27 @@ def majority_rate(labels) -> float:
 
 
 def assert_learned(model: str, task: str, summary: dict, rows, curve: list[dict]) -> None:
-    test = summary["test"]
+    """The test split is the validation split here, so epoch 0 of the learning curve (evaluated before any
+    training) is the untrained model's score on exactly the rows the test scores."""
+    test, untrained = summary["test"], curve[0]
+    assert int(untrained["epoch"]) == 0 and not untrained["train_loss"]
     kind = KIND[task]
     if kind == "classification":
-        majority = majority_rate(rows["label"])
-        floor = majority + 0.4 * (1 - majority)  # an untrained model predicts ~one class: ~majority
+        baseline = max(float(untrained["val_accuracy"]), majority_rate(rows["label"]))
+        floor = baseline + 0.3 * (1 - baseline)
         assert test["accuracy"] >= floor, f"{model}-{task}: accuracy {test['accuracy']:.3f} < {floor:.3f}"
     elif kind == "ner":
-        assert test["entity_f1"] >= 0.4, f"{model}-{task}: entity F1 {test['entity_f1']:.3f} (untrained: ~0)"
+        floor = float(untrained["val_entity_f1"]) + 0.3
+        assert test["entity_f1"] >= floor, f"{model}-{task}: entity F1 {test['entity_f1']:.3f} < {floor:.3f}"
     elif model == "minilm":
-        # the 6-layer MiniLM encoder makes each step ~50x dearer than the tiny models': with the steps this
-        # test can afford, the freshly added cross-attention learns (validation loss falls) but greedy output
-        # is not yet German; the full pipeline trains for epochs over 10k pairs.
-        first, last = float(curve[0]["val_loss"]), float(curve[-1]["val_loss"])
-        assert last <= 0.85 * first, f"minilm-multi30k: validation loss {first:.3f} -> {last:.3f}"
+        # the 6-layer MiniLM encoder makes each step ~50x dearer than the tiny models': in the steps this
+        # test affords, the freshly added cross-attention learns (validation loss falls well below the
+        # untrained model's) but greedy output is not German yet; the real stage trains on 10k pairs.
+        start, end = float(untrained["val_loss"]), float(curve[-1]["val_loss"])
+        assert end <= 0.8 * start, f"minilm-multi30k: validation loss {start:.3f} -> {end:.3f}"
     else:
-        assert test["bleu"] >= 10, f"{model}-{task}: BLEU {test['bleu']:.1f} (untrained: ~0)"
+        floor = float(untrained["val_bleu"]) + 10
+        assert test["bleu"] >= floor, f"{model}-{task}: BLEU {test['bleu']:.1f} < {floor:.1f}"
 
 
 def read_csv(path) -> list[dict]:
@@ -78,8 +83,8 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
     assert main in summary["test"] and all(summary[k] > 0 for k in TIMING_KEYS)
     curve = read_csv(out / "plots" / "learning_curve.csv")
     epochs = tiny_run(model, task)["epochs"]
-    assert [int(r["epoch"]) for r in curve] == list(range(1, epochs + 1))
-    assert all(r["train_loss"] and r[f"val_{main}"] for r in curve)
+    assert [int(r["epoch"]) for r in curve] == list(range(0, epochs + 1))
+    assert all(r["train_loss"] and r[f"val_{main}"] for r in curve[1:])
     assert_learned(model, task, summary, rows, curve)
     if KIND[task] == "classification":
         confusion = read_csv(out / "plots" / "confusion.csv")
@@ -103,7 +108,7 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
     assert run.data.metrics[f"test_{main}"] == pytest.approx(summary["test"][main])
     assert all(run.data.metrics[k] == pytest.approx(summary[k]) for k in TIMING_KEYS)
     history = client.get_metric_history(run.info.run_id, f"val_{main}")
-    assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+    assert sorted(m.step for m in history) == list(range(0, epochs + 1))  # 0: before training
     assert {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")} == set(range(1, epochs + 1))
 
     # ---- registered model: loads back and answers in the task's natural form
@@ -159,7 +164,7 @@ def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
     assert run.info.status == "FINISHED"
     assert len(client.search_model_versions(f"name='{registered_name(task, model)}'")) == 1
     assert summary["test"]["accuracy"] >= 0.8  # the selected checkpoint was restored, not a fresh model
-    assert len(read_csv(root / "data/finetune/gpt-sst2/plots/learning_curve.csv")) == 2
+    assert len(read_csv(root / "data/finetune/gpt-sst2/plots/learning_curve.csv")) == 3  # epochs 0, 1, 2
 
 
 def test_scratch_families_are_refused_with_a_pointer(default_params_dict):
