@@ -1,4 +1,4 @@
-"""Smoke-size params for checking the pipeline-level benchmarks' machinery in minutes, not the ~30 min of a
+"""Smoke-size params for checking the pipeline-level benchmarks' machinery without the training time of a
 default run: `HT_BENCH_SMOKE=1 make bench FULL=1`. The whole pipeline then runs on params.yaml shrunk here
 (every stage still runs, on tiny data and models); its numbers are not the default run's, so whole_pipeline
 and quality report them without a verdict.

@@ -48,7 +48,7 @@ def assert_learned(model: str, task: str, summary: dict, rows, curve: list[dict]
         # test affords, the freshly added cross-attention learns (validation loss falls well below the
         # untrained model's) but greedy output is not German yet; the real stage trains on 10k pairs.
         start, end = float(untrained["val_loss"]), float(curve[-1]["val_loss"])
-        assert end <= 0.8 * start, f"minilm-multi30k: validation loss {start:.3f} -> {end:.3f}"
+        assert end <= 0.85 * start, f"minilm-multi30k: validation loss {start:.3f} -> {end:.3f}"
     else:
         floor = float(untrained["val_bleu"]) + 10
         assert test["bleu"] >= floor, f"{model}-{task}: BLEU {test['bleu']:.1f} < {floor:.1f}"
