@@ -23,6 +23,7 @@ from pipeline.config import TASK_SPECS
 
 IGNORE_INDEX = -100  # label value the loss skips (torch CrossEntropyLoss default)
 TRANSLATION_PROMPT = "English: {source}\nGerman:"
+PROMPT_PREFIX, PROMPT_SUFFIX = "English:", "\nGerman:"  # around " " + source
 _WORD = re.compile(r"\S+")
 
 
@@ -148,16 +149,25 @@ def translation_prompt(source: str) -> str:
     return TRANSLATION_PROMPT.format(source=source.strip())
 
 
+def prompt_ids(tokenizer, sources: Sequence[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of translation_prompt(source) for each source; a long source is cut, never the
+    "German:" cue the translation follows (the same ids in training and generation)."""
+    prefix = tokenizer(PROMPT_PREFIX, add_special_tokens=False)["input_ids"]
+    suffix = tokenizer(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
+    room = max(1, max_tokens - len(prefix) - len(suffix))
+    ids = tokenizer([" " + s.strip() for s in sources], add_special_tokens=False)["input_ids"]
+    return [prefix + x[:room] + suffix for x in ids]
+
+
 def encode_causal_translation(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     """GPT as a conditional LM: prompt + target + eos; labels are -100 on the prompt (and padding)."""
     eos = tokenizer.eos_token_id
 
     def encode(batch):
-        prompts = tokenizer([translation_prompt(s) for s in batch["en"]], add_special_tokens=False)["input_ids"]
+        prompts = prompt_ids(tokenizer, batch["en"], max_length // 2)  # keep room for the target
         targets = tokenizer([" " + t.strip() for t in batch["de"]], add_special_tokens=False)["input_ids"]
         ids, labels = [], []
         for p, t in zip(prompts, targets):
-            p = p[: max_length // 2]  # keep room for the target
             t = (t + [eos])[: max_length - len(p)]
             ids.append(p + t)
             labels.append([IGNORE_INDEX] * len(p) + t)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.task_data import translation_prompt
+from pipeline.task_data import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,8 @@ class GptTranslator:
         out: list[str] = []
         try:
             for batch in tqdm(list(_batches(list(sources), batch_size)), desc="translate", disable=not progress):
-                enc = tok([translation_prompt(s) for s in batch], return_tensors="pt", padding=True,
-                          add_special_tokens=False, truncation=True, max_length=self.max_prompt_length(max_new_tokens))
-                enc = enc.to(model.device)
+                ids = prompt_ids(tok, batch, self.max_prompt_length(max_new_tokens))
+                enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(model.device)
                 generated = model.generate(
                     **enc,  # input_ids [batch, prompt_len]
                     max_new_tokens=max_new_tokens,

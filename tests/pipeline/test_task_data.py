@@ -19,6 +19,7 @@ from pipeline.task_data import (
     encode_seq2seq_translation,
     join_words,
     label_names,
+    prompt_ids,
     token_words,
     translation_prompt,
     word_predictions,
@@ -144,3 +145,15 @@ def test_check_columns_names_split_and_missing_column():
     with pytest.raises(TaskDataError, match="split 'test' missing"):
         check_columns(datasets.DatasetDict({"train": good, "validation": good}), "sst2")
     assert NER_TAGS[0] == "O"
+
+
+@pytest.mark.integration
+def test_a_long_source_is_cut_but_the_prompt_keeps_its_german_cue(tokenizers, pairs):
+    tok = tokenizers["gpt"]
+    long_source = " ".join(pairs["en"])
+    [ids] = prompt_ids(tok, [long_source], max_tokens=24)
+    assert len(ids) == 24
+    text = tok.decode(ids)
+    assert text.startswith("English: " + long_source[:5]) and text.endswith("\nGerman:")
+    [short] = prompt_ids(tok, [pairs["en"][0]], max_tokens=512)
+    assert tok.decode(short) == translation_prompt(pairs["en"][0])
