@@ -11,6 +11,7 @@ serve` runs on 127.0.0.1:4200, else a local `prefect server start` kept for the 
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,22 @@ def results_text(summary: dict, root: Path, params) -> str:
     return "\n".join(lines)
 
 
+def flush_prefect_queues(timeout: float = 10) -> None:
+    """Send queued flow-run logs and events while the server is still up.
+
+    Without this, a server started for this run is stopped first and Prefect's exit hook keeps retrying
+    the dead API for over a minute ("Error logging to API: All connection attempts failed").
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout)
+        except Exception as err:  # best effort: never fail a finished pipeline over its logs
+            logging.getLogger(__name__).debug("could not flush %s: %s", worker.__name__, err)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.run_pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("targets", nargs="*", help="dvc.yaml stages (default: all)")
@@ -67,6 +84,7 @@ def main(argv: list[str]) -> None:
             from flows.retrain import retrain_flow
 
             summary = retrain_flow(repo_dir=str(root), targets=args.targets, force=args.force)
+            flush_prefect_queues()
     except LockBusy as err:
         print(f"\nNOT RUN: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BUSY) from None
