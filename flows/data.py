@@ -13,7 +13,7 @@ import sys
 from prefect import flow, task
 
 from flows.artifacts import publish_validation, publish_validation_failure
-from flows.common import mark_flow_run, params_or_exit, run_cli
+from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
 from pipeline.config import DATASETS, TASKS
 
 USAGE = f"usage: python -m flows.data ingest|validate DATASET ({'|'.join(DATASETS)}) | prepare TASK ({'|'.join(TASKS)}) | corpus"
@@ -27,7 +27,9 @@ def ingest_flow(dataset: str) -> str:
 
     params = params_or_exit()
     mark_flow_run()
-    return str(ingest_dataset(dataset, params))
+    # a hub download may fail transiently: retried (params.orchestration); bad mirror files fail at once
+    ingest = external_task(ingest_dataset, f"ingest-{dataset}", params)
+    return str(ingest(dataset, params))
 
 
 @flow(name="validate", log_prints=False)

@@ -13,7 +13,7 @@ import sys
 
 from prefect import flow
 
-from flows.common import mark_flow_run, params_or_exit, run_cli
+from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
 from pipeline.config import TASKS, Params
 
 FINETUNED_FAMILIES = ("gpt", "bert")
@@ -38,7 +38,9 @@ def train(model: str, task: str, params: Params) -> dict:
 def finetune_flow(model: str, task: str) -> dict:
     params = params_or_exit()
     mark_flow_run()
-    return train(model, task, params)
+    # MLflow server / registry errors that are transient are retried; a retry resumes the same MLflow run
+    # from its checkpoint and reuses a version already registered (pipeline.tracking / pipeline.registry).
+    return external_task(train, f"train-{model}-{task}", params)(model, task, params)
 
 
 def main(argv: list[str]) -> None:

@@ -13,7 +13,7 @@ import sys
 
 from prefect import flow
 
-from flows.common import mark_flow_run, params_or_exit, run_cli
+from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
 
 FAMILIES = ("gpt", "bert")
 USAGE = f"usage: python -m flows.pretrain FAMILY ({'|'.join(FAMILIES)})"
@@ -25,7 +25,8 @@ def pretrain_flow(family: str) -> dict:
 
     params = params_or_exit()
     mark_flow_run()
-    return pretrain(family, params)
+    # transient MLflow errors are retried; a retry resumes the same run from its checkpoint
+    return external_task(pretrain, f"pretrain-{family}", params)(family, params)
 
 
 def main(argv: list[str]) -> None:
