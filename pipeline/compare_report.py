@@ -7,16 +7,14 @@ comparison.json is read by `dvc metrics show/diff`: {task: {model: {metric: valu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from pipeline import paths
+from pipeline.outputs import atomic_dir
 from pipeline.compare import (
     COST_FIELDS,
     NOT_AVAILABLE,
@@ -48,23 +46,6 @@ def write_text_atomic(target: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Build a folder in a sibling temp folder, then swap it in as `target` (the old one is removed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- formatting

@@ -27,6 +27,7 @@ from pipeline import paths
 from pipeline.config import TASK_SPECS, Params
 from pipeline.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
 from pipeline.outputs import METRICS_FILE, PLOTS_DIR
+from pipeline.pyfunc_models import texts_of
 
 log = logging.getLogger(__name__)
 
@@ -190,20 +191,8 @@ def serving_example(fmt: TaskFormat, split, n: int = 2) -> list[str]:
     return [fmt.source_text(split[i]) for i in range(min(n, len(split)))]
 
 
-def serving_texts(model_input) -> list[str]:
-    """The texts of a serving request: a DataFrame's `text` column (or first column), a list, or one string."""
-    import pandas as pd
-
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, pd.DataFrame):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
-        return [str(x) for x in model_input[column].tolist()]
-    if isinstance(model_input, pd.Series):
-        return [str(x) for x in model_input.tolist()]
-    if isinstance(model_input, dict) and "text" in model_input:
-        return serving_texts(model_input["text"])
-    return [str(x) for x in list(model_input)]
+# The texts of a serving request: one reader for every pyfunc wrapper of the project.
+serving_texts = texts_of
 
 
 def task_format(task: str, train_split) -> TaskFormat:
