@@ -26,7 +26,7 @@ from pipeline import paths, tracking
 from pipeline.checkpoints import files_digest, prepare_checkpoints
 from pipeline.config import Params
 from pipeline.finetune_setup import TaskSetup, argmax_logits, build_setup
-from pipeline.finetune_trainer import GenerationEvalTrainer, MlflowEpochLogger, TrainingSpeed
+from pipeline.finetune_trainer import GenerationEvalTrainer, MlflowEpochLogger, TrainingSpeed, best_epoch
 from pipeline.metrics import classification_metrics, ner_metrics, translation_metrics
 from pipeline.outputs import METRICS_FILE, PLOTS_DIR, atomic_dir, write_json
 from pipeline.plots import learning_curve_from_history, write_confusion, write_learning_curve
@@ -298,7 +298,7 @@ def finetune(model: str, task: str, params: Params) -> dict:
             "train_time_s": round(train_time, 3),
             "tokens_per_s": round(speed.tokens_per_s, 2),
             "latency_ms_per_example": round(latency_ms_per_example(setup, params), 3),
-            "best_epoch": _best_epoch(trainer),
+            "best_epoch": best_epoch(trainer),
             "mlflow_run_id": run.info.run_id,
         }
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
@@ -313,10 +313,3 @@ def finetune(model: str, task: str, params: Params) -> dict:
     log.info("%s-%s: test %s -> %s", model, task, {k: round(v, 4) for k, v in test.items()}, out)
     return summary
 
-
-def _best_epoch(trainer) -> int | None:
-    best = trainer.state.best_global_step
-    for entry in trainer.state.log_history:
-        if entry.get("step") == best and "epoch" in entry:
-            return int(round(entry["epoch"]))
-    return None

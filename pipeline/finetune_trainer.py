@@ -89,3 +89,12 @@ class GenerationEvalTrainer(Trainer):
                 output.metrics[f"{metric_key_prefix}_{key}"] = value
             log.info("validation (greedy): %s", {k: round(v, 2) for k, v in scores.items()})
         return output
+
+
+def best_epoch(trainer) -> int | None:
+    """The epoch of the checkpoint the Trainer selected as best (None before any evaluation)."""
+    best = trainer.state.best_global_step
+    for entry in trainer.state.log_history:
+        if entry.get("step") == best and "epoch" in entry:
+            return int(round(entry["epoch"]))
+    return None

@@ -22,6 +22,7 @@ import torch
 
 from pipeline import paths
 from pipeline.config import Params
+from pipeline.finetune_trainer import best_epoch
 from pipeline.text2text import (
     AttentionMap,
     TaskFormat,
@@ -239,7 +240,7 @@ class EncDecText2Text(Text2TextModel):
         self.model = trainer.model  # the best epoch's weights (load_best_model_at_end)
         return TrainOutcome(
             curve=learning_curve_from_history(trainer.state.log_history),
-            best_epoch=_best_epoch(trainer),
+            best_epoch=best_epoch(trainer),
             train_time_s=train_time,
             tokens_per_s=speed.tokens_per_s,
             param_count=sum(p.numel() for p in self.model.parameters()),
@@ -289,13 +290,6 @@ class EncDecText2Text(Text2TextModel):
             return register_pyfunc(EncDecPyfunc(), {"model": folder, "task": meta}, task, model,
                                    input_example=serving_example(self.fmt, self.data["test"]))
 
-
-def _best_epoch(trainer) -> int | None:
-    best = trainer.state.best_global_step
-    for entry in trainer.state.log_history:
-        if entry.get("step") == best and "epoch" in entry:
-            return int(round(entry["epoch"]))
-    return None
 
 
 def cross_attention_maps(model, tokenizer, codec: TextCodec, texts: list[str], num_beams: int,
