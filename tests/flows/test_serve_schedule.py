@@ -67,6 +67,10 @@ def test_scheduled_retrain_completes_then_finds_nothing_changed(prefect_api, pre
         )
     try:
         first, second = _wait_for_completed_runs(proc, name, 2, log_path)
+        # Read the logs while `serve` still runs: a run's logs reach the API after its state does, and
+        # stopping the process group right after "Completed" can drop the last batch.
+        first_logs = wait_for_logs(first.id, "Retrain done")
+        second_logs = wait_for_logs(second.id, "Retrain done")
     finally:
         _stop(proc)
 
@@ -75,13 +79,11 @@ def test_scheduled_retrain_completes_then_finds_nothing_changed(prefect_api, pre
     assert deployment.parameters["repo_dir"] == str(tiny_repo)
     assert first.deployment_id == second.deployment_id == deployment.id
 
-    first_logs = wait_for_logs(first.id, "Retrain done")
     assert "Out of date: compare, count" in first_logs and "re-ran 2 stage(s)" in first_logs
     (board,) = [a for a in artifacts_with_key("leaderboard") if a.flow_run_id == first.id]
     assert "| emotion | tiny | 0.09 |" in board.data
     assert json.loads((tiny_repo / "reports/comparison.json").read_text())["emotion"]["tiny"]["accuracy"] == 0.09
 
-    second_logs = wait_for_logs(second.id, "Retrain done")
     assert "Nothing changed: every stage" in second_logs and "dvc repro" not in second_logs
     assert second.total_run_time < first.total_run_time
 
