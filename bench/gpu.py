@@ -2,8 +2,9 @@
 
 MFU = 6·N·tokens/s (N incl. the LM head, bench.flops.gpt_flop_params) over the device's dense bf16 peak:
 the datasheet number for known cards (H100 SXM 989 TFLOP/s, H200 the same chip) and, for reference, the
-bf16 matmul peak measured here. Two model sizes: the pipeline's configured GPT (tiny: a GPU cannot be kept
-busy by it, so its MFU is reported only) and GPT-2 small (124M), the size the >= 45 % target is about.
+bf16 matmul peak measured here. Three measurements: a hand-written loop over the pipeline's configured GPT (tiny:
+a GPU cannot be kept busy by it, so its MFU is reported only) and over GPT-2 small (124M, the size the >= 45 %
+target is about), and the pipeline's own Trainer set-up with params.gpu.yaml (the GPU path users run).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ NAME = "gpu"
 MFU_TARGET = 0.45
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s, without sparsity).
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch_size": 16, "vocab_size": 50304}
+# Dropout off, as in nanoGPT's MFU runs: with it on, sdpa takes a slower flash kernel and three dropout kernels
+# run per layer (28.3 % -> 31.7 % MFU at batch 32 on an H200, bench/README.md).
+GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch_size": 32, "vocab_size": 50304,
+              "dropout": 0.0}
 
 
 def datasheet_peak(device_name: str) -> float | None:
@@ -37,8 +41,10 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
+    drop = cfg.get("dropout", 0.1)  # GPT2Config's default
     config = GPT2Config(vocab_size=cfg["vocab_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                        n_embd=cfg["n_embd"], n_positions=cfg["block_size"], bos_token_id=0, eos_token_id=0)
+                        n_embd=cfg["n_embd"], n_positions=cfg["block_size"], bos_token_id=0, eos_token_id=0,
+                        resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
     model = GPT2LMHeadModel(config).cuda()
     n = gpt_flop_params(model)
     step_model = torch.compile(model) if compile_model else model
@@ -64,12 +70,71 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
             "stats": summarize(rates)}
 
 
+class _StepClock:
+    """Wall time of each training step, CUDA-synchronized (a TrainerCallback, built lazily)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Clock(TrainerCallback):
+            def __init__(self):
+                self.times: list[float] = []
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self._t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.times.append(time.perf_counter() - self._t0)
+
+        return Clock()
+
+
+def pipeline_trainer_tokens_per_s(params_file: str, steps: int, warmup: int) -> dict:
+    """The pipeline's own GPT pretraining set-up (pipeline.pretrain: model, TrainingArguments with bf16 on CUDA,
+    data blocks, collator) from `params_file`, run by transformers.Trainer for warmup + steps steps, without
+    MLflow, evaluation or checkpoints: what `HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt` trains."""
+    import dataclasses
+    import tempfile
+
+    from transformers import Trainer
+
+    from pipeline import pretrain
+    from pipeline.config import load_params
+    from pipeline.tokenizer_training import load_tokenizer
+
+    params = load_params(params_file)
+    cfg = params.pretrain.gpt.model_copy(update={"max_steps": warmup + steps})
+    tokenizer = load_tokenizer("gpt")
+    train, _, collator = pretrain._datasets("gpt", cfg, tokenizer, params.common.seed)
+    model = pretrain.build_model("gpt", cfg, tokenizer)
+    n = gpt_flop_params(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = dataclasses.replace(pretrain._training_args("gpt", cfg, params), output_dir=tmp, eval_strategy="no",
+                                   save_strategy="no", logging_steps=10**6, logging_first_step=False)
+        clock = _StepClock()
+        trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=train,
+                          processing_class=tokenizer, callbacks=[clock])
+        trainer.train()
+    times = clock.times[warmup:]
+    tokens = cfg.batch_size * cfg.block_size
+    rates = [tokens / t for t in times]
+    del trainer, model
+    torch.cuda.empty_cache()
+    return {"config": {"params_file": params_file, "bf16": args.bf16, **cfg.model_dump()}, "n_params_6n": n,
+            "tokens_per_step": tokens, "step_s": times, "tokens_per_s": rates, "stats": summarize(rates)}
+
+
 def run(opts: BenchOptions, ctx: dict) -> dict:
     if not torch.cuda.is_available():
         return result_body([row("GPT bf16 tokens/s, MFU", f">= {MFU_TARGET:.0%} MFU on an H100", "-", SKIPPED,
                                 "skipped: no CUDA device")], skipped="no CUDA device")
     from pipeline.config import load_params
 
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (none expected) use tensor cores
     device = torch.cuda.get_device_name(0)
     measured = matmul_peak(sizes=(4096, 8192), dtype=torch.bfloat16, device="cuda", reps=opts.pick(5, 3))
     sheet = datasheet_peak(device)
@@ -82,8 +147,11 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         "gpt2_small": GPT2_SMALL,
     }
     runs, rows = {}, []
-    for key, cfg in configs.items():
-        r = gpt_tokens_per_s(cfg, steps=opts.size(30, 10), warmup=opts.size(10, 5))
+    for key, cfg in [*configs.items(), ("pipeline_trainer_gpu_params", None)]:
+        if cfg is None:  # the pipeline's Trainer set-up with params.gpu.yaml (needs the tokenizer and corpus stages)
+            r = pipeline_trainer_tokens_per_s("params.gpu.yaml", steps=opts.size(100, 30), warmup=opts.size(10, 5))
+        else:
+            r = gpt_tokens_per_s(cfg, steps=opts.size(30, 10), warmup=opts.size(10, 5))
         med = r["stats"]["median"]
         r["mfu_datasheet"] = 6 * r["n_params_6n"] * med / sheet if sheet else None
         r["mfu_measured_peak"] = 6 * r["n_params_6n"] * med / measured["peak_flops"]

@@ -70,13 +70,28 @@ def label_names(data: datasets.DatasetDict, task: str) -> list[str]:
     raise ValueError(f"task {task!r} ({kind}) has no labels")
 
 
+def tokenize_split(split: datasets.Dataset, encode) -> datasets.Dataset:
+    """split.map(encode) in memory. A fixed fingerprint skips hashing the closure (and the tokenizer in it),
+    which took most of the time on small splits; nothing is cached, so no cache-*.arrow lands in data/."""
+    return split.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=split.column_names,
+        keep_in_memory=True,
+        load_from_cache_file=False,
+        new_fingerprint=f"{split._fingerprint}-tokenized",
+        desc="tokenize",
+    )
+
+
 # ---------------------------------------------------------------- classification
 def encode_classification(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     def encode(batch):
         enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": batch["label"]}
 
-    return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenize")
+    return tokenize_split(split, encode)
 
 
 # ---------------------------------------------------------------- ner
@@ -136,7 +151,7 @@ def encode_ner(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.
         labels = [first_subtoken_labels(wi, tags) for wi, tags in zip(enc["word_index"], batch["ner_tags"])]
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
-    return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenize")
+    return tokenize_split(split, encode)
 
 
 def word_predictions(pred_ids: Sequence[int], labels: Sequence[int]) -> list[int]:
@@ -173,7 +188,7 @@ def encode_causal_translation(split: datasets.Dataset, tokenizer, max_length: in
             labels.append([IGNORE_INDEX] * len(p) + t)
         return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}
 
-    return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenize")
+    return tokenize_split(split, encode)
 
 
 def encode_seq2seq_translation(split: datasets.Dataset, src_tokenizer, tgt_tokenizer, max_length: int) -> datasets.Dataset:
@@ -186,7 +201,7 @@ def encode_seq2seq_translation(split: datasets.Dataset, src_tokenizer, tgt_token
         labels = [(t[: max_length - 1] + [eos]) for t in tgt]
         return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels}
 
-    return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenize")
+    return tokenize_split(split, encode)
 
 
 # ---------------------------------------------------------------- batching
