@@ -155,18 +155,25 @@ def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: s
 
 
 # ---------------------------------------------------------------- plots
-def _grid(plt):
-    """One panel per task, two per row; returns the figure and the flat list of axes."""
+def _task_panels(target: Path, title: str, draw) -> None:
+    """One panel per task, two per row, titled with the task and labelled with its main metric;
+    draw(ax, task) fills a panel. Saved to `target`."""
+    import matplotlib.pyplot as plt
+
     n_rows = (len(TASKS) + 1) // 2
     fig, axes = plt.subplots(n_rows, 2, figsize=(10, 3.4 * n_rows), squeeze=False)
-    return fig, list(axes.flat)
+    for ax, task in zip(axes.flat, TASKS):
+        draw(ax, task)
+        ax.set_title(task)
+        ax.set_ylabel(main_metric(task))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
 
 
 def _plot_main(rows: list[Row], target: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, axes = _grid(plt)
-    for ax, task in zip(axes, TASKS):
+    def draw(ax, task):
         mine = [r for r in rows if r.task == task]
         values = [r.main_value or 0.0 for r in mine]
         bars = ax.bar([r.model for r in mine], values, color=["#4c72b0" if r.status == OK else "#cccccc" for r in mine])
@@ -175,21 +182,14 @@ def _plot_main(rows: list[Row], target: Path) -> None:
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=7, rotation=90 if r.status != OK else 0)
         ax.set_ylim(0, max(values + [1e-9]) * 1.15)
-        ax.set_title(task)
-        ax.set_ylabel(main_metric(task))
-    fig.suptitle("Test main metric per model and task")
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+
+    _task_panels(target, "Test main metric per model and task", draw)
 
 
 def _plot_scatter(rows: list[Row], target: Path) -> None:
-    import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullFormatter
 
-    fig, axes = _grid(plt)
-    for ax, task in zip(axes, TASKS):
+    def draw(ax, task):
         mine = [r for r in rows if r.task == task and r.main_value is not None and r.train_time_s]
         ax.scatter([r.train_time_s for r in mine], [r.main_value for r in mine], color="#dd8452")
         for r in mine:
@@ -200,13 +200,9 @@ def _plot_scatter(rows: list[Row], target: Path) -> None:
             ax.margins(0.2)
         else:
             ax.text(0.5, 0.5, NOT_RUN, ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(task)
         ax.set_xlabel("train time (s, log)")
-        ax.set_ylabel(main_metric(task))
-    fig.suptitle("Quality vs training time")
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+
+    _task_panels(target, "Quality vs training time", draw)
 
 
 def write_plots(rows: list[Row], target: Path) -> Path:

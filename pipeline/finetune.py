@@ -192,6 +192,10 @@ def latency_ms_per_example(setup: TaskSetup, params: Params, n: int = LATENCY_EX
 
 
 # ---------------------------------------------------------------- registration
+# A served request's texts go through the model this many at a time (the transformers pipeline's default is one).
+SERVING_BATCH_SIZE = 32
+
+
 def register(setup: TaskSetup, model: str, task: str, params: Params, export_dir: Path) -> str:
     from pipeline import registry
 
@@ -202,7 +206,7 @@ def register(setup: TaskSetup, model: str, task: str, params: Params, export_dir
         setup.tokenizer.model_max_length = setup.max_length  # served inputs are truncated like training ones
         pipe = hf_pipeline("text-classification", model=setup.model, tokenizer=setup.tokenizer)
         return registry.register_transformers(pipe, task, model, input_example=list(test["text"][:2]),
-                                              model_config={"truncation": True})
+                                              model_config={"truncation": True, "batch_size": SERVING_BATCH_SIZE})
     from pipeline.pyfunc_models import MODEL_ARTIFACT, NerModel, TranslationModel
 
     shutil.rmtree(export_dir, ignore_errors=True)

@@ -30,6 +30,18 @@ def tags_to_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     return [tuple(e) for e in entities]
 
 
+def text_entities(text: str, tags: Sequence[str]) -> list[dict]:
+    """IOB2 tags of the words of `text` -> the entities every NER model of the project serves:
+    {"entity", "word", "start", "end", "word_start", "word_end"} (character and word ends exclusive)."""
+    spans = word_spans(text)
+    entities = []
+    for kind, first, last in tags_to_entities(tags[: len(spans)]):
+        start, end = spans[first][0], spans[last - 1][1]
+        entities.append({"entity": kind, "word": text[start:end], "start": start, "end": end,
+                         "word_start": first, "word_end": last})
+    return entities
+
+
 class NerTagger:
     def __init__(self, model, tokenizer, max_length: int = 512):
         self.model = model
@@ -47,35 +59,30 @@ class NerTagger:
         return cls(model, AutoTokenizer.from_pretrained(str(folder)), max_length)
 
     @torch.no_grad()
-    def word_tags(self, texts: Sequence[str]) -> list[list[str]]:
+    def word_tags(self, texts: Sequence[str], batch_size: int = 32) -> list[list[str]]:
         """One tag per whitespace-separated word of each text (words cut off by max_length get 'O')."""
         self.model.eval()
         spans = [word_spans(t) for t in texts]
         enc = encode_words(self.tokenizer, list(texts), spans, self.max_length)
+        pad = self.tokenizer.pad_token_id or 0
         out = []
-        for ids, mask, word_index, s in zip(enc["input_ids"], enc["attention_mask"], enc["word_index"], spans):
+        for lo in range(0, len(texts), batch_size):
+            rows = range(lo, min(lo + batch_size, len(texts)))
+            width = max(len(enc["input_ids"][i]) for i in rows)
+            ids = torch.tensor([enc["input_ids"][i] + [pad] * (width - len(enc["input_ids"][i])) for i in rows])
+            mask = torch.tensor([enc["attention_mask"][i] + [0] * (width - len(enc["attention_mask"][i])) for i in rows])
             device = self.model.device
-            logits = self.model(input_ids=torch.tensor([ids], device=device),
-                                attention_mask=torch.tensor([mask], device=device)).logits  # [1, len, tags]
-            pred = logits[0].argmax(-1).tolist()
-            tags = ["O"] * len(s)
-            seen = set()
-            for p, w in zip(pred, word_index):
-                if w >= 0 and w not in seen:
-                    seen.add(w)
-                    tags[w] = self.id2label[p]
-            out.append(tags)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [batch, width, tags]
+            for i, pred in zip(rows, logits.argmax(-1).tolist()):
+                tags = ["O"] * len(spans[i])
+                seen = set()
+                for p, w in zip(pred, enc["word_index"][i]):  # right padding: the real tokens come first
+                    if w >= 0 and w not in seen:
+                        seen.add(w)
+                        tags[w] = self.id2label[p]
+                out.append(tags)
         return out
 
     def entities(self, texts: Sequence[str]) -> list[list[dict]]:
         """Per text: [{'entity': 'PER', 'word': 'John Smith', 'start': 0, 'end': 10, 'word_start': 0, 'word_end': 2}]."""
-        result = []
-        for text, tags in zip(texts, self.word_tags(texts)):
-            spans = word_spans(text)
-            found = []
-            for kind, first, last in tags_to_entities(tags):
-                start, end = spans[first][0], spans[last - 1][1]
-                found.append({"entity": kind, "word": text[start:end], "start": start, "end": end,
-                              "word_start": first, "word_end": last})
-            result.append(found)
-        return result
+        return [text_entities(text, tags) for text, tags in zip(texts, self.word_tags(texts))]

@@ -27,6 +27,7 @@ from pipeline import paths
 from pipeline.config import TASK_SPECS, Params
 from pipeline.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
 from pipeline.outputs import METRICS_FILE, PLOTS_DIR
+from pipeline.ner_tagger import text_entities
 from pipeline.pyfunc_models import texts_of
 
 log = logging.getLogger(__name__)
@@ -157,32 +158,8 @@ class TaskFormat:
         return prediction
 
 
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """Character (start, end) of each whitespace-separated word."""
-    return [m.span() for m in re.finditer(r"\S+", text)]
-
-
-def tags_to_entities(text: str, tags: Sequence[str]) -> list[dict]:
-    """IOB2 tags of the words of `text` -> entities in the same form as the fine-tuned NER models serve
-    (pipeline.ner_tagger): {"entity", "word", "start", "end", "word_start", "word_end"} (ends exclusive)."""
-    spans = word_spans(text)
-    groups: list[list] = []  # [type, first word, last word + 1]
-    current = None
-    for i, tag in enumerate(tags[: len(spans)]):
-        prefix, _, kind = tag.partition("-")
-        if prefix == "B" or (prefix == "I" and (current is None or current[0] != kind)):
-            current = [kind, i, i + 1]
-            groups.append(current)
-        elif prefix == "I":
-            current[2] = i + 1
-        else:
-            current = None
-    entities = []
-    for kind, first, end in groups:
-        start, stop = spans[first][0], spans[end - 1][1]
-        entities.append({"entity": kind, "word": text[start:stop], "start": start, "end": stop,
-                         "word_start": first, "word_end": end})
-    return entities
+# IOB2 word tags -> served entities, the same as the fine-tuned NER models (one helper for both).
+tags_to_entities = text_entities
 
 
 def serving_example(fmt: TaskFormat, split, n: int = 2) -> list[str]:
@@ -232,6 +209,15 @@ class Text2TextModel:
     family: str
     fmt: TaskFormat
     data: Any  # the prepared DatasetDict
+
+    def __init__(self, model_name: str, fmt: TaskFormat, data, params: Params):
+        """The run settings every family reads: model params, task training params with the model-task
+        override applied, batch size and generation settings."""
+        self.name, self.fmt, self.params, self.data = model_name, fmt, params, data
+        self.cfg = params.models[model_name]
+        self.run = params.finetune.for_run(model_name, fmt.task)
+        self.batch_size = params.finetune.batch_size_for(model_name, fmt.task)
+        self.gen = params.finetune.generation
 
     def describe(self) -> dict[str, object]:
         """Tokenization, vocabulary sizes, decoding: logged as run params."""

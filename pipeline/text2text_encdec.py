@@ -129,13 +129,8 @@ class EncDecText2Text(Text2TextModel):
     def __init__(self, model_name: str, fmt: TaskFormat, data, params: Params, ckpt: Path):
         from transformers import set_seed
 
-        self.name, self.fmt, self.params = model_name, fmt, params
-        self.cfg = params.models[model_name]
-        self.run = params.finetune.for_run(model_name, fmt.task)
-        self.batch_size = params.finetune.batch_size_for(model_name, fmt.task)
-        self.gen = params.finetune.generation
+        super().__init__(model_name, fmt, data, params)
         self.ckpt = ckpt
-        self.data = data
         self.tokenizer = load_bpe_tokenizer(fmt)
         self.codec = TextCodec(self.tokenizer, fmt, self.run.max_length, self.gen.max_new_tokens)
         self.encoded = {s: self._encode(data[s]) for s in ("train", "validation", "test")}

@@ -123,14 +123,9 @@ class RNNText2Text(Text2TextModel):
     family = "rnn"
 
     def __init__(self, model_name: str, fmt: TaskFormat, data, params: Params, ckpt: Path):
-        self.name, self.fmt, self.params = model_name, fmt, params
-        self.cfg = params.models[model_name]
-        self.run = params.finetune.for_run(model_name, fmt.task)
-        self.batch_size = params.finetune.batch_size_for(model_name, fmt.task)
-        self.gen = params.finetune.generation
+        super().__init__(model_name, fmt, data, params)
         self.ckpt = ckpt / "rnn"
         self.device = pick_device()
-        self.data = data
         self.words = {s: [fmt.source_words(ex) for ex in data[s]] for s in ("train", "validation", "test")}
         train_targets = [fmt.target_words(ex) for ex in data["train"]]
         self.src_vocab = Vocab.build(self.words["train"], SRC_MIN_FREQ)
