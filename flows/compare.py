@@ -14,7 +14,7 @@ import sys
 from prefect import flow
 
 from flows.artifacts import publish_leaderboard
-from flows.common import mark_flow_run, params_or_exit, run_cli, setup_logging
+from flows.common import external_task, mark_flow_run, params_or_exit, run_cli, setup_logging
 
 USAGE = ("usage: python -m flows.compare                  (the compare stage)\n"
          "       python -m flows.compare rollback TARGET  (a task, e.g. emotion, or a model, e.g. emotion-bert)\n"
@@ -27,7 +27,9 @@ def compare_flow() -> dict:
 
     params = params_or_exit()
     mark_flow_run()
-    result = compare(params)
+    # retried on transient errors (MLflow server, registry); a retry resumes the same parent run and
+    # re-reads the champions, so nothing is logged or promoted twice
+    result = external_task(compare, "compare", params)(params)
     publish_leaderboard()  # Prefect artifacts `leaderboard` (markdown) + `leaderboard-table`
     return {"best": result["best"], "parent_run_id": result["parent_run_id"], "outputs": result["outputs"]}
 

@@ -37,9 +37,9 @@ from pipeline.tracking import (
     FLOW_RUN_ENV,
     PREFECT_TAG,
     configure,
-    ensure_experiment,
     git_commit,
     registered_name,
+    stage_run,
     task_experiment,
 )
 
@@ -245,7 +245,6 @@ def log_comparison(rows: list[Row], outputs: dict[str, Path], markdown: str, par
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    exp_id = ensure_experiment(COMPARE_EXPERIMENT, params, root)
     client = MlflowClient()
     tags = {"git_commit": git_commit(root), "mlflow.note.content": run_description(markdown)}
     flow_run = os.environ.get(FLOW_RUN_ENV)
@@ -259,8 +258,10 @@ def log_comparison(rows: list[Row], outputs: dict[str, Path], markdown: str, par
             exp = mlflow.get_experiment_by_name(task_experiment(task))
             if exp is not None:
                 tags[f"compare.ui.{task}"] = compare_ui_link(ids, exp.experiment_id)
-    with mlflow.start_run(experiment_id=exp_id, run_name="compare") as parent:
-        mlflow.set_tags(tags)
+    # stage_run keeps the run id until the run ends well: a retried compare (transient MLflow error) logs into
+    # the same parent run instead of opening a second one.
+    state_dir = (root or Path.cwd()) / paths.CHECKPOINTS / "compare"
+    with stage_run(params, COMPARE_EXPERIMENT, "compare", state_dir=state_dir, tags=tags, root=root) as parent:
         mlflow.log_param("compare.min_improvement", params.compare.min_improvement)
         table = pd.DataFrame([_flat(r) for r in rows])
         mlflow.log_table(table, artifact_file="leaderboard.json")

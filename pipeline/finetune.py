@@ -34,7 +34,7 @@ from pipeline.task_data import load_prepared, word_predictions
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = Path("checkpoints")
+CHECKPOINTS = paths.CHECKPOINTS
 EXPORT_DIR = "export"  # inside the checkpoint folder: the selected model saved for MLflow
 LATENCY_EXAMPLES = 20
 FAMILIES = ("gpt", "bert")

@@ -12,6 +12,7 @@ CORPUS = DATA / "corpus"  # prepare: data/corpus/{train,heldout}.txt
 TOKENIZERS = DATA / "tokenizers"  # tokenizers: data/tokenizers/{bert,gpt}/
 PRETRAIN = DATA / "pretrain"  # pretrain: data/pretrain/<family>/{model,metrics.json,...}
 FINETUNE = DATA / "finetune"  # finetune: data/finetune/<model>-<task>/{model,metrics.json,plots/}
+CHECKPOINTS = Path("checkpoints")  # resumable state of running stages (Trainer checkpoints, MLflow run ids)
 REPORTS = Path("reports")  # compare: reports/comparison.{md,json}, plots
 
 

@@ -55,7 +55,7 @@ from pipeline.tokenizer_training import load_tokenizer
 log = logging.getLogger(__name__)
 
 FAMILIES = ("gpt", "bert")
-CHECKPOINTS = Path("checkpoints")
+CHECKPOINTS = paths.CHECKPOINTS
 INITIAL_METRICS_FILE = "initial_heldout.json"
 # Evaluation runs on at most this many held-out examples (blocks / sentence pairs), to bound its time.
 MAX_EVAL_EXAMPLES = 2000

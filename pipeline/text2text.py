@@ -36,7 +36,7 @@ FAMILIES = ("rnn", "encdec")
 ATTENTION_EXAMPLES = 3  # first N validation examples get an attention heatmap
 LATENCY_EXAMPLES = 20  # as pipeline.finetune: batch-1 inference over the first 20 test examples
 INVALID_LABEL = "<invalid>"  # how an output that is no label shows up in confusion.csv
-CHECKPOINTS = Path("checkpoints")
+CHECKPOINTS = paths.CHECKPOINTS
 _WORD = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]")
 
 

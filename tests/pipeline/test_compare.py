@@ -168,3 +168,30 @@ def test_compare_before_any_run_reports_every_combination_as_not_run(compare_rep
     md = (compare_repo.root / "reports/comparison.md").read_text()
     assert md.count(f"| {NOT_RUN} |") >= len(TASKS) * len(compare_repo.params.models)
     assert (compare_repo.root / "reports/plots" / MAIN_PLOT).read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.integration
+def test_compare_retried_after_a_transient_error_resumes_its_parent_run(compare_repo, monkeypatch):
+    """A compare that meets a dropped MLflow connection mid-logging and is run again (what the flow's retry
+    does) ends with one FINISHED parent run and one champion promotion, not two."""
+    from pipeline.champion import read_history
+
+    compare_repo.add_run("emotion", "bert", {"accuracy": 0.61, "macro_f1": 0.5})
+    real_log_table, calls = mlflow.log_table, []
+
+    def flaky_log_table(*args, **kwargs):  # the fault a test cannot cause for real: a dropped connection
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError(104, "MLflow server reset the connection (injected fault)")
+        return real_log_table(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_table", flaky_log_table)
+    with pytest.raises(ConnectionResetError):
+        compare(compare_repo.params)
+    result = compare(compare_repo.params)
+
+    parents = mlflow.search_runs(experiment_names=[COMPARE_EXPERIMENT], output_format="list")
+    assert [r.info.run_id for r in parents] == [result["parent_run_id"]]
+    assert parents[0].info.status == "FINISHED"
+    promotions = [e for e in read_history(compare_repo.params, compare_repo.root) if e.get("event") == "promote"]
+    assert len(promotions) == 1, promotions
