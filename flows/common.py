@@ -72,10 +72,18 @@ def mark_flow_run() -> str | None:
 
 
 def run_cli(flow: Callable, *args) -> None:
-    """Run a flow from the command line; a failure exits non-zero with its message, not a traceback wall."""
+    """Run a stage flow from the command line; a failure exits non-zero with its message, not a traceback wall.
+
+    Flow-run heartbeats are off here: a stage runs as a child process of `dvc repro` (or of the retrain flow),
+    which sees a crash in its exit status, and stopping the heartbeat thread cost ~1 s at the end of every
+    stage (it sleeps in 1 s steps). Long-lived flows (retrain, serve) keep Prefect's heartbeats.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     setup_logging()
     try:
-        flow(*args)
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            flow(*args)
     except SystemExit:
         raise
     except Exception as err:  # the flow run already carries the traceback in Prefect's logs
