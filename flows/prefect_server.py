@@ -67,6 +67,10 @@ class LocalServer:
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "LocalServer":
         env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **self.extra_env}
         env.pop(API_ENV, None)
+        # The UI's pages call the API at PREFECT_UI_API_URL, which otherwise stays http://127.0.0.1:4200/api
+        # whatever --port says: on another port the UI would show "Can't connect to Server API".
+        env["PREFECT_UI_API_URL"] = self.api_url
+        env["PREFECT_UI_URL"] = self.api_url.removesuffix("/api")
         if self.home:
             env["PREFECT_HOME"] = str(self.home)
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.port),

@@ -8,14 +8,8 @@ and the compare stage's parent run. Screenshots: reports/mlflow_ui_{experiment,c
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -24,56 +18,14 @@ from mlflow import MlflowClient
 
 from pipeline.compare import compare
 from pipeline.tracking import COMPARE_EXPERIMENT, task_experiment
+from tests.fixtures.browser import CHROMIUM, CHROMIUM_ARGS, assert_server_gone, free_port, stop_group, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TASK = "emotion"
 # three decimals: the UI prints them unrounded in both the runs table and the comparison view
 ACCURACY = {"rnn": 0.412, "encdec": 0.538, "gpt": 0.621, "bert": 0.687, "minilm": 0.904}
 UI_TIMEOUT_MS = 120_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the MLflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(1)
-    pytest.fail(f"the MLflow server did not answer {url}/health within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server's whole process group (mlflow server + its uvicorn worker); SIGINT is its clean stop."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:  # the group leader is gone; wait for its children too
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -83,21 +35,18 @@ def mlflow_ui(compare_repo, tmp_path):
         compare_repo.add_run(TASK, model, {"accuracy": accuracy, "macro_f1": round(accuracy - 0.1, 3)},
                              param_count=1_000_000 * (i + 1), train_time_s=60.0 * (i + 1))
     result = compare(compare_repo.params)
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "mlflow-server.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "flows.ui", "--port", str(port)], cwd=compare_repo.root,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log)
+        wait_http_ok(f"{url}/health", proc, log, "the MLflow server")
         yield {"url": url, "parent_run_id": result["parent_run_id"], "log": log}
     finally:
-        _stop(proc)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)  # nothing of the server is left
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        stop_group(proc)
+    assert_server_gone(proc, port)
 
 
 def _close_assistant(page) -> None:
