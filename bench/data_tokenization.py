@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from bench import fixtures
 from bench.common import BenchOptions, fmt_ratio, interleave, paired_ratios, result_body, row, summarize, verdict

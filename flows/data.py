@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow, task
+from prefect import flow
 
 from flows.artifacts import publish_validation, publish_validation_failure
 from flows.common import external_task, mark_flow_run, params_or_exit, run_cli

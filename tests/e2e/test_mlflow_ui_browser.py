@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -18,7 +17,7 @@ from mlflow import MlflowClient
 
 from pipeline.compare import compare
 from pipeline.tracking import COMPARE_EXPERIMENT, task_experiment
-from tests.fixtures.browser import CHROMIUM, CHROMIUM_ARGS, assert_server_gone, free_port, stop_group, wait_http_ok
+from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +64,6 @@ def _show_metric_columns(page, names: list[str]) -> None:
 
 
 def test_mlflow_ui_shows_all_models_of_a_task(mlflow_ui, repo_root):
-    from playwright.sync_api import sync_playwright
-
     url = mlflow_ui["url"]
     assert f"Uvicorn running on http://127.0.0.1:{url.rsplit(':', 1)[1]}" in mlflow_ui["log"].read_text()
     experiment_id = mlflow.get_experiment_by_name(task_experiment(TASK)).experiment_id
@@ -74,54 +71,47 @@ def test_mlflow_ui_shows_all_models_of_a_task(mlflow_ui, repo_root):
     shots = repo_root / "reports"
     shots.mkdir(exist_ok=True)
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1800, "height": 1100})
-            page.set_default_timeout(UI_TIMEOUT_MS)
+    with chromium_page({"width": 1800, "height": 1100}, UI_TIMEOUT_MS) as page:
+        # 1. the task's experiment: one row per model, sorted by test accuracy, with the metric columns
+        page.goto(f"{url}/#/experiments/{experiment_id}/runs?orderByKey=metrics.%60test_accuracy%60"
+                  "&orderByAsc=false")
+        page.wait_for_selector("text=minilm-emotion")
+        _close_assistant(page)
+        _show_metric_columns(page, ["test_accuracy", "test_macro_f1", "param_count", "train_time_s"])
+        page.wait_for_selector(f"text={ACCURACY['minilm']}")
+        text = page.inner_text("body")
+        for model, accuracy in ACCURACY.items():
+            assert f"{model}-{TASK}" in text, f"run {model}-{TASK} is not on the experiment page"
+            assert str(accuracy) in text, f"test_accuracy {accuracy} of {model} is not on the experiment page"
+            assert f"{TASK}-{model}" in text, f"registered model {TASK}-{model} is not linked from its run"
+        assert "5 matching runs" in text
+        page.screenshot(path=str(shots / "mlflow_ui_experiment.png"))
 
-            # 1. the task's experiment: one row per model, sorted by test accuracy, with the metric columns
-            page.goto(f"{url}/#/experiments/{experiment_id}/runs?orderByKey=metrics.%60test_accuracy%60"
-                      "&orderByAsc=false")
-            page.wait_for_selector("text=minilm-emotion")
-            _close_assistant(page)
-            _show_metric_columns(page, ["test_accuracy", "test_macro_f1", "param_count", "train_time_s"])
-            page.wait_for_selector(f"text={ACCURACY['minilm']}")
-            text = page.inner_text("body")
-            for model, accuracy in ACCURACY.items():
-                assert f"{model}-{TASK}" in text, f"run {model}-{TASK} is not on the experiment page"
-                assert str(accuracy) in text, f"test_accuracy {accuracy} of {model} is not on the experiment page"
-                assert f"{TASK}-{model}" in text, f"registered model {TASK}-{model} is not linked from its run"
-            assert "5 matching runs" in text
-            page.screenshot(path=str(shots / "mlflow_ui_experiment.png"))
+        # 2. the side-by-side comparison the compare stage links to from its parent run
+        page.goto(f"{url}/{parent.data.tags[f'compare.ui.{TASK}']}")
+        page.wait_for_selector("text=Comparing 5 Runs")
+        page.wait_for_selector(".js-plotly-plot")
+        _close_assistant(page)
+        text = page.inner_text("body")
+        for model, accuracy in ACCURACY.items():
+            assert f"{model}-{TASK}" in text and str(accuracy) in text, f"{model} missing from the comparison"
+        assert "test_accuracy" in text and "compare.parent_run_id" in text
+        page.set_viewport_size({"width": 1800, "height": 2000})
+        page.screenshot(path=str(shots / "mlflow_ui_compare.png"))
 
-            # 2. the side-by-side comparison the compare stage links to from its parent run
-            page.goto(f"{url}/{parent.data.tags[f'compare.ui.{TASK}']}")
-            page.wait_for_selector("text=Comparing 5 Runs")
-            page.wait_for_selector(".js-plotly-plot")
-            _close_assistant(page)
-            text = page.inner_text("body")
-            for model, accuracy in ACCURACY.items():
-                assert f"{model}-{TASK}" in text and str(accuracy) in text, f"{model} missing from the comparison"
-            assert "test_accuracy" in text and "compare.parent_run_id" in text
-            page.set_viewport_size({"width": 1800, "height": 2000})
-            page.screenshot(path=str(shots / "mlflow_ui_compare.png"))
-
-            # 3. the compare stage's parent run: the leaderboard as its description
-            page.set_viewport_size({"width": 1800, "height": 1100})
-            compare_exp = mlflow.get_experiment_by_name(COMPARE_EXPERIMENT).experiment_id
-            page.goto(f"{url}/#/experiments/{compare_exp}/runs/{parent.info.run_id}")
-            page.wait_for_selector("text=Best model per task")
-            _close_assistant(page)
-            page.get_by_text("Show more", exact=True).click()  # expand the description
-            page.wait_for_selector(f"text={TASK} (main metric: accuracy)")
-            text = page.inner_text("body")
-            assert f"{TASK}\taccuracy\tminilm\t0.9040\t{TASK}-minilm v1" in text, "best-per-task row missing"
-            for model, accuracy in ACCURACY.items():
-                assert f"{TASK}.{model}.accuracy" in text, f"metric {TASK}.{model}.accuracy missing on the parent run"
-            page.screenshot(path=str(shots / "mlflow_ui_comparison_run.png"))
-        finally:
-            browser.close()
+        # 3. the compare stage's parent run: the leaderboard as its description
+        page.set_viewport_size({"width": 1800, "height": 1100})
+        compare_exp = mlflow.get_experiment_by_name(COMPARE_EXPERIMENT).experiment_id
+        page.goto(f"{url}/#/experiments/{compare_exp}/runs/{parent.info.run_id}")
+        page.wait_for_selector("text=Best model per task")
+        _close_assistant(page)
+        page.get_by_text("Show more", exact=True).click()  # expand the description
+        page.wait_for_selector(f"text={TASK} (main metric: accuracy)")
+        text = page.inner_text("body")
+        assert f"{TASK}\taccuracy\tminilm\t0.9040\t{TASK}-minilm v1" in text, "best-per-task row missing"
+        for model, accuracy in ACCURACY.items():
+            assert f"{TASK}.{model}.accuracy" in text, f"metric {TASK}.{model}.accuracy missing on the parent run"
+        page.screenshot(path=str(shots / "mlflow_ui_comparison_run.png"))
 
     for view in ("experiment", "compare", "comparison_run"):
         assert (shots / f"mlflow_ui_{view}.png").stat().st_size > 20_000

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from flows.serve import DEPLOYMENT_NAME
-from tests.fixtures.browser import CHROMIUM, CHROMIUM_ARGS, assert_server_gone, free_port, stop_group, wait_http_ok
+from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 from tests.fixtures.orchestration import _migrated_prefect_db
 
 pytestmark = pytest.mark.integration
@@ -57,33 +57,24 @@ def served(tiny_repo, tmp_path, request):
 
 
 def test_make_serve_shows_the_deployment_and_its_schedule_in_the_prefect_ui(served, repo_root):
-    from playwright.sync_api import sync_playwright
-
     url, deployment = served["url"], served["deployment"]
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [CRON]
     assert f"Prefect UI: {url}" in served["log"].read_text()
     shots = repo_root / "reports"
     shots.mkdir(exist_ok=True)
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(UI_TIMEOUT_MS)
+    with chromium_page({"width": 1600, "height": 1000}, UI_TIMEOUT_MS) as page:
+        page.goto(f"{url}/deployments")
+        page.wait_for_selector(f"text={DEPLOYMENT_NAME}")
+        text = page.inner_text("body")
+        assert "retrain" in text, "the flow of the deployment is not listed"
 
-            page.goto(f"{url}/deployments")
-            page.wait_for_selector(f"text={DEPLOYMENT_NAME}")
-            text = page.inner_text("body")
-            assert "retrain" in text, "the flow of the deployment is not listed"
-
-            page.goto(f"{url}/deployments/deployment/{deployment['id']}")
-            page.wait_for_selector(f"text={DEPLOYMENT_NAME}")
-            page.wait_for_selector("text=Schedules")
-            text = page.inner_text("body")
-            assert "At 02:15 AM, only on Monday" in text, f"the cron schedule is not shown:\n{text[:3000]}"
-            assert "Next Run" in text and "Scheduled for" in text, "no upcoming scheduled run is shown"
-            assert "Can't connect to Server API" not in text
-            page.screenshot(path=str(shots / "prefect_ui_deployment.png"))
-        finally:
-            browser.close()
+        page.goto(f"{url}/deployments/deployment/{deployment['id']}")
+        page.wait_for_selector(f"text={DEPLOYMENT_NAME}")
+        page.wait_for_selector("text=Schedules")
+        text = page.inner_text("body")
+        assert "At 02:15 AM, only on Monday" in text, f"the cron schedule is not shown:\n{text[:3000]}"
+        assert "Next Run" in text and "Scheduled for" in text, "no upcoming scheduled run is shown"
+        assert "Can't connect to Server API" not in text
+        page.screenshot(path=str(shots / "prefect_ui_deployment.png"))
     assert (shots / "prefect_ui_deployment.png").stat().st_size > 20_000
