@@ -33,6 +33,7 @@ pytest_plugins = [
     "tests.fixtures.tracking",
     "tests.fixtures.orchestration",
     "tests.fixtures.compare",
+    "tests.fixtures.dvc_repo",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

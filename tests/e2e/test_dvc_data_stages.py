@@ -9,11 +9,6 @@ one task's caps re-runs only that task's prepare stage. Stages report to the sha
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +16,7 @@ import yaml
 from datasets import load_from_disk
 
 from pipeline.config import DATASETS, TASKS
+from tests.fixtures.dvc_repo import RAN, SKIPPED, copy_repo, dvc, git, set_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -34,44 +30,6 @@ DATA_STAGES = {
 }
 CAPS = {"max_train": 40, "max_validation": 16, "max_test": 16}
 VOCAB = 500
-RAN = re.compile(r"Running stage '([^']+)'")
-SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost", *args], cwd=repo,
-                   check=True, capture_output=True)
-
-
-def copy_repo(src: Path, dst: Path) -> Path:
-    """Working-tree copy of the files git would see (tracked + untracked, minus ignored), as a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
-                            check=True, capture_output=True, text=True).stdout.split("\0")
-    for rel in filter(None, listed):
-        source = src / rel
-        if source.is_file() and not rel.startswith(("tests/", "bench/")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dst / rel)
-    _git(dst, "init", "-q")
-    _git(dst, "add", "-A")
-    _git(dst, "commit", "-q", "-m", "copy of the pipeline")
-    return dst
-
-
-def set_params(repo: Path, update) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    update(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def dvc(repo: Path, env: dict, *args: str, timeout: float = 1200) -> tuple[str, float]:
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"dvc {' '.join(args)} failed ({proc.returncode}):\n{output[-6000:]}"
-    return output, time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +43,8 @@ def data_repo(tmp_path_factory, repo_root, mirror_dir):
         params["tokenizers"].update(bert_vocab_size=VOCAB, gpt_vocab_size=VOCAB)
 
     set_params(repo, shrink)
-    _git(repo, "commit", "-qam", "tiny params")
+    git(repo, "commit", "-qam", "tiny params")
     return repo
-
-
-@pytest.fixture
-def dvc_env(prefect_env) -> dict:
-    env = {k: v for k, v in prefect_env.items() if k not in ("HT_MIRROR_DIR", "HT_PARAMS")}
-    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return env
 
 
 def test_data_stages_run_then_stay_cached_then_rerun_only_what_changed(data_repo, dvc_env, mirror_dir):

@@ -1,0 +1,150 @@
+"""`make run` end to end: every stage of dvc.yaml on the real mirror, shrunk to smoke size (bench/smoke.py).
+
+A copy of the repository in tmp runs `python -m flows.run_pipeline` (what `make run` runs) against the shared test
+Prefect server. Checks: all stages run; the leaderboard covers every task x model; each task has a `champion`;
+every registered model loads through `mlflow.pyfunc` and answers in its task's natural form; the MLflow UI
+(`make ui`) over this store lists every model of a task and opens the compare stage's side-by-side view; a second
+`make run` changes nothing. Quality floors live in the per-model tests (tests/pipeline): smoke training is a
+few steps, so here only the plumbing is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import load_from_disk
+
+from bench.smoke import smoke_params
+from pipeline.config import TASK_SPECS, TASKS
+from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
+from tests.fixtures.dvc_repo import RAN, copy_repo, git
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3000)]
+
+MODELS = ("rnn", "encdec", "gpt", "bert", "minilm")
+
+
+def make_run(repo: Path, env: dict, timeout: float = 2400) -> str:
+    proc = subprocess.run([sys.executable, "-m", "flows.run_pipeline"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"make run failed ({proc.returncode}):\n{output[-8000:]}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, repo_root, mirror_dir, prefect_server):
+    repo = copy_repo(repo_root, tmp_path_factory.mktemp("full") / "repo")
+    params = smoke_params(yaml.safe_load((repo / "params.yaml").read_text()))
+    params["ingest"]["mirror_dir"] = str(mirror_dir)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "smoke-size params")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in ("HT_MIRROR_DIR", "HT_PARAMS")}
+    env.update(PREFECT_API_URL=prefect_server.api_url, PREFECT_HOME=str(prefect_server.home), DVC_NO_ANALYTICS="1",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    output = make_run(repo, env)
+    return {"repo": repo, "env": env, "output": output}
+
+
+def _stages(repo: Path) -> set[str]:
+    return set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
+
+
+def test_make_run_reproduces_every_stage_and_fills_the_leaderboard(pipeline_run):
+    repo, output = pipeline_run["repo"], pipeline_run["output"]
+    ran = set(RAN.findall(output))
+    assert ran == _stages(repo) and len(ran) == 39, sorted(ran)
+    assert "Pipeline done in" in output and "Leaderboard :" in output
+
+    board = json.loads((repo / "reports" / "comparison.json").read_text())
+    for task in TASKS:
+        for model in MODELS:
+            row = board[task][model]
+            assert row.get("status", "ok") != "not run", f"{model} on {task} missing from the leaderboard: {row}"
+            assert row["param_count"] > 0 and row["train_time_s"] > 0
+        assert board["champion"][task]["model"] in MODELS
+    md = (repo / "reports" / "comparison.md").read_text()
+    assert "not run" not in md.split("## Plots")[0]
+
+
+def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run):
+    import mlflow
+    from mlflow import MlflowClient
+
+    repo = pipeline_run["repo"]
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    try:
+        client = MlflowClient()
+        board = json.loads((repo / "reports" / "comparison.json").read_text())
+        for task in TASKS:
+            kind = TASK_SPECS[task][1]
+            champion = board["champion"][task]
+            version = client.get_model_version_by_alias(f"{task}-{champion['model']}", "champion")
+            assert version.version == str(champion["version"])
+            for model in MODELS:
+                loaded = mlflow.pyfunc.load_model(f"models:/{task}-{model}/1")
+                text = {"ner": "John Smith lives in Berlin", "translation": "A man is riding a bike."}.get(
+                    kind, "i feel wonderful today")
+                predicted = loaded.predict([text])
+                if kind == "classification":  # transformers flavour: a DataFrame; text-to-text models: labels
+                    label = predicted["label"][0] if hasattr(predicted, "columns") else list(predicted)[0]
+                    names = load_from_disk(str(repo / "data" / "prepared" / task))["train"].features["label"].names
+                    assert label in names, f"{task}-{model} answered {predicted!r}"
+                elif kind == "ner":
+                    (entities,) = predicted
+                    assert isinstance(entities, list) and all({"entity", "word", "start", "end"} <= set(e)
+                                                              for e in entities), f"{task}-{model}: {entities!r}"
+                else:
+                    (german,) = predicted
+                    assert isinstance(german, str), f"{task}-{model}: {german!r}"
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_mlflow_ui_over_the_run_shows_every_model_of_a_task_side_by_side(pipeline_run, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    repo, task = pipeline_run["repo"], "emotion"
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
+    try:
+        parent = MlflowClient().search_runs(
+            [mlflow.get_experiment_by_name("comparison").experiment_id], max_results=1)[0]
+        experiment_id = mlflow.get_experiment_by_name(f"task-{task}").experiment_id
+    finally:
+        mlflow.set_tracking_uri(None)
+    port, log = free_port(), tmp_path / "ui.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.ui", "--port", str(port)], cwd=repo,
+                                env=pipeline_run["env"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/health", proc, log, "make ui's MLflow server")
+        with chromium_page({"width": 1800, "height": 1100}, 120_000) as page:
+            page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+            page.wait_for_selector(f"text=minilm-{task}")
+            text = page.inner_text("body")
+            for model in MODELS:
+                assert f"{model}-{task}" in text, f"run {model}-{task} is not on the experiment page"
+            page.goto(f"{url}/{parent.data.tags[f'compare.ui.{task}']}")
+            page.wait_for_selector("text=Comparing 5 Runs")
+            text = page.inner_text("body")
+            assert "test_accuracy" in text and all(f"{m}-{task}" in text for m in MODELS)
+            page.screenshot(path=str(tmp_path / "compare.png"))
+    finally:
+        stop_group(proc)
+    assert_server_gone(proc, port)
+
+
+def test_second_make_run_changes_nothing(pipeline_run):
+    output = make_run(pipeline_run["repo"], pipeline_run["env"], timeout=600)
+    assert not RAN.findall(output), output[-4000:]
+    assert "nothing changed" in output
