@@ -10,6 +10,7 @@ few steps, so here only the plumbing is checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -54,6 +55,24 @@ def pipeline_run(tmp_path_factory, repo_root, mirror_dir, prefect_server):
     return {"repo": repo, "env": env, "output": output}
 
 
+@contextlib.contextmanager
+def store_of(repo: Path):
+    """The run's MLflow store for tracking *and* registry (an earlier test in this process may have pinned the
+    registry URI to its own store), reset afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow exports them; conftest starts without
+            os.environ.pop(key, None)
+
+
 def _stages(repo: Path) -> set[str]:
     return set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
 
@@ -80,15 +99,14 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
     from mlflow import MlflowClient
 
     repo = pipeline_run["repo"]
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
-    try:
+    with store_of(repo):
         client = MlflowClient()
         board = json.loads((repo / "reports" / "comparison.json").read_text())
         for task in TASKS:
             kind = TASK_SPECS[task][1]
             champion = board["champion"][task]
             version = client.get_model_version_by_alias(f"{task}-{champion['model']}", "champion")
-            assert version.version == str(champion["version"])
+            assert str(version.version) == str(champion["version"])
             for model in MODELS:
                 loaded = mlflow.pyfunc.load_model(f"models:/{task}-{model}/1")
                 text = {"ner": "John Smith lives in Berlin", "translation": "A man is riding a bike."}.get(
@@ -105,8 +123,6 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
                 else:
                     (german,) = predicted
                     assert isinstance(german, str), f"{task}-{model}: {german!r}"
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def test_mlflow_ui_over_the_run_shows_every_model_of_a_task_side_by_side(pipeline_run, tmp_path):
@@ -114,13 +130,10 @@ def test_mlflow_ui_over_the_run_shows_every_model_of_a_task_side_by_side(pipelin
     from mlflow import MlflowClient
 
     repo, task = pipeline_run["repo"], "emotion"
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow' / 'mlflow.db'}")
-    try:
+    with store_of(repo):
         parent = MlflowClient().search_runs(
             [mlflow.get_experiment_by_name("comparison").experiment_id], max_results=1)[0]
         experiment_id = mlflow.get_experiment_by_name(f"task-{task}").experiment_id
-    finally:
-        mlflow.set_tracking_uri(None)
     port, log = free_port(), tmp_path / "ui.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "flows.ui", "--port", str(port)], cwd=repo,
