@@ -125,7 +125,7 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
                     assert isinstance(german, str), f"{task}-{model}: {german!r}"
 
 
-def test_mlflow_ui_over_the_run_shows_every_model_of_a_task_side_by_side(pipeline_run, tmp_path):
+def test_mlflow_ui_over_the_run_shows_the_models_side_by_side_and_the_registry(pipeline_run, tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
@@ -152,6 +152,11 @@ def test_mlflow_ui_over_the_run_shows_every_model_of_a_task_side_by_side(pipelin
             text = page.inner_text("body")
             assert "test_accuracy" in text and all(f"{m}-{task}" in text for m in MODELS)
             page.screenshot(path=str(tmp_path / "compare.png"))
+            page.goto(f"{url}/#/models")  # the registry: every <task>-<model>
+            page.wait_for_selector(f"text=multi30k-minilm")
+            text = page.inner_text("body")
+            missing = [f"{t}-{m}" for t in TASKS for m in MODELS if f"{t}-{m}" not in text]
+            assert not missing, f"registered models not listed in the UI: {missing}"
     finally:
         stop_group(proc)
     assert_server_gone(proc, port)
