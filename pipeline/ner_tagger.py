@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from pipeline.task_data import encode_words, word_spans
+from pipeline.task_data import PaddingCollator, encode_words, word_spans
 
 
 def tags_to_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -64,15 +64,13 @@ class NerTagger:
         self.model.eval()
         spans = [word_spans(t) for t in texts]
         enc = encode_words(self.tokenizer, list(texts), spans, self.max_length)
-        pad = self.tokenizer.pad_token_id or 0
+        collate = PaddingCollator(self.tokenizer.pad_token_id or 0)
         out = []
         for lo in range(0, len(texts), batch_size):
             rows = range(lo, min(lo + batch_size, len(texts)))
-            width = max(len(enc["input_ids"][i]) for i in rows)
-            ids = torch.tensor([enc["input_ids"][i] + [pad] * (width - len(enc["input_ids"][i])) for i in rows])
-            mask = torch.tensor([enc["attention_mask"][i] + [0] * (width - len(enc["attention_mask"][i])) for i in rows])
-            device = self.model.device
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [batch, width, tags]
+            batch = collate([{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in rows])
+            batch = {k: v.to(self.model.device) for k, v in batch.items()}
+            logits = self.model(**batch).logits  # [batch, width, tags]
             for i, pred in zip(rows, logits.argmax(-1).tolist()):
                 tags = ["O"] * len(spans[i])
                 seen = set()
