@@ -34,7 +34,6 @@ from pipeline.task_data import load_prepared, word_predictions
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = paths.CHECKPOINTS
 EXPORT_DIR = "export"  # inside the checkpoint folder: the selected model saved for MLflow
 LATENCY_EXAMPLES = 20
 FAMILIES = ("gpt", "bert")
@@ -45,7 +44,7 @@ class FinetuneError(RuntimeError):
 
 
 def checkpoint_dir(model: str, task: str) -> Path:
-    return CHECKPOINTS / f"finetune-{model}-{task}"
+    return paths.CHECKPOINTS / f"finetune-{model}-{task}"
 
 
 def param_count(model: torch.nn.Module) -> int:

@@ -55,7 +55,6 @@ from pipeline.tokenizer_training import load_tokenizer
 log = logging.getLogger(__name__)
 
 FAMILIES = ("gpt", "bert")
-CHECKPOINTS = paths.CHECKPOINTS
 INITIAL_METRICS_FILE = "initial_heldout.json"
 # Evaluation runs on at most this many held-out examples (blocks / sentence pairs), to bound its time.
 MAX_EVAL_EXAMPLES = 2000
@@ -64,7 +63,7 @@ STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_no
 
 
 def checkpoint_dir(family: str) -> Path:
-    return CHECKPOINTS / f"pretrain-{family}"
+    return paths.CHECKPOINTS / f"pretrain-{family}"
 
 
 def device_dtype() -> tuple[torch.device, torch.dtype]:
@@ -382,7 +381,7 @@ def pretrain(family: str, params: Params) -> dict:
         mlflow.log_artifact(str(target / "plots" / "loss.csv"), artifact_path="plots")
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
-        CHECKPOINTS.rmdir()  # only when no other stage keeps checkpoints there
+        paths.CHECKPOINTS.rmdir()  # only when no other stage keeps checkpoints there
     log.info("%s pretrained: %s", family, target)
     return metrics
 

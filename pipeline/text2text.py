@@ -28,7 +28,6 @@ from pipeline.config import TASK_SPECS, Params
 from pipeline.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
 from pipeline.outputs import METRICS_FILE, PLOTS_DIR
 from pipeline.ner_tagger import text_entities
-from pipeline.pyfunc_models import texts_of
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,6 @@ FAMILIES = ("rnn", "encdec")
 ATTENTION_EXAMPLES = 3  # first N validation examples get an attention heatmap
 LATENCY_EXAMPLES = 20  # as pipeline.finetune: batch-1 inference over the first 20 test examples
 INVALID_LABEL = "<invalid>"  # how an output that is no label shows up in confusion.csv
-CHECKPOINTS = paths.CHECKPOINTS
 _WORD = re.compile(r"\w+(?:[-'’.]\w+)*|[^\w\s]")
 
 
@@ -154,22 +152,14 @@ class TaskFormat:
         if self.kind == "classification":
             return self.label_names[prediction] if prediction >= 0 else self.label_names[0]
         if self.kind == "ner":
-            return tags_to_entities(text, prediction)
+            return text_entities(text, prediction)  # the same entities as the fine-tuned NER models serve
         return prediction
-
-
-# IOB2 word tags -> served entities, the same as the fine-tuned NER models (one helper for both).
-tags_to_entities = text_entities
 
 
 def serving_example(fmt: TaskFormat, split, n: int = 2) -> list[str]:
     """The first test inputs as served: a list of texts (NER: the words joined by spaces), as the fine-tuned
     models' registered examples."""
     return [fmt.source_text(split[i]) for i in range(min(n, len(split)))]
-
-
-# The texts of a serving request: one reader for every pyfunc wrapper of the project.
-serving_texts = texts_of
 
 
 def task_format(task: str, train_split) -> TaskFormat:
@@ -248,7 +238,7 @@ class Text2TextModel:
 
 # ---------------------------------------------------------------- the stage
 def checkpoint_dir(model: str, task: str) -> Path:
-    return CHECKPOINTS / f"finetune-{model}-{task}"
+    return paths.CHECKPOINTS / f"finetune-{model}-{task}"
 
 
 def build_model(model: str, task: str, params: Params, data=None) -> Text2TextModel:

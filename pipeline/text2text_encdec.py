@@ -23,6 +23,7 @@ import torch
 from pipeline import paths
 from pipeline.config import Params
 from pipeline.finetune_trainer import best_epoch
+from pipeline.pyfunc_models import texts_of
 from pipeline.text2text import (
     AttentionMap,
     TaskFormat,
@@ -30,7 +31,6 @@ from pipeline.text2text import (
     Text2TextModel,
     TrainOutcome,
     serving_example,
-    serving_texts,
 )
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
         set_generation_length(self.model, self.codec.gen_max_new_tokens)
 
     def predict(self, context, model_input, params=None) -> list[Any]:
-        texts = serving_texts(model_input)
+        texts = texts_of(model_input)
         sources = [" ".join(t.split()) if self.fmt.kind == "ner" else t for t in texts]
         results = []
         for start in range(0, len(texts), 32):

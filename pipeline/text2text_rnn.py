@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from pipeline import paths
 from pipeline.config import Params
+from pipeline.pyfunc_models import texts_of
 from pipeline.seq2seq_rnn import (
     EOS_IDX,
     PAD_IDX,
@@ -47,7 +48,6 @@ from pipeline.text2text import (
     TrainOutcome,
     Vocab,
     serving_example,
-    serving_texts,
     word_tokenize,
 )
 
@@ -356,7 +356,7 @@ class RNNPyfunc(mlflow.pyfunc.PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> list[Any]:
-        texts = serving_texts(model_input)
+        texts = texts_of(model_input)
         words = [t.split() if self.fmt.kind == "ner" else word_tokenize(t) for t in texts]
         sources = [source_ids(self.src_vocab, w, self.meta["max_length"]) for w in words]
         hyps = decode(self.model, sources, self.fmt.kind, 64, self.meta["num_beams"], self.meta["max_new_tokens"],

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from pipeline.ner_tagger import text_entities
 from pipeline.text2text import (
     INVALID_LABEL,
     TaskFormat,
@@ -15,7 +16,6 @@ from pipeline.text2text import (
     build_model,
     detokenize,
     score_outputs,
-    tags_to_entities,
     train_text2text,
     word_tokenize,
 )
@@ -68,7 +68,7 @@ def test_ner_outputs_are_repaired_to_the_word_count():
 def test_tags_become_entities_with_character_offsets():
     text = "John  Smith visited New York and EU"
     tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "I-ORG"]
-    entities = tags_to_entities(text, tags)
+    entities = text_entities(text, tags)
     assert [(e["entity"], e["word"], e["word_start"], e["word_end"]) for e in entities] == [
         ("PER", "John  Smith", 0, 2), ("LOC", "New York", 3, 5), ("ORG", "EU", 6, 7)]
     assert all(text[e["start"] : e["end"]] == e["word"] for e in entities)
