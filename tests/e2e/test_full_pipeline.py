@@ -24,7 +24,7 @@ from datasets import load_from_disk
 from bench.smoke import smoke_params
 from pipeline.config import TASK_SPECS, TASKS
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
-from tests.fixtures.dvc_repo import RAN, copy_repo, git
+from tests.fixtures.dvc_repo import RAN, copy_repo, git, pipeline_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3000)]
 
@@ -46,11 +46,7 @@ def pipeline_run(tmp_path_factory, repo_root, mirror_dir, prefect_server):
     params["ingest"]["mirror_dir"] = str(mirror_dir)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "commit", "-qam", "smoke-size params")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_")) and k not in ("HT_MIRROR_DIR", "HT_PARAMS")}
-    env.update(PREFECT_API_URL=prefect_server.api_url, PREFECT_HOME=str(prefect_server.home), DVC_NO_ANALYTICS="1",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env = pipeline_env(prefect_server)
     output = make_run(repo, env)
     return {"repo": repo, "env": env, "output": output}
 
