@@ -1,7 +1,7 @@
 """Data: the pipeline's tokenization throughput vs raw batched fast-tokenizer throughput on the same texts.
 
-The pipeline tokenizes where its stages need ids: the fine-tuning inputs (pipeline.task_data.encode_*, a
-datasets.map over the prepared split) and the pretraining blocks (pipeline.pretrain_data.lm_blocks). Each is
+The pipeline tokenizes where its stages need ids: the fine-tuning inputs (pipeline.data.task_data.encode_*, a
+datasets.map over the prepared split) and the pretraining blocks (pipeline.pretrain.data.lm_blocks). Each is
 timed against the Rust tokenizer's `encode_batch` on the same texts with the same truncation (a private copy
 of the tokenizer, so neither side sees the other's settings), A/B interleaved. Tokens/s counts the raw side's
 tokens for both, so the ratio is a ratio of times. TOKENIZERS_PARALLELISM is whatever `make` sets (false).
@@ -40,8 +40,8 @@ def raw_encoder(tok, max_length: int | None, add_special_tokens: bool = True):
 
 def cases(opts: BenchOptions) -> dict:
     """name -> (pipeline_fn, raw_fn, n_texts, what)"""
-    from pipeline import task_data
-    from pipeline.pretrain_data import lm_blocks
+    from pipeline.data import task_data
+    from pipeline.pretrain.data import lm_blocks
 
     params = fixtures.params()
     out = {}
@@ -55,7 +55,7 @@ def cases(opts: BenchOptions) -> dict:
     raw = raw_encoder(minilm, length)
     out["classification (emotion train, minilm tokenizer)"] = (
         lambda: task_data.encode_classification(emotion, minilm, length), lambda: raw(texts), texts,
-        "pipeline.task_data.encode_classification")
+        "pipeline.data.task_data.encode_classification")
 
     conll = fixtures.dataset("conll2003")["train"]
     cap = opts.size(params.prepare.tasks["conll2003"].max_train or len(conll), 1000)
@@ -65,7 +65,7 @@ def cases(opts: BenchOptions) -> dict:
     raw_ner = raw_encoder(minilm, length)
     out["ner (conll2003 train, minilm tokenizer)"] = (
         lambda: task_data.encode_ner(conll, minilm, length), lambda: raw_ner(joined), joined,
-        "pipeline.task_data.encode_ner")
+        "pipeline.data.task_data.encode_ner")
 
     gpt = fixtures.tokenizer("gpt")
     docs = list(fixtures.wikitext_docs())[: opts.size(10**9, 1500)]
@@ -73,7 +73,7 @@ def cases(opts: BenchOptions) -> dict:
     raw_gpt = raw_encoder(gpt, None, add_special_tokens=False)
     out["pretraining blocks (WikiText, gpt tokenizer)"] = (
         lambda: lm_blocks(docs, gpt, block, "bench corpus"), lambda: raw_gpt(docs), docs,
-        "pipeline.pretrain_data.lm_blocks")
+        "pipeline.pretrain.data.lm_blocks")
     return out
 
 

@@ -1,7 +1,7 @@
 """Inputs of the micro-benchmarks, built from the real data mirror with the pipeline's own code.
 
-They need no pipeline run: texts come from ../shared/datasets through pipeline.readers, tokenizers are trained
-with pipeline.tokenizer_training on WikiText (the params' vocabulary sizes). A stand-in repo root (a temp folder
+They need no pipeline run: texts come from ../shared/datasets through pipeline.data.readers, tokenizers are trained
+with pipeline.pretrain.tokenizers on WikiText (the params' vocabulary sizes). A stand-in repo root (a temp folder
 with data/corpus and data/tokenizers) lets cwd-relative pipeline functions run unchanged. Built once per process.
 """
 
@@ -22,7 +22,7 @@ log = logging.getLogger("bench")
 
 @functools.lru_cache(maxsize=1)
 def params():
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     return load_params(REPO_ROOT / "params.yaml")
 
@@ -37,7 +37,7 @@ def mirror_dir() -> Path:
 @functools.lru_cache(maxsize=None)
 def dataset(name: str):
     """The raw DatasetDict of one dataset, read from the mirror (canonical schema)."""
-    from pipeline.readers import MIRROR_FOLDERS, read_mirror
+    from pipeline.data.readers import MIRROR_FOLDERS, read_mirror
 
     return read_mirror(name, mirror_dir() / MIRROR_FOLDERS[name], seed=params().common.seed)
 
@@ -52,7 +52,7 @@ def wikitext_docs() -> tuple[str, ...]:
 @functools.lru_cache(maxsize=1)
 def stand_in_root() -> Path:
     """A temp folder laid out like a repo after the corpus and tokenizers stages (corpus = WikiText lines)."""
-    from pipeline.tokenizer_training import train_bpe, train_wordpiece
+    from pipeline.pretrain.tokenizers import train_bpe, train_wordpiece
 
     root = Path(tempfile.mkdtemp(prefix="ht-bench-root-"))
     docs = list(wikitext_docs())
@@ -82,7 +82,7 @@ def in_dir(path: Path) -> Iterator[Path]:
 
 def tokenizer(family: str):
     """The bench's trained tokenizer of a family (gpt | bert), loaded the way the pipeline loads it."""
-    from pipeline.tokenizer_training import load_tokenizer
+    from pipeline.pretrain.tokenizers import load_tokenizer
 
     return load_tokenizer(family, root=stand_in_root())
 

@@ -94,7 +94,7 @@ class _StepClock:
 
 
 def pipeline_trainer_tokens_per_s(params_file: str, steps: int, warmup: int) -> dict:
-    """The pipeline's own GPT pretraining set-up (pipeline.pretrain: model, TrainingArguments with bf16 on CUDA,
+    """The pipeline's own GPT pretraining set-up (pipeline.pretrain.run: model, TrainingArguments with bf16 on CUDA,
     data blocks, collator) from `params_file`, run by transformers.Trainer for warmup + steps steps, without
     MLflow, evaluation or checkpoints: what `HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt` trains."""
     import dataclasses
@@ -102,9 +102,9 @@ def pipeline_trainer_tokens_per_s(params_file: str, steps: int, warmup: int) -> 
 
     from transformers import Trainer
 
-    from pipeline import pretrain
-    from pipeline.config import load_params
-    from pipeline.tokenizer_training import load_tokenizer
+    from pipeline.pretrain import run as pretrain
+    from pipeline.core.config import load_params
+    from pipeline.pretrain.tokenizers import load_tokenizer
 
     params = load_params(params_file)
     cfg = params.pretrain.gpt.model_copy(update={"max_steps": warmup + steps})
@@ -132,7 +132,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     if not torch.cuda.is_available():
         return result_body([row("GPT bf16 tokens/s, MFU", f">= {MFU_TARGET:.0%} MFU on an H100", "-", SKIPPED,
                                 "skipped: no CUDA device")], skipped="no CUDA device")
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (none expected) use tensor cores
     device = torch.cuda.get_device_name(0)

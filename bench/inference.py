@@ -1,7 +1,7 @@
 """Inference: p50/p95 latency of each registered model through mlflow.pyfunc, batch 1 and batch 32.
 
 Reads the MLflow registry of a finished run (the last `make bench FULL=1` workspace, else the repo after
-`make run`), loads the latest version of every `<task>-<model>` with pipeline.registry.load_registered and
+`make run`), loads the latest version of every `<task>-<model>` with pipeline.tracking.registry.load_registered and
 predicts on that task's test texts (data/prepared/<task>), shaped like the model's logged input example.
 Latency = wall time of one `predict` call, after warmup calls. Read-only: nothing is logged or registered.
 """
@@ -30,8 +30,8 @@ def tracking_store(root: Path):
     """Point MLflow at the workspace's local store for the block (the params' default sqlite location)."""
     import mlflow
 
-    from pipeline.config import load_params
-    from pipeline.tracking import tracking_uri
+    from pipeline.core.config import load_params
+    from pipeline.tracking.runs import tracking_uri
 
     old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     uri = tracking_uri(load_params(root / "params.yaml"), root)
@@ -84,7 +84,7 @@ def latencies(model, inputs: list, warmup: int) -> list[float]:
 
 
 def measure_model(name: str, texts: list[str], opts: BenchOptions) -> dict:
-    from pipeline.registry import load_registered
+    from pipeline.tracking.registry import load_registered
 
     t0 = time.perf_counter()
     model = load_registered(name, "latest")

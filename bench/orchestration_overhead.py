@@ -58,14 +58,14 @@ FRACTION = 0.05  # a long one this share of its time
 DEFAULT_STAGE = "prepare@emotion"
 # stage kind -> (flows module args, pipeline function, output folder under data/)
 STAGES = {
-    "ingest": ("flows.data ingest {name}", "pipeline.ingest:ingest_dataset", "raw/{name}"),
-    "validate": ("flows.data validate {name}", "pipeline.validate:validate_dataset", "validation"),
-    "prepare": ("flows.data prepare {name}", "pipeline.prepare:prepare_task", "prepared/{name}"),
+    "ingest": ("flows.data ingest {name}", "pipeline.data.ingest:ingest_dataset", "raw/{name}"),
+    "validate": ("flows.data validate {name}", "pipeline.data.validate:validate_dataset", "validation"),
+    "prepare": ("flows.data prepare {name}", "pipeline.data.prepare:prepare_task", "prepared/{name}"),
 }
 DIRECT = """
 import json, time
 t0 = time.perf_counter()
-from pipeline.config import load_params
+from pipeline.core.config import load_params
 from {module} import {function}
 params = load_params()
 t1 = time.perf_counter()

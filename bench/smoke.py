@@ -23,7 +23,7 @@ def enabled() -> bool:
 
 def smoke_params(raw: dict) -> dict:
     """A shrunk copy of a params.yaml mapping (only sizes change; the result is validated like params.yaml)."""
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
 
     out = copy.deepcopy(raw)
     for caps in out["prepare"]["tasks"].values():

@@ -2,7 +2,7 @@
 
 Same model (a deep copy of the pipeline's freshly built model), same batches, same process and thread count.
 
-- GPT and BERT pretraining: the pipeline's own Trainer (pipeline.pretrain: build_model, _training_args, the
+- GPT and BERT pretraining: the pipeline's own Trainer (pipeline.pretrain.run: build_model, _training_args, the
   collator and datasets of _datasets, the MLflow step logger and throughput callbacks, logging into a temp MLflow
   store) runs once; a callback interleaves: every K optimizer steps it closes a Trainer segment, replays exactly
   the K batches the Trainer's collator produced through the hand loop (forward, backward, AdamW step,
@@ -127,7 +127,7 @@ def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[]
     import mlflow
     from transformers import Trainer, set_seed
 
-    from pipeline import pretrain
+    from pipeline.pretrain import run as pretrain
 
     params = fixtures.params()
     cfg = getattr(params.pretrain, family)
@@ -164,7 +164,7 @@ def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[]
     n_params = sum(p.numel() for p in model.parameters())
     probes = {name: samples[name][keep] for name in (extra or {})}
     return {
-        "engine": "transformers.Trainer (pipeline.pretrain config)", "probes": probes,
+        "engine": "transformers.Trainer (pipeline.pretrain.run config)", "probes": probes,
         "model": type(model).__name__, "param_count": n_params, "steps_per_segment": every,
         "warmup_segments": warmup, "logging_steps": args.logging_steps, "optim": str(args.optim), "hand_optim": f"torch.optim.AdamW(fused={fused})",
         "batch_size": cfg.batch_size, "block_size": cfg.block_size,
@@ -178,9 +178,9 @@ def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[]
 def rnn_family(opts: BenchOptions) -> dict:
     from torch import nn
 
-    from pipeline.config import parse_params
-    from pipeline.text2text import build_model
-    from pipeline.text2text_rnn import pad_batch
+    from pipeline.core.config import parse_params
+    from pipeline.train.text2text import build_model
+    from pipeline.train.rnn import pad_batch
 
     base = fixtures.params()
     steps = opts.size(8, 4)
@@ -255,7 +255,7 @@ def rnn_family(opts: BenchOptions) -> dict:
 
         samples = interleave(pipeline_side, hand_side, reps=opts.pick(5, 2), warmup=1, measure=lambda fn: fn())
     return {
-        "engine": "pipeline.text2text_rnn.RNNText2Text._train_epoch", "task": RNN_TASK,
+        "engine": "pipeline.train.rnn.RNNText2Text._train_epoch", "task": RNN_TASK,
         "model": type(model).__name__, "param_count": sum(p.numel() for p in model.parameters()),
         "steps_per_segment": steps, "batch_size": rnn.batch_size, "order": samples["order"],
         "pipeline_tokens_per_s": samples["a"], "hand_tokens_per_s": samples["b"],

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.paths import REPORTS, validation_report
+from pipeline.core.paths import REPORTS, validation_report
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _cell(value) -> str | int | float | bool | None:
 
 
 def validation_rows(report: dict) -> list[dict]:
-    """One row per (split, expectation) of a pipeline.validate report."""
+    """One row per (split, expectation) of a pipeline.data.validate report."""
     rows = []
     for split, split_report in (report.get("splits") or {}).items():
         for result in split_report.get("results", []):

@@ -21,7 +21,7 @@ connection refused/reset, timeouts, DNS "try again", HTTP 429/5xx from MLflow or
 A retried task must not duplicate what its first try created; the pipeline/ functions already make that so:
 - MLflow runs: tracking.stage_run keeps the run id in the stage's state folder and resumes an unfinished
   (failed or killed) run instead of opening a new one;
-- registered versions: pipeline.registry reuses the version a run already registered (or registers the
+- registered versions: pipeline.tracking.registry reuses the version a run already registered (or registers the
   model that run logged before it was interrupted).
 Wrap the whole unit (e.g. "train + log + register inside stage_run") or one idempotent call, not half of one.
 """
@@ -35,8 +35,8 @@ import socket
 import sys
 from typing import Any, Callable
 
-from pipeline.config import Params, ParamsError, load_params
-from pipeline.tracking import FLOW_RUN_ENV
+from pipeline.core.config import Params, ParamsError, load_params
+from pipeline.tracking.runs import FLOW_RUN_ENV
 
 log = logging.getLogger("hello_transformers")
 

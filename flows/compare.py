@@ -23,7 +23,7 @@ USAGE = ("usage: python -m flows.compare                  (the compare stage)\n"
 
 @flow(name="compare", log_prints=True)
 def compare_flow() -> dict:
-    from pipeline.compare import compare
+    from pipeline.compare.leaderboard import compare
 
     params = params_or_exit()
     mark_flow_run()
@@ -36,7 +36,7 @@ def compare_flow() -> dict:
 
 @flow(name="champion-rollback", log_prints=True)
 def rollback_flow(target: str) -> dict:
-    from pipeline.champion import rollback
+    from pipeline.compare.champion import rollback
 
     params = params_or_exit()
     mark_flow_run()
@@ -48,7 +48,7 @@ def rollback_flow(target: str) -> dict:
 
 def check_target(target: str) -> None:
     """A wrong rollback target fails here, before Prefect starts."""
-    from pipeline.champion import ChampionError, resolve_target
+    from pipeline.compare.champion import ChampionError, resolve_target
 
     try:
         resolve_target(target, params_or_exit())
@@ -58,7 +58,7 @@ def check_target(target: str) -> None:
 
 
 def show_history(target: str | None) -> None:
-    from pipeline.champion import read_history
+    from pipeline.compare.champion import read_history
 
     for event in read_history(params_or_exit()):
         if target in (None, event.get("task"), event.get("registered_model")):

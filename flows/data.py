@@ -14,7 +14,7 @@ from prefect import flow
 
 from flows.artifacts import publish_validation, publish_validation_failure
 from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
-from pipeline.config import DATASETS, TASKS
+from pipeline.core.config import DATASETS, TASKS
 
 USAGE = f"usage: python -m flows.data ingest|validate DATASET ({'|'.join(DATASETS)}) | prepare TASK ({'|'.join(TASKS)}) | corpus"
 
@@ -23,7 +23,7 @@ USAGE = f"usage: python -m flows.data ingest|validate DATASET ({'|'.join(DATASET
 # used by datasets' fingerprinting, and floods the log with bytecode listings. pipeline/ logs via `logging`.
 @flow(name="ingest", log_prints=False)
 def ingest_flow(dataset: str) -> str:
-    from pipeline.ingest import ingest_dataset
+    from pipeline.data.ingest import ingest_dataset
 
     params = params_or_exit()
     mark_flow_run()
@@ -35,7 +35,7 @@ def ingest_flow(dataset: str) -> str:
 @flow(name="validate", log_prints=False)
 def validate_flow(dataset: str) -> dict:
     """Run the GX suite; results (and on failure the GX summary, also logged) become Prefect artifacts."""
-    from pipeline.validate import DataValidationError, validate_dataset
+    from pipeline.data.validate import DataValidationError, validate_dataset
 
     params = params_or_exit()
     mark_flow_run()
@@ -50,7 +50,7 @@ def validate_flow(dataset: str) -> dict:
 
 @flow(name="prepare", log_prints=False)
 def prepare_flow(task_name: str) -> str:
-    from pipeline.prepare import prepare_task
+    from pipeline.data.prepare import prepare_task
 
     params = params_or_exit()
     mark_flow_run()
@@ -59,7 +59,7 @@ def prepare_flow(task_name: str) -> str:
 
 @flow(name="corpus", log_prints=False)
 def corpus_flow() -> str:
-    from pipeline.prepare import build_corpus
+    from pipeline.data.prepare import build_corpus
 
     params = params_or_exit()
     mark_flow_run()

@@ -2,8 +2,8 @@
 
     python -m flows.finetune MODEL TASK      e.g. python -m flows.finetune minilm emotion
 
-Families gpt/bert (gpt, bert, minilm) are fine-tuned from pretrained weights (pipeline.finetune);
-families rnn/encdec are trained from scratch as text-to-text models (pipeline.text2text).
+Families gpt/bert (gpt, bert, minilm) are fine-tuned from pretrained weights (pipeline.train.finetune);
+families rnn/encdec are trained from scratch as text-to-text models (pipeline.train.text2text).
 A killed run resumes from its last checkpoint (checkpoints/finetune-<model>-<task>/) in the same MLflow run.
 """
 
@@ -14,7 +14,7 @@ import sys
 from prefect import flow
 
 from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
-from pipeline.config import TASKS, Params
+from pipeline.core.config import TASKS, Params
 
 FINETUNED_FAMILIES = ("gpt", "bert")
 
@@ -26,10 +26,10 @@ def usage(params: Params) -> str:
 def train(model: str, task: str, params: Params) -> dict:
     """Dispatch on the model's family."""
     if params.models[model].family in FINETUNED_FAMILIES:
-        from pipeline.finetune import finetune
+        from pipeline.train.finetune import finetune
 
         return finetune(model, task, params)
-    from pipeline.text2text import train_text2text
+    from pipeline.train.text2text import train_text2text
 
     return train_text2text(model, task, params)
 
@@ -39,7 +39,7 @@ def finetune_flow(model: str, task: str) -> dict:
     params = params_or_exit()
     mark_flow_run()
     # MLflow server / registry errors that are transient are retried; a retry resumes the same MLflow run
-    # from its checkpoint and reuses a version already registered (pipeline.tracking / pipeline.registry).
+    # from its checkpoint and reuses a version already registered (pipeline.tracking.runs / pipeline.tracking.registry).
     return external_task(train, f"train-{model}-{task}", params)(model, task, params)
 
 

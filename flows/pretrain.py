@@ -4,7 +4,7 @@
     python -m flows.pretrain bert
 
 A killed run resumes from its last checkpoint (checkpoints/pretrain-<family>/) and continues the same MLflow run.
-For GPU-sized models: HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt (see pipeline/pretrain.py).
+For GPU-sized models: HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt (see pipeline/pretrain/run.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ USAGE = f"usage: python -m flows.pretrain FAMILY ({'|'.join(FAMILIES)})"
 
 @flow(name="pretrain", log_prints=True)
 def pretrain_flow(family: str) -> dict:
-    from pipeline.pretrain import pretrain
+    from pipeline.pretrain.run import pretrain
 
     params = params_or_exit()
     mark_flow_run()

@@ -9,7 +9,7 @@
 2. `dvc status`: the stages out of date (changed data, code or params). None -> "nothing changed", no repro.
 3. Otherwise `dvc repro` (only the out-of-date stages and what depends on them run; each is its own flow
    run, reporting to the same Prefect server), its output streamed into this flow run's logs.
-4. Compare and champion promotion are the last DVC stage (pipeline.compare calls pipeline.champion), so they
+4. Compare and champion promotion are the last DVC stage (pipeline.compare.leaderboard calls pipeline.compare.champion), so they
    run whenever a model's metrics changed. To re-apply the champion gate alone (e.g. after unblocking a
    version in the MLflow UI): `dvc repro --force --single-item compare`.
 5. The leaderboard (reports/comparison.md/json) is published as Prefect artifacts `leaderboard[-table]`,
@@ -36,9 +36,9 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import publish_leaderboard
 from flows.common import setup_logging
-from pipeline.config import ParamsError, load_params
-from pipeline.locking import LockBusy, repo_lock
-from pipeline.tracking import FLOW_RUN_ENV
+from pipeline.core.config import ParamsError, load_params
+from pipeline.core.locking import LockBusy, repo_lock
+from pipeline.tracking.runs import FLOW_RUN_ENV
 
 LOCK_FILE = Path(".locks") / "retrain.lock"
 NOTHING_CHANGED = "nothing changed"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flows.common import params_or_exit, setup_logging
 from flows.prefect_server import DEFAULT_PORT, prefect_api
-from pipeline.locking import LockBusy
+from pipeline.core.locking import LockBusy
 
 EXIT_BUSY = 75
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from flows.common import setup_logging
 from flows.prefect_server import API_ENV, DEFAULT_PORT, prefect_api
-from pipeline.config import Params, ParamsError, load_params
+from pipeline.core.config import Params, ParamsError, load_params
 
 log = logging.getLogger("hello_transformers")
 

@@ -16,7 +16,7 @@ USAGE = "usage: python -m flows.tokenizers   (no arguments; reads data/corpus, w
 
 @flow(name="tokenizers", log_prints=True)
 def tokenizers_flow() -> dict[str, str]:
-    from pipeline.tokenizer_training import train_tokenizers
+    from pipeline.pretrain.tokenizers import train_tokenizers
 
     params = params_or_exit()
     mark_flow_run()

@@ -27,7 +27,7 @@ def server_command(tracking_uri: str, artifact_root: str | None, port: int, work
 
 
 def main(argv: list[str]) -> None:
-    from pipeline.tracking import artifact_root, tracking_uri
+    from pipeline.tracking.runs import artifact_root, tracking_uri
 
     parser = argparse.ArgumentParser(prog="python -m flows.ui", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")

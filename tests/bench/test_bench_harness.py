@@ -260,7 +260,7 @@ def test_gpu_benchmark_is_skipped_not_failed_without_cuda():
 
 def test_smoke_params_are_valid_and_only_shrink_sizes(default_params_dict):
     from bench.smoke import smoke_params
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
 
     small = parse_params(smoke_params(default_params_dict))
     full = parse_params(default_params_dict)

@@ -16,10 +16,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipeline.config import DATASETS, MIRROR_ENV
-from pipeline.ingest import ingest_dataset
-from pipeline.readers import SourceDataError
-from pipeline.validate import DataValidationError, validate_dataset
+from pipeline.core.config import DATASETS, MIRROR_ENV
+from pipeline.data.ingest import ingest_dataset
+from pipeline.data.readers import SourceDataError
+from pipeline.data.validate import DataValidationError, validate_dataset
 from tests.data.corruptions import CORRUPTIONS, Corruption
 
 pytestmark = pytest.mark.integration

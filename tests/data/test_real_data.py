@@ -7,9 +7,9 @@ import json
 import datasets
 import pytest
 
-from pipeline.config import DATASETS
-from pipeline.readers import FEATURES, MIRROR_FOLDERS, read_mirror
-from pipeline.validate import validate_dataset
+from pipeline.core.config import DATASETS
+from pipeline.data.readers import FEATURES, MIRROR_FOLDERS, read_mirror
+from pipeline.data.validate import validate_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from pipeline.config import DATASETS, TASKS
+from pipeline.core.config import DATASETS, TASKS
 from tests.fixtures.dvc_repo import RAN, SKIPPED, copy_repo, dvc, git, set_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]

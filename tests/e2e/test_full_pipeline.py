@@ -22,7 +22,7 @@ import yaml
 from datasets import load_from_disk
 
 from bench.smoke import smoke_params
-from pipeline.config import TASK_SPECS, TASKS
+from pipeline.core.config import TASK_SPECS, TASKS
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 from tests.fixtures.dvc_repo import RAN, copy_repo, git, pipeline_env
 

@@ -15,8 +15,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.compare import compare
-from pipeline.tracking import COMPARE_EXPERIMENT, task_experiment
+from pipeline.compare.leaderboard import compare
+from pipeline.tracking.runs import COMPARE_EXPERIMENT, task_experiment
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 
 pytestmark = pytest.mark.integration

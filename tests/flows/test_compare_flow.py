@@ -9,7 +9,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.champion import CHAMPION_ALIAS, update_champions
+from pipeline.compare.champion import CHAMPION_ALIAS, update_champions
 
 
 def _cli(repo, *args: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from flows.retrain import EXIT_BUSY, LOCK_FILE
-from pipeline.locking import read_holder
+from pipeline.core.locking import read_holder
 
 pytestmark = pytest.mark.integration
 

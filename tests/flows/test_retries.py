@@ -16,7 +16,7 @@ import pytest
 from prefect import flow
 
 from flows.common import external_task, is_transient
-from pipeline.config import parse_params
+from pipeline.core.config import parse_params
 from tests.fixtures.orchestration import artifacts_with_key, task_runs_of, wait_for_logs
 
 CALLS: dict[str, int] = {}
@@ -111,7 +111,7 @@ def test_non_transient_failure_is_not_retried(prefect_api, fast_retry_params):
 def test_retried_stage_resumes_its_mlflow_run_instead_of_duplicating_it(prefect_api, default_params_dict, tmp_path):
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.tracking import runs as tracking
 
     raw = copy.deepcopy(default_params_dict)
     raw["orchestration"].update(retries=2, retry_delay_seconds=0)
@@ -144,7 +144,7 @@ def test_retried_stage_resumes_its_mlflow_run_instead_of_duplicating_it(prefect_
 
 def _corrupted_emotion(root):
     """data/raw/emotion with the canonical schema but broken rows: too short, too long, leaked into test."""
-    from pipeline.readers import FEATURES
+    from pipeline.data.readers import FEATURES
 
     good = ["i feel great today", "this is a sad story", "what a surprise that was", "i am so angry now"]
     splits = {

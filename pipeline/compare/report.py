@@ -1,0 +1,229 @@
+"""The compare stage's report files: reports/comparison.md, reports/comparison.json, reports/plots/*.png.
+
+Every file is built next to its target and renamed into place, so a crash never leaves a half-written report.
+comparison.json is read by `dvc metrics show/diff`: {task: {model: {metric: value}}, "best": {...},
+"champion": {...}}; a combination without a run is {"status": "not run"} there (DVC drops null values).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.core import paths
+from pipeline.core.io import atomic_dir
+from pipeline.compare.leaderboard import (
+    COST_FIELDS,
+    NOT_AVAILABLE,
+    NOT_RUN,
+    OK,
+    Row,
+    best_per_task,
+    main_metric,
+    rows_for,
+    secondary_metrics,
+)
+from pipeline.core.config import TASKS
+
+log = logging.getLogger(__name__)
+
+MAIN_PLOT = "main_metric.png"
+SCATTER_PLOT = "quality_vs_train_time.png"
+HISTORY_SHOWN = 10
+
+
+# ---------------------------------------------------------------- atomic writes
+def write_text_atomic(target: Path, text: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- formatting
+def fmt_metric(name: str, value: float | None) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    return f"{value:.2f}" if name in ("bleu", "chrf") else f"{value:.4f}"
+
+
+def fmt_count(value: float | None) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {seconds:02d}s"
+
+
+def fmt_number(value: float | None, digits: int = 1) -> str:
+    return NOT_AVAILABLE if value is None else f"{value:,.{digits}f}"
+
+
+# ---------------------------------------------------------------- comparison.json
+def metrics_json(rows: list[Row], champions: dict) -> dict:
+    out: dict = {}
+    for task in TASKS:
+        out[task] = {}
+        for row in (r for r in rows if r.task == task):
+            if row.status != OK:
+                out[task][row.model] = {"status": row.status}
+                continue
+            cell = {name: row.test[name] for name in (main_metric(task), *secondary_metrics(task)) if name in row.test}
+            cell.update({k: getattr(row, k) for k in COST_FIELDS if getattr(row, k) is not None})
+            out[task][row.model] = cell
+    out["best"] = {task: {"model": b["model"], b["metric"]: b["value"]} for task, b in best_per_task(rows).items()}
+    out["champion"] = {}
+    for task, state in champions.items():
+        leader = state.get("leader")
+        if leader and leader.get("metric_value") is not None:
+            out["champion"][task] = {"model": leader["model"], "version": leader["version"],
+                                     state["metric"]: leader["metric_value"]}
+    return out
+
+
+# ---------------------------------------------------------------- comparison.md
+def _table(rows: list[Row], task: str) -> list[str]:
+    main, extra = main_metric(task), secondary_metrics(task)
+    head = ["model", "family", "weights", f"**{main}**", *extra, "params", "train time", "tokens/s",
+            "latency ms/example", "MLflow run", "registered", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows_for(rows, task):
+        if r.status != OK:
+            metrics = [NOT_RUN] * (1 + len(extra))
+            cells = [r.model, r.family or "", r.weight_source or "", *metrics, *([""] * 6), NOT_RUN]
+        else:
+            version = r.registered_version or NOT_AVAILABLE
+            if r.champion:
+                version += " (champion)"
+            cells = [r.model, r.family or NOT_AVAILABLE, r.weight_source or NOT_AVAILABLE,
+                     f"**{fmt_metric(main, r.main_value)}**", *(fmt_metric(m, r.test.get(m)) for m in extra),
+                     fmt_count(r.param_count), fmt_seconds(r.train_time_s), fmt_number(r.tokens_per_s, 0),
+                     fmt_number(r.latency_ms_per_example, 2), f"`{r.mlflow_run_id}`" if r.mlflow_run_id else "",
+                     version, "; ".join(r.notes) or OK]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: str = "plots") -> str:
+    best = best_per_task(rows)
+    done = sum(r.status == OK for r in rows)
+    lines = ["# Model comparison", "",
+             f"Test-set results of {len({r.model for r in rows})} models on {len(TASKS)} tasks "
+             f"({done} of {len(rows)} combinations run). Higher is better for every quality metric.", "",
+             "## Best model per task", "", "| task | metric | best model (this run) | value | champion (registry) |",
+             "|---|---|---|---|---|"]
+    for task in TASKS:
+        b = best.get(task)
+        leader = (champions.get(task) or {}).get("leader")
+        champ = f"{leader['registered_model']} v{leader['version']}" if leader else "none"
+        if b:
+            lines.append(f"| {task} | {b['metric']} | {b['model']} | {fmt_metric(b['metric'], b['value'])} | {champ} |")
+        else:
+            lines.append(f"| {task} | {main_metric(task)} | {NOT_RUN} | {NOT_AVAILABLE} | {champ} |")
+    for task in TASKS:
+        lines += ["", f"## {task} (main metric: {main_metric(task)})", "", *_table(rows, task)]
+    lines += ["", "## Plots", "", f"![main metric per model and task]({plots_rel}/{MAIN_PLOT})", "",
+              f"![quality vs train time]({plots_rel}/{SCATTER_PLOT})", ""]
+    if history:
+        lines += ["## Recent champion changes", "", "| time | event | registered model | version | metric |",
+                  "|---|---|---|---|---|"]
+        for e in history[-HISTORY_SHOWN:][::-1]:
+            metric = f"{e.get('metric')}: {fmt_metric(e.get('metric', ''), e.get('old_metric'))} -> " \
+                     f"{fmt_metric(e.get('metric', ''), e.get('new_metric'))}"
+            lines.append(f"| {e.get('time')} | {e.get('event')} | {e.get('registered_model')} | "
+                         f"{e.get('old_version') or 'none'} -> {e.get('new_version') or 'none'} | {metric} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plots
+def _task_panels(target: Path, title: str, draw) -> None:
+    """One panel per task, two per row, titled with the task and labelled with its main metric;
+    draw(ax, task) fills a panel. Saved to `target`."""
+    import matplotlib.pyplot as plt
+
+    n_rows = (len(TASKS) + 1) // 2
+    fig, axes = plt.subplots(n_rows, 2, figsize=(10, 3.4 * n_rows), squeeze=False)
+    for ax, task in zip(axes.flat, TASKS):
+        draw(ax, task)
+        ax.set_title(task)
+        ax.set_ylabel(main_metric(task))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
+def _plot_main(rows: list[Row], target: Path) -> None:
+    def draw(ax, task):
+        mine = [r for r in rows if r.task == task]
+        values = [r.main_value or 0.0 for r in mine]
+        bars = ax.bar([r.model for r in mine], values, color=["#4c72b0" if r.status == OK else "#cccccc" for r in mine])
+        for bar, r in zip(bars, mine):
+            label = fmt_metric(main_metric(task), r.main_value) if r.status == OK else NOT_RUN
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7, rotation=90 if r.status != OK else 0)
+        ax.set_ylim(0, max(values + [1e-9]) * 1.15)
+
+    _task_panels(target, "Test main metric per model and task", draw)
+
+
+def _plot_scatter(rows: list[Row], target: Path) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    def draw(ax, task):
+        mine = [r for r in rows if r.task == task and r.main_value is not None and r.train_time_s]
+        ax.scatter([r.train_time_s for r in mine], [r.main_value for r in mine], color="#dd8452")
+        for r in mine:
+            ax.annotate(r.model, (r.train_time_s, r.main_value), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        if mine:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.margins(0.2)
+        else:
+            ax.text(0.5, 0.5, NOT_RUN, ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("train time (s, log)")
+
+    _task_panels(target, "Quality vs training time", draw)
+
+
+def write_plots(rows: list[Row], target: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with atomic_dir(target) as tmp:
+        _plot_main(rows, tmp / MAIN_PLOT)
+        _plot_scatter(rows, tmp / SCATTER_PLOT)
+    return target
+
+
+# ---------------------------------------------------------------- all reports
+def write_reports(rows: list[Row], champions: dict, history: list[dict], root: Path | None = None
+                  ) -> tuple[dict[str, Path], str]:
+    """Write comparison.md/.json and plots/ under reports/; returns ({artifact name: path}, the markdown)."""
+    reports = (root or Path.cwd()) / paths.REPORTS
+    plots = write_plots(rows, reports / "plots")
+    text = markdown(rows, champions, history)
+    write_text_atomic(reports / "comparison.md", text)
+    write_text_atomic(reports / "comparison.json", json.dumps(metrics_json(rows, champions), indent=2) + "\n")
+    log.info("Wrote %s, %s and %s", reports / "comparison.md", reports / "comparison.json", plots)
+    return {"comparison.md": reports / "comparison.md", "comparison.json": reports / "comparison.json",
+            "plots": plots}, text

@@ -1,0 +1,173 @@
+"""What the validate stage checks: one Great Expectations suite per dataset, and the pandas frame it runs on.
+
+The frame holds the canonical columns in a checkable form plus helper columns for checks that built-in
+expectations cannot express on raw lists or across splits:
+  row          position in the split (GX reports offending rows by it)
+  n_chars      characters of the text (conll2003: tokens joined by spaces)
+  n_tokens / n_tags / bio_valid / tags_known   conll2003 only
+  len_ratio    multi30k only: len(de) / len(en) (inf when en is empty)
+  is_blank     wikitext only: empty line (a legitimate paragraph break there)
+  is_duplicate the row's content already appeared earlier in the split (wikitext: non-blank lines only)
+  in_test      train/validation only: the row's content also appears in the test split (leakage)
+"""
+
+from __future__ import annotations
+
+import datasets
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+
+from pipeline.core.config import DatasetChecks
+from pipeline.data.readers import FEATURES, NER_TAGS
+
+ROW = "row"
+# columns shown when a row is reported as offending
+DISPLAY_COLUMNS: dict[str, list[str]] = {
+    "emotion": ["text", "label"],
+    "sst2": ["text", "label"],
+    "conll2003": ["text", "tags"],
+    "multi30k": ["en", "de"],
+    "wikitext": ["text"],
+}
+TEXT_COLUMNS: dict[str, list[str]] = {
+    "emotion": ["text"],
+    "sst2": ["text"],
+    "conll2003": ["text"],
+    "multi30k": ["en", "de"],
+    "wikitext": ["text"],
+}
+WIKITEXT_MAX_BLANK_FRACTION = 0.5  # real WikiText-2: about a third of the lines are blank paragraph breaks
+
+
+# ---------------------------------------------------------------- frames
+def build_frames(name: str, dsdict: datasets.DatasetDict) -> dict[str, pd.DataFrame]:
+    """split -> the frame the suite runs on (leakage flags need the test split)."""
+    frames = {split: _base_frame(name, ds) for split, ds in dsdict.items()}
+    test_keys = set(frames["test"]["_key"].dropna()) if "test" in frames else set()
+    for split, frame in frames.items():
+        if split == "test":
+            frame["in_test"] = False
+        else:
+            frame["in_test"] = frame["_key"].isin(test_keys) & frame["_key"].notna()
+        key = frame["_key"]
+        frame["is_duplicate"] = key.notna() & key.duplicated(keep="first")
+        frames[split] = frame.drop(columns="_key")
+    return frames
+
+
+def _base_frame(name: str, ds: datasets.Dataset) -> pd.DataFrame:
+    raw = ds.to_pandas()
+    frame = pd.DataFrame({ROW: np.arange(len(raw), dtype="int64")})
+    if name in ("emotion", "sst2"):
+        frame["text"] = raw["text"]
+        frame["label"] = raw["label"]
+        frame["n_chars"] = raw["text"].str.len()
+        frame["_key"] = raw["text"]
+    elif name == "conll2003":
+        tokens = raw["tokens"].map(lambda t: [] if t is None else list(t))
+        tags = raw["ner_tags"].map(lambda t: [] if t is None else [int(i) for i in t])
+        frame["text"] = tokens.map(" ".join)
+        frame["tags"] = tags.map(lambda ids: " ".join(NER_TAGS[i] if 0 <= i < len(NER_TAGS) else f"<{i}>" for i in ids))
+        frame["n_chars"] = frame["text"].str.len()
+        frame["n_tokens"] = tokens.map(len)
+        frame["n_tags"] = tags.map(len)
+        frame["tags_known"] = tags.map(lambda ids: all(0 <= i < len(NER_TAGS) for i in ids))
+        frame["bio_valid"] = tags.map(lambda ids: bio_valid([NER_TAGS[i] if 0 <= i < len(NER_TAGS) else "O" for i in ids]))
+        frame["_key"] = frame["text"]
+    elif name == "multi30k":
+        frame["en"] = raw["en"]
+        frame["de"] = raw["de"]
+        en_len = raw["en"].str.len()
+        de_len = raw["de"].str.len()
+        frame["n_chars_en"] = en_len
+        frame["n_chars_de"] = de_len
+        ratio = (de_len / en_len).astype("float64")  # null when a side is null
+        frame["len_ratio"] = ratio.mask(en_len.eq(0) | de_len.eq(0), 0.0)  # an empty side: out of any bounds
+        frame["_key"] = raw["en"] + "\t" + raw["de"]
+    else:  # wikitext
+        frame["text"] = raw["text"]
+        frame["n_chars"] = raw["text"].str.len()
+        frame["is_blank"] = raw["text"].eq("")
+        frame["_key"] = raw["text"].where(~frame["is_blank"])
+    return frame
+
+
+def bio_valid(tags: list[str]) -> bool:
+    """IOB2: I-X only right after B-X or I-X."""
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            return False
+        previous = tag
+    return True
+
+
+# ---------------------------------------------------------------- suite
+def build_suite(name: str, checks: DatasetChecks) -> gx.ExpectationSuite:
+    """The expectation suite of one dataset, with thresholds from params.yaml validate.datasets.<name>."""
+    expectations = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectTableColumnsToMatchSet(column_set=frame_columns(name), exact_match=True),
+        *_text_expectations(name, checks),
+        *_kind_expectations(name, checks),
+        gxe.ExpectColumnMeanToBeBetween(column="is_duplicate", min_value=0, max_value=checks.max_duplicate_fraction),
+        gxe.ExpectColumnSumToBeBetween(column="in_test", min_value=0, max_value=checks.max_leaked_texts),
+    ]
+    # not yet bound to a context: validate.py adds it to its own (context.suites.add)
+    return gx.ExpectationSuite(name=f"{name}_raw", expectations=expectations)
+
+
+def frame_columns(name: str) -> list[str]:
+    per_kind = {
+        "emotion": ["text", "label", "n_chars"],
+        "sst2": ["text", "label", "n_chars"],
+        "conll2003": ["text", "tags", "n_chars", "n_tokens", "n_tags", "tags_known", "bio_valid"],
+        "multi30k": ["en", "de", "n_chars_en", "n_chars_de", "len_ratio"],
+        "wikitext": ["text", "n_chars", "is_blank"],
+    }
+    return [ROW, *per_kind[name], "is_duplicate", "in_test"]
+
+
+def _text_expectations(name: str, checks: DatasetChecks) -> list:
+    out = []
+    for column in TEXT_COLUMNS[name]:
+        out += [
+            gxe.ExpectColumnValuesToNotBeNull(column=column),
+            gxe.ExpectColumnValuesToBeOfType(column=column, type_="str"),
+            gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=checks.min_chars, max_value=checks.max_chars),
+            # whitespace-only text is empty text in disguise (wikitext stores its blank lines as "")
+            gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=r"^\s+$"),
+        ]
+    return out
+
+
+def _kind_expectations(name: str, checks: DatasetChecks) -> list:
+    if name in ("emotion", "sst2"):
+        label = FEATURES[name]["label"]
+        return [
+            gxe.ExpectColumnValuesToNotBeNull(column="label"),
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(label.num_classes))),
+        ]
+    if name == "conll2003":
+        return [
+            gxe.ExpectColumnValuesToBeBetween(column="n_tokens", min_value=1),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="n_tokens", column_B="n_tags"),
+            gxe.ExpectColumnValuesToBeInSet(column="tags_known", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="bio_valid", value_set=[True]),
+        ]
+    if name == "multi30k":
+        if checks.min_length_ratio is None and checks.max_length_ratio is None:
+            return [gxe.ExpectColumnValuesToNotBeNull(column="len_ratio")]
+        return [
+            gxe.ExpectColumnValuesToNotBeNull(column="len_ratio"),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="len_ratio",
+                min_value=checks.min_length_ratio,
+                max_value=checks.max_length_ratio,
+                mostly=checks.length_ratio_mostly,
+            ),
+        ]
+    # wikitext: blank lines are paragraph breaks, but a file that is mostly blank is broken
+    return [gxe.ExpectColumnMeanToBeBetween(column="is_blank", min_value=0, max_value=WIKITEXT_MAX_BLANK_FRACTION)]

@@ -1,0 +1,226 @@
+"""Turn prepared task data into model inputs, per task kind, and batch them with dynamic padding.
+
+- classification: text -> input_ids, label -> labels.
+- ner: words -> sub-word tokens; each word's label goes on its FIRST sub-token, the other positions get -100.
+  Words are aligned through character offsets (text = words joined by spaces), which works the same for
+  WordPiece and byte-level BPE tokenizers and for raw text at serving time.
+- translation, decoder-only (GPT): `prompt(en) + " " + de + eos`; the loss is on the German part only.
+- translation, encoder-decoder: en -> encoder input_ids (encoder tokenizer), de + eos -> labels (decoder tokenizer).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import datasets
+import torch
+
+from pipeline.core import paths
+from pipeline.core.config import TASK_SPECS
+
+IGNORE_INDEX = -100  # label value the loss skips (torch CrossEntropyLoss default)
+TRANSLATION_PROMPT = "English: {source}\nGerman:"
+PROMPT_PREFIX, PROMPT_SUFFIX = "English:", "\nGerman:"  # around " " + source
+_WORD = re.compile(r"\S+")
+
+
+class TaskDataError(RuntimeError):
+    """Prepared task data is missing or does not have the task's columns."""
+
+
+REQUIRED_COLUMNS = {"classification": ("text", "label"), "ner": ("tokens", "ner_tags"), "translation": ("en", "de")}
+
+
+def task_kind(task: str) -> str:
+    if task not in TASK_SPECS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_SPECS)}")
+    return TASK_SPECS[task][1]
+
+
+def load_prepared(task: str, root: Path | None = None) -> datasets.DatasetDict:
+    """data/prepared/<task> with its train/validation/test splits and the task's columns."""
+    folder = (root or Path.cwd()) / paths.prepared_dir(task)
+    if not folder.exists():
+        raise TaskDataError(f"{folder} not found: run the prepare stage first (python -m flows.data prepare {task})")
+    data = datasets.load_from_disk(str(folder))
+    check_columns(data, task, str(folder))
+    return data
+
+
+def check_columns(data: datasets.DatasetDict, task: str, where: str = "task data") -> None:
+    for split in ("train", "validation", "test"):
+        if split not in data:
+            raise TaskDataError(f"{where}: split {split!r} missing (has {list(data)}); re-run prepare for {task}")
+        missing = [c for c in REQUIRED_COLUMNS[task_kind(task)] if c not in data[split].column_names]
+        if missing:
+            raise TaskDataError(f"{where}/{split}: column(s) {missing} missing (has {data[split].column_names})")
+
+
+def label_names(data: datasets.DatasetDict, task: str) -> list[str]:
+    """Class names (classification) or tag names (ner), in label-id order, from the ClassLabel feature."""
+    kind = task_kind(task)
+    features = data["train"].features
+    if kind == "classification":
+        return list(features["label"].names)
+    if kind == "ner":
+        return list(features["ner_tags"].feature.names)
+    raise ValueError(f"task {task!r} ({kind}) has no labels")
+
+
+def tokenize_split(split: datasets.Dataset, encode) -> datasets.Dataset:
+    """split.map(encode) in memory. A fixed fingerprint skips hashing the closure (and the tokenizer in it),
+    which took most of the time on small splits; nothing is cached, so no cache-*.arrow lands in data/."""
+    return split.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=split.column_names,
+        keep_in_memory=True,
+        load_from_cache_file=False,
+        new_fingerprint=f"{split._fingerprint}-tokenized",
+        desc="tokenize",
+    )
+
+
+# ---------------------------------------------------------------- classification
+def encode_classification(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    def encode(batch):
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": batch["label"]}
+
+    return tokenize_split(split, encode)
+
+
+# ---------------------------------------------------------------- ner
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character span of each whitespace-separated word."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """The words as one text with single spaces, and each word's span in it."""
+    spans, pos = [], 0
+    for word in words:
+        spans.append((pos, pos + len(word)))
+        pos += len(word) + 1
+    return " ".join(words), spans
+
+
+def token_words(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int | None]:
+    """For each token (character offsets), the index of the word it belongs to (None: special token/space)."""
+    out: list[int | None] = []
+    w = 0
+    for start, end in offsets:
+        if end <= start:  # special tokens have empty offsets
+            out.append(None)
+            continue
+        while w < len(spans) and spans[w][1] <= start:
+            w += 1
+        # byte-level tokens may start on the space before the word they belong to
+        out.append(w if w < len(spans) and spans[w][0] < end else None)
+    return out
+
+
+def encode_words(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]], max_length: int) -> dict:
+    """Tokenize texts; return input_ids, attention_mask and word_index per token (-1: not a word)."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    word_index = [
+        [-1 if w is None else w for w in token_words(offsets, s)] for offsets, s in zip(enc["offset_mapping"], spans)
+    ]
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "word_index": word_index}
+
+
+def first_subtoken_labels(word_index: Sequence[int], word_labels: Sequence[int]) -> list[int]:
+    labels, seen = [], set()
+    for w in word_index:
+        if w < 0 or w in seen:
+            labels.append(IGNORE_INDEX)
+        else:
+            seen.add(w)
+            labels.append(int(word_labels[w]))
+    return labels
+
+
+def encode_ner(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    def encode(batch):
+        joined = [join_words(words) for words in batch["tokens"]]
+        enc = encode_words(tokenizer, [t for t, _ in joined], [s for _, s in joined], max_length)
+        labels = [first_subtoken_labels(wi, tags) for wi, tags in zip(enc["word_index"], batch["ner_tags"])]
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+    return tokenize_split(split, encode)
+
+
+def word_predictions(pred_ids: Sequence[int], labels: Sequence[int]) -> list[int]:
+    """Per-word predicted tag ids: the predictions at the first sub-token positions (labels != -100)."""
+    return [int(p) for p, lab in zip(pred_ids, labels) if lab != IGNORE_INDEX]
+
+
+# ---------------------------------------------------------------- translation
+def translation_prompt(source: str) -> str:
+    return TRANSLATION_PROMPT.format(source=source.strip())
+
+
+def prompt_ids(tokenizer, sources: Sequence[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of translation_prompt(source) for each source; a long source is cut, never the
+    "German:" cue the translation follows (the same ids in training and generation)."""
+    prefix = tokenizer(PROMPT_PREFIX, add_special_tokens=False)["input_ids"]
+    suffix = tokenizer(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
+    room = max(1, max_tokens - len(prefix) - len(suffix))
+    ids = tokenizer([" " + s.strip() for s in sources], add_special_tokens=False)["input_ids"]
+    return [prefix + x[:room] + suffix for x in ids]
+
+
+def encode_causal_translation(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """GPT as a conditional LM: prompt + target + eos; labels are -100 on the prompt (and padding)."""
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        prompts = prompt_ids(tokenizer, batch["en"], max_length // 2)  # keep room for the target
+        targets = tokenizer([" " + t.strip() for t in batch["de"]], add_special_tokens=False)["input_ids"]
+        ids, labels = [], []
+        for p, t in zip(prompts, targets):
+            t = (t + [eos])[: max_length - len(p)]
+            ids.append(p + t)
+            labels.append([IGNORE_INDEX] * len(p) + t)
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}
+
+    return tokenize_split(split, encode)
+
+
+def encode_seq2seq_translation(split: datasets.Dataset, src_tokenizer, tgt_tokenizer, max_length: int) -> datasets.Dataset:
+    """Encoder-decoder: en -> input_ids (encoder tokenizer); de + eos -> labels (decoder tokenizer)."""
+    eos = tgt_tokenizer.eos_token_id
+
+    def encode(batch):
+        src = src_tokenizer(batch["en"], truncation=True, max_length=max_length)
+        tgt = tgt_tokenizer([t.strip() for t in batch["de"]], add_special_tokens=False)["input_ids"]
+        labels = [(t[: max_length - 1] + [eos]) for t in tgt]
+        return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels}
+
+    return tokenize_split(split, encode)
+
+
+# ---------------------------------------------------------------- batching
+@dataclass
+class PaddingCollator:
+    """Right-pads each batch to its longest row: input_ids with pad_token_id, attention_mask with 0,
+    sequence labels with -100 (scalar labels are stacked)."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for key in rows[0]:
+            values = [row[key] for row in rows]
+            if not isinstance(values[0], (list, tuple)):
+                batch[key] = torch.tensor(values)
+                continue
+            fill = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
+            width = max(len(v) for v in values)
+            batch[key] = torch.tensor([list(v) + [fill] * (width - len(v)) for v in values])  # [batch, width]
+        return batch
+

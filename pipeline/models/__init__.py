@@ -1,0 +1,1 @@
+"""Model code shared by training and serving: the GRU seq2seq, translators, NER tagger, loading, pyfunc."""

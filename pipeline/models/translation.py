@@ -1,0 +1,165 @@
+"""Translation with pretrained transformers: GPT as a conditional LM, BERT-family encoders + GPT decoder.
+
+- `GptTranslator`: the prompt `English: <en>\\nGerman:` is left-padded so a batch generates together; the
+  German text is what comes after the prompt, up to eos.
+- `EncoderDecoderTranslator`: a transformers EncoderDecoderModel (BERT/MiniLM encoder, this pipeline's
+  pretrained GPT decoder with cross-attention added); sources use the encoder tokenizer, outputs the
+  decoder's byte-level tokenizer (which covers German umlauts).
+Both save to / load from one folder (weights + tokenizer(s)), so the MLflow wrapper serves them as trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.data.task_data import prompt_ids
+
+log = logging.getLogger(__name__)
+
+ENCODER_TOKENIZER = "encoder_tokenizer"
+DECODER_TOKENIZER = "decoder_tokenizer"
+
+
+def build_encoder_decoder(encoder_path: str | Path, decoder_path: str | Path, decoder_tokenizer):
+    """EncoderDecoderModel from a BERT-family encoder folder and a GPT decoder folder (cross-attention added)."""
+    from transformers import AutoConfig, EncoderDecoderModel
+
+    decoder_config = AutoConfig.from_pretrained(str(decoder_path))
+    decoder_config.is_decoder = True
+    decoder_config.add_cross_attention = True  # new, randomly initialised cross-attention blocks
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+        str(encoder_path),
+        str(decoder_path),
+        encoder_use_safetensors=True,
+        decoder_use_safetensors=True,
+        decoder_config=decoder_config,
+    )
+    set_decoder_special_tokens(model, decoder_tokenizer)
+    return model
+
+
+def set_decoder_special_tokens(model, decoder_tokenizer) -> None:
+    """Decoding starts with the GPT bos token, stops at eos, pads with its own pad token."""
+    bos = decoder_tokenizer.bos_token_id if decoder_tokenizer.bos_token_id is not None else decoder_tokenizer.eos_token_id
+    for cfg in (model.config, model.generation_config):
+        cfg.decoder_start_token_id = bos
+        cfg.bos_token_id = bos
+        cfg.eos_token_id = decoder_tokenizer.eos_token_id
+        cfg.pad_token_id = decoder_tokenizer.pad_token_id
+    model.config.vocab_size = model.config.decoder.vocab_size
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class GptTranslator:
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "GptTranslator":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+        return cls(model, AutoTokenizer.from_pretrained(str(folder)))
+
+    def save(self, folder: str | Path) -> None:
+        self.model.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+
+    def max_prompt_length(self, max_new_tokens: int) -> int:
+        """Prompt tokens that still leave room for the translation within the model's positions."""
+        return max(8, self.model.config.n_positions - max_new_tokens)
+
+    @torch.no_grad()
+    def translate(self, sources: Sequence[str], *, num_beams: int = 1, max_new_tokens: int = 64,
+                  length_penalty: float = 1.0, batch_size: int = 32, progress: bool = False) -> list[str]:
+        tok, model = self.tokenizer, self.model
+        model.eval()
+        side = tok.padding_side
+        tok.padding_side = "left"  # generation continues every row from its last real token
+        out: list[str] = []
+        try:
+            for batch in tqdm(list(_batches(list(sources), batch_size)), desc="translate", disable=not progress):
+                ids = prompt_ids(tok, batch, self.max_prompt_length(max_new_tokens))
+                enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(model.device)
+                generated = model.generate(
+                    **enc,  # input_ids [batch, prompt_len]
+                    max_new_tokens=max_new_tokens,
+                    num_beams=num_beams,
+                    do_sample=False,
+                    length_penalty=length_penalty,
+                    early_stopping=num_beams > 1,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                )  # [batch, prompt_len + new]
+                new_tokens = generated[:, enc["input_ids"].shape[1]:]
+                out.extend(t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True))
+        finally:
+            tok.padding_side = side
+        return out
+
+
+class EncoderDecoderTranslator:
+    def __init__(self, model, encoder_tokenizer, decoder_tokenizer):
+        self.model = model
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = decoder_tokenizer
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "EncoderDecoderTranslator":
+        from transformers import AutoTokenizer, EncoderDecoderModel
+
+        folder = Path(folder)
+        model = EncoderDecoderModel.from_pretrained(str(folder), use_safetensors=True)
+        return cls(
+            model,
+            AutoTokenizer.from_pretrained(str(folder / ENCODER_TOKENIZER)),
+            AutoTokenizer.from_pretrained(str(folder / DECODER_TOKENIZER)),
+        )
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder))
+        self.encoder_tokenizer.save_pretrained(str(folder / ENCODER_TOKENIZER))
+        self.decoder_tokenizer.save_pretrained(str(folder / DECODER_TOKENIZER))
+
+    @torch.no_grad()
+    def translate(self, sources: Sequence[str], *, num_beams: int = 1, max_new_tokens: int = 64,
+                  length_penalty: float = 1.0, batch_size: int = 32, progress: bool = False) -> list[str]:
+        self.model.eval()
+        out: list[str] = []
+        dec = self.decoder_tokenizer
+        for batch in tqdm(list(_batches(list(sources), batch_size)), desc="translate", disable=not progress):
+            enc = self.encoder_tokenizer(list(batch), return_tensors="pt", padding=True, truncation=True,
+                                         max_length=self.model.config.encoder.max_position_embeddings,
+                                         return_token_type_ids=False).to(self.model.device)
+            generated = self.model.generate(
+                **enc,  # input_ids [batch, src_len]
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                length_penalty=length_penalty,
+                early_stopping=num_beams > 1,
+                decoder_start_token_id=self.model.config.decoder_start_token_id,
+                eos_token_id=dec.eos_token_id,
+                pad_token_id=dec.pad_token_id,
+            )  # [batch, 1 + new]
+            out.extend(t.strip() for t in dec.batch_decode(generated, skip_special_tokens=True))
+        return out
+
+
+def load_translator(folder: str | Path):
+    """The translator saved in `folder` (an encoder-decoder when it holds an encoder tokenizer)."""
+    folder = Path(folder)
+    if (folder / ENCODER_TOKENIZER).is_dir():
+        return EncoderDecoderTranslator.load(folder)
+    return GptTranslator.load(folder)

@@ -1,0 +1,191 @@
+"""Pretraining examples built from the corpus (data/corpus/{train,heldout}.txt, one document per line).
+
+- GPT (causal LM, run_clm style): every document is tokenized, followed by the end-of-text token, all of
+  them concatenated and cut into blocks of `block_size` tokens (the tail that does not fill a block is dropped).
+- BERT (MLM + NSP, as in BERT's create_pretraining_data): documents are split into sentences; consecutive
+  sentences are grouped into chunks of about `block_size - 3` tokens and each chunk is cut at a random
+  sentence boundary into segments A and B. Half of the pairs keep the true B (IsNext, label 0), the other half
+  take B from a random other document (NotNext, label 1). Only documents with at least two sentences give pairs;
+  any document can supply a random B. Masking (15%, 80/10/10) happens per batch in the collator.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+
+import torch
+
+from pipeline.core import paths
+
+log = logging.getLogger(__name__)
+
+IS_NEXT, NOT_NEXT = 0, 1  # BertForPreTraining's next_sentence_label convention
+# Sentence end: . ! or ? followed by whitespace and something that starts a sentence.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
+
+
+class PretrainDataError(RuntimeError):
+    """The corpus is missing or too small to build pretraining examples."""
+
+
+def read_corpus(split: str) -> list[str]:
+    """Non-blank documents of data/corpus/<split>.txt (split: train | heldout)."""
+    path = paths.CORPUS / f"{split}.txt"
+    if not path.exists():
+        raise PretrainDataError(f"{path} not found: build the corpus first (python -m flows.data corpus)")
+    docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not docs:
+        raise PretrainDataError(f"{path} has no text lines: rebuild the corpus (python -m flows.data corpus)")
+    return docs
+
+
+# ---------------------------------------------------------------- GPT: fixed-length blocks
+class BlockDataset(torch.utils.data.Dataset):
+    """Causal-LM blocks; the labels are the inputs (the model shifts them)."""
+
+    def __init__(self, blocks: torch.Tensor):
+        self.blocks = blocks  # [n_blocks, block_size]
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+def lm_blocks(docs: list[str], tokenizer, block_size: int, what: str = "corpus") -> BlockDataset:
+    if tokenizer.eos_token_id is None:
+        raise PretrainDataError("the GPT tokenizer has no eos_token: retrain it (python -m flows.tokenizers)")
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    flat: list[int] = []
+    for doc_ids in ids:
+        flat.extend(doc_ids)
+        flat.append(tokenizer.eos_token_id)
+    n_blocks = len(flat) // block_size
+    if n_blocks == 0:
+        raise PretrainDataError(
+            f"the {what} has {len(flat)} tokens, fewer than one block of {block_size}: "
+            "use a bigger corpus or a smaller pretrain.gpt.block_size"
+        )
+    blocks = torch.tensor(flat[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+    log.info("%s: %d GPT blocks of %d tokens (%d tokens dropped)", what, n_blocks, block_size,
+             len(flat) - n_blocks * block_size)
+    return BlockDataset(blocks)
+
+
+# ---------------------------------------------------------------- BERT: sentence pairs for NSP
+def split_sentences(doc: str) -> list[str]:
+    return [s for s in (part.strip() for part in _SENTENCE_END.split(doc)) if s]
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """BERT pretraining pairs as lists of ids; DataCollatorForLanguageModeling pads and masks them."""
+
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.examples[i]
+
+    def mean_length(self) -> float:
+        return sum(len(e["input_ids"]) for e in self.examples) / max(1, len(self.examples))
+
+
+def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random) -> None:
+    """Trim the longer segment (from a random end) until both fit, as BERT does."""
+    while len(a) + len(b) > max_tokens:
+        longer = a if len(a) > len(b) else b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def _random_segment(docs: list[list[list[int]]], avoid: int, length: int, rng: random.Random) -> list[int]:
+    """About `length` tokens of consecutive sentences from a random document other than `avoid`."""
+    j = rng.randrange(len(docs) - 1)
+    j = j + 1 if j >= avoid else j
+    doc = docs[j]
+    start = rng.randrange(len(doc))
+    segment: list[int] = []
+    for sentence in doc[start:]:
+        segment.extend(sentence)
+        if len(segment) >= length:
+            break
+    return segment
+
+
+def _pack(tokenizer, a: list[int], b: list[int], label: int) -> dict:
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    input_ids = [cls, *a, sep, *b, sep]
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1),
+        "attention_mask": [1] * len(input_ids),
+        "special_tokens_mask": [1] + [0] * len(a) + [1] + [0] * len(b) + [1],
+        "next_sentence_label": label,
+    }
+
+
+def nsp_pairs(docs: list[str], tokenizer, block_size: int, seed: int, what: str = "corpus") -> PairDataset:
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.mask_token_id is None:
+        raise PretrainDataError("the BERT tokenizer lacks [CLS]/[SEP]/[MASK]: retrain it (python -m flows.tokenizers)")
+    rng = random.Random(seed)
+    sentences = [split_sentences(doc) for doc in docs]
+    flat = [s for doc in sentences for s in doc]
+    flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"]
+    tokenized: list[list[list[int]]] = []
+    pos = 0
+    for doc in sentences:
+        tokenized.append([ids for ids in flat_ids[pos: pos + len(doc)] if ids])
+        pos += len(doc)
+    tokenized = [doc for doc in tokenized if doc]
+    if len(tokenized) < 2:
+        raise PretrainDataError(f"the {what} has fewer than 2 non-empty documents: NSP needs at least 2")
+
+    max_tokens = block_size - 3  # [CLS] A [SEP] B [SEP]
+    examples: list[dict] = []
+    for d, doc in enumerate(tokenized):
+        if len(doc) < 2:
+            continue
+        chunk: list[list[int]] = []
+        length = 0
+        i = 0
+        while i < len(doc):
+            chunk.append(doc[i])
+            length += len(doc[i])
+            if i == len(doc) - 1 or length >= max_tokens:
+                if len(chunk) >= 2:
+                    a_end = rng.randint(1, len(chunk) - 1)
+                    a = [t for s in chunk[:a_end] for t in s]
+                    if rng.random() < 0.5:
+                        b = _random_segment(tokenized, d, max_tokens - len(a), rng)
+                        label = NOT_NEXT
+                        i -= len(chunk) - a_end  # the unused true continuation starts the next chunk
+                    else:
+                        b = [t for s in chunk[a_end:] for t in s]
+                        label = IS_NEXT
+                    _truncate_pair(a, b, max_tokens, rng)
+                    if a and b:
+                        examples.append(_pack(tokenizer, a, b, label))
+                chunk, length = [], 0
+            i += 1
+    if not examples:
+        raise PretrainDataError(
+            f"the {what} gave no sentence pairs: NSP needs documents (lines) with at least two sentences"
+        )
+    n_next = sum(e["next_sentence_label"] == IS_NEXT for e in examples)
+    log.info("%s: %d BERT sentence pairs (%d IsNext, %d NotNext)", what, len(examples), n_next, len(examples) - n_next)
+    return PairDataset(examples)
+
+
+def cap(dataset: torch.utils.data.Dataset, max_examples: int) -> torch.utils.data.Dataset:
+    """The first `max_examples` examples (bounds the evaluation time on a large held-out split)."""
+    if len(dataset) <= max_examples:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(max_examples))

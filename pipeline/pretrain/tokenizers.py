@@ -1,0 +1,170 @@
+"""Train this pipeline's own tokenizers on the pretraining corpus.
+
+- BERT: WordPiece, cased, accents kept (NFC only, so German umlauts survive), BERT pre-tokenizer,
+  `[CLS] A [SEP] B [SEP]` post-processor with token_type_ids.
+- GPT: byte-level BPE (GPT-2 style): every string round-trips exactly, no unknown tokens.
+
+Both are saved as transformers tokenizer folders (tokenizer.json + tokenizer_config.json) that
+`AutoTokenizer.from_pretrained(folder)` loads with their special tokens set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.core.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                 "mask_token": "[MASK]"}
+GPT_EOS = "<|endoftext|>"
+GPT_PAD = "<|pad|>"
+GPT_SPECIALS = {"bos_token": GPT_EOS, "eos_token": GPT_EOS, "unk_token": GPT_EOS, "pad_token": GPT_PAD}
+# WordPiece keeps at most this many distinct characters; rarer ones become [UNK] (as in the original BERT).
+WORDPIECE_ALPHABET_LIMIT = 1000
+STATS_FILE = "stats.json"
+
+
+class TokenizerTrainingError(RuntimeError):
+    """The corpus is missing or unusable for training tokenizers."""
+
+
+def _non_blank(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        if text and not text.isspace():
+            yield text
+
+
+def wordpiece_alphabet_limit(vocab_size: int) -> int:
+    """Characters WordPiece may keep: each can also appear as '##c', so cap the alphabet at a third of the
+    vocabulary (less the special tokens) to keep the vocabulary within vocab_size and leave room for merges."""
+    return max(1, min(WORDPIECE_ALPHABET_LIMIT, (vocab_size - len(BERT_SPECIALS)) // 3))
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path,
+                    show_progress: bool = False) -> PreTrainedTokenizerFast:
+    """Train a cased BERT WordPiece tokenizer on `texts` and save it to `out_dir`."""
+    specials = list(BERT_SPECIALS.values())  # ids 0..4 in this order: [PAD] [UNK] [CLS] [SEP] [MASK]
+    tok = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk_token"], continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.NFC()  # no lowercasing, no accent stripping: "Mädchen" stays "Mädchen"
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        limit_alphabet=wordpiece_alphabet_limit(vocab_size),
+        continuing_subword_prefix="##",
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(_non_blank(texts), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        **BERT_SPECIALS,
+    )
+    _save(wrapped, out_dir)
+    return wrapped
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path,
+              show_progress: bool = False) -> PreTrainedTokenizerFast:
+    """Train a GPT-2 style byte-level BPE tokenizer on `texts` and save it to `out_dir`."""
+    tok = Tokenizer(models.BPE())  # byte-level: every byte is in the alphabet, so no unk token is needed
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[GPT_EOS, GPT_PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(_non_blank(texts), trainer=trainer)
+    # GPT-2 takes no token_type_ids (it would add them through its word embeddings).
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=["input_ids", "attention_mask"],
+                                      **GPT_SPECIALS)
+    _save(wrapped, out_dir)
+    return wrapped
+
+
+def _save(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def tokens_per_word(tokenizer, texts: list[str]) -> float:
+    """Average number of tokens (without special tokens) per whitespace-separated word."""
+    words = sum(len(t.split()) for t in texts)
+    if not words:
+        return 0.0
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return sum(len(x) for x in ids) / words
+
+
+def unk_rate(tokenizer, texts: list[str]) -> float:
+    """Fraction of tokens that are the unknown token (always 0 for byte-level BPE)."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    total = sum(len(x) for x in ids)
+    if not total or tokenizer.unk_token_id is None:
+        return 0.0
+    unk = tokenizer.unk_token_id
+    return sum(x.count(unk) for x in ids) / total
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    if not path.exists():
+        raise TokenizerTrainingError(f"{path} not found: build the {what} first (python -m flows.data corpus)")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise TokenizerTrainingError(f"{path} has no text lines: rebuild the corpus (python -m flows.data corpus)")
+    return lines
+
+
+def train_tokenizers(params: Params) -> dict[str, Path]:
+    """Train both tokenizers on data/corpus/train.txt; write data/tokenizers/{bert,gpt,stats.json} atomically."""
+    cfg = params.tokenizers
+    train = _read_lines(paths.CORPUS / "train.txt", "pretraining corpus")
+    heldout = _read_lines(paths.CORPUS / "heldout.txt", "pretraining corpus")
+    target = paths.TOKENIZERS
+    with atomic_dir(target) as tmp:
+        log.info("training BERT WordPiece (vocab %d) on %d lines", cfg.bert_vocab_size, len(train))
+        bert = train_wordpiece(train, cfg.bert_vocab_size, cfg.min_frequency, tmp / "bert", show_progress=True)
+        log.info("training GPT byte-level BPE (vocab %d) on %d lines", cfg.gpt_vocab_size, len(train))
+        gpt = train_bpe(train, cfg.gpt_vocab_size, cfg.min_frequency, tmp / "gpt", show_progress=True)
+        stats = {"train_lines": len(train), "heldout_lines": len(heldout), "min_frequency": cfg.min_frequency}
+        for name, tok, asked in (("bert", bert, cfg.bert_vocab_size), ("gpt", gpt, cfg.gpt_vocab_size)):
+            stats[name] = {
+                "vocab_size": len(tok),
+                "requested_vocab_size": asked,
+                "heldout_tokens_per_word": round(tokens_per_word(tok, heldout), 4),
+                "heldout_unk_rate": round(unk_rate(tok, heldout), 6),
+            }
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    log.info("tokenizers written to %s: %s", target, json.dumps({k: stats[k] for k in ("bert", "gpt")}))
+    return {"bert": paths.tokenizer_dir("bert"), "gpt": paths.tokenizer_dir("gpt")}
+
+
+def load_tokenizer(family: str, root: Path | None = None):
+    """The tokenizer trained for `family` ('bert' or 'gpt'), as a transformers tokenizer."""
+    folder = (root or Path.cwd()) / paths.tokenizer_dir(family)
+    if not (folder / "tokenizer.json").exists():
+        raise TokenizerTrainingError(f"{folder} has no tokenizer: run the tokenizers stage (python -m flows.tokenizers)")
+    return AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,190 @@
+"""Log trained models to MLflow and register them as `<task>-<model>` (one version per training run).
+
+Two kinds of logged model:
+- `register_transformers`: a transformers pipeline MLflow can serve itself (text classification).
+- `register_pyfunc`: an `mlflow.pyfunc.PythonModel` wrapper with its weights/tokenizers as artifacts, for
+  what the transformers flavour cannot serve in the task's natural form (NER entities with words and
+  offsets, GPT prompt-style translation, encoder-decoders with two tokenizers, the scratch models).
+
+Both must be called inside the training run (`tracking.stage_run`). They are idempotent per run: a retried
+task whose run already registered a version (or logged the model but crashed before registering it)
+gets that version back instead of a duplicate.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.tracking.runs import registered_name
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # name of the logged model inside its run
+VERSION_TAG = "registered_model_version"
+NAME_TAG = "registered_model_name"
+# Serving needs these; MLflow's own requirement inference imports torchvision (not installed), so we pin ours.
+RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas", "numpy")
+
+
+def default_pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """Exact pins of the installed runtime packages (the same versions as constraints.txt)."""
+    pins = []
+    for package in (*RUNTIME_PACKAGES, *extra):
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            raise RuntimeError(f"package {package!r} is not installed; run `make install`") from None
+        # a local build tag (torch's "+cpu") is not on PyPI: pin the public version
+        pins.append(f"{package}=={version.split('+')[0]}")
+    return pins
+
+
+def _active_run_id() -> str:
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("registering a model needs an active MLflow run (call it inside tracking.stage_run)")
+    return run.info.run_id
+
+
+def existing_version(name: str, run_id: str) -> str | None:
+    """The version of `name` registered from this run, if any."""
+    from mlflow import MlflowClient
+
+    versions = MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def _logged_model_uri(run_id: str) -> str | None:
+    """A model this run logged before being interrupted (logged but not registered)."""
+    import mlflow
+
+    run = mlflow.get_run(run_id)
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id='{run_id}' AND name='{MODEL_ARTIFACT}'",
+        output_format="list",
+    )
+    ready = [m for m in models if str(m.status).endswith("READY")]
+    return ready[0].model_uri if ready else None
+
+
+def _reuse(name: str, run_id: str) -> str | None:
+    import mlflow
+
+    version = existing_version(name, run_id)
+    if version:
+        log.info("Run %s already registered %s version %s; reusing it", run_id, name, version)
+        return version
+    uri = _logged_model_uri(run_id)
+    if uri:
+        log.info("Run %s logged %s before it was interrupted; registering it as %s", run_id, uri, name)
+        version = str(mlflow.register_model(uri, name).version)
+        _tag(name, version)
+        return version
+    return None
+
+
+def _tag(name: str, version: str) -> None:
+    import mlflow
+
+    mlflow.set_tags({NAME_TAG: name, VERSION_TAG: version})
+
+
+def register_transformers(
+    pipeline_obj,
+    task: str,
+    model: str,
+    *,
+    input_example: Any,
+    model_config: dict[str, Any] | None = None,
+    pip_requirements: list[str] | None = None,
+) -> str:
+    """Log a transformers pipeline with mlflow.transformers and register it; returns the version.
+
+    `model_config`: call options the served pipeline always gets (e.g. {"truncation": True}).
+    """
+    import mlflow
+
+    name = registered_name(task, model)
+    run_id = _active_run_id()
+    version = _reuse(name, run_id)
+    if version:
+        return version
+    info = mlflow.transformers.log_model(
+        pipeline_obj,
+        name=MODEL_ARTIFACT,
+        task=pipeline_obj.task,
+        input_example=input_example,  # MLflow runs the pipeline on it to infer the signature
+        model_config=model_config,
+        pip_requirements=pip_requirements or default_pip_requirements(),
+        registered_model_name=name,
+    )
+    version = str(info.registered_model_version)
+    _tag(name, version)
+    log.info("Registered %s version %s (transformers pipeline %r)", name, version, pipeline_obj.task)
+    return version
+
+
+def register_pyfunc(
+    python_model,
+    artifacts: dict[str, str | Path],
+    task: str,
+    model: str,
+    input_example: Any,
+    pip_requirements: list[str] | None = None,
+    code_paths: list[str | Path] | None = None,
+) -> str:
+    """Log an mlflow.pyfunc.PythonModel (weights/tokenizers in `artifacts`) and register it; returns the version.
+
+    The signature comes from running the wrapper on `input_example`. `code_paths` defaults to this
+    `pipeline` package, so the wrapper class (defined in it) loads anywhere the pinned requirements are installed.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    name = registered_name(task, model)
+    run_id = _active_run_id()
+    version = _reuse(name, run_id)
+    if version:
+        return version
+    # run a copy, so the logged (pickled) wrapper stays small: it loads its weights from the artifacts
+    probe = copy.copy(python_model)
+    context = mlflow.pyfunc.PythonModelContext(artifacts={k: str(v) for k, v in artifacts.items()}, model_config={})
+    probe.load_context(context)
+    output = probe.predict(context, input_example)
+    del probe
+    package = Path(__file__).resolve().parent
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=python_model,
+        artifacts={k: str(v) for k, v in artifacts.items()},
+        signature=infer_signature(input_example, output),
+        input_example=input_example,
+        pip_requirements=pip_requirements or default_pip_requirements(),
+        code_paths=[str(p) for p in (code_paths or [package])],
+        registered_model_name=name,
+    )
+    version = str(info.registered_model_version)
+    _tag(name, version)
+    log.info("Registered %s version %s (pyfunc %s)", name, version, type(python_model).__name__)
+    return version
+
+
+def load_registered(name: str, version_or_alias: str | int = "latest"):
+    """Load a registered model as a pyfunc: a version number, an alias (e.g. 'champion') or 'latest'."""
+    import mlflow
+
+    ref = str(version_or_alias)
+    if ref == "latest":
+        uri = f"models:/{name}/latest"
+    elif ref.isdigit():
+        uri = f"models:/{name}/{ref}"
+    else:
+        uri = f"models:/{name}@{ref}"
+    return mlflow.pyfunc.load_model(uri)

@@ -1,0 +1,200 @@
+"""MLflow conventions shared by every training stage.
+
+- Store: MLFLOW_TRACKING_URI when set, else the local SQLite store + artifact folder from params (created
+  on first use).
+- One experiment per task (`task-<task>`), one for pretraining (`pretraining`), one for comparisons.
+- A stage run remembers its run id in its checkpoint folder, so a killed run that resumes from its checkpoint
+  continues the same MLflow run instead of starting a new one.
+- Every run carries: git commit, DVC hashes of its inputs, seed, family, weight source, Prefect flow-run id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from pipeline.core.config import Params
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_EXPERIMENT = "pretraining"
+COMPARE_EXPERIMENT = "comparison"
+RUN_ID_FILE = "mlflow_run_id"
+PREFECT_TAG = "prefect.flow_run_id"
+# Set by flows/ (pipeline/ never imports Prefect) so runs can be tagged with their flow run.
+FLOW_RUN_ENV = "HT_PREFECT_FLOW_RUN_ID"
+
+
+def task_experiment(task: str) -> str:
+    return f"task-{task}"
+
+
+def registered_name(task: str, model: str) -> str:
+    return f"{task}-{model}"
+
+
+def tracking_uri(params: Params, root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else the params' local store with its folder made absolute."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    uri = params.common.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        db = (root or Path.cwd()) / uri[len("sqlite:///"):]
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db.resolve()}"
+    return uri
+
+
+def artifact_root(params: Params, root: Path | None = None) -> str | None:
+    """Artifact location for new experiments; None when a server decides (MLFLOW_TRACKING_URI set)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    path = ((root or Path.cwd()) / params.common.mlflow_artifact_root).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.as_uri()
+
+
+def configure(params: Params, root: Path | None = None) -> str:
+    import mlflow
+
+    uri = tracking_uri(params, root)
+    user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    # MLflow 3 also exports these env vars; left set, they would override the params' store on the next call
+    # (another stage or test in this process) and hide artifact_root(): keep only what the user set.
+    for key, value in user_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+    return uri
+
+
+def ensure_experiment(name: str, params: Params, root: Path | None = None) -> str:
+    import mlflow
+
+    configure(params, root)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_root(params, root))
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def git_commit(root: Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or Path.cwd(), capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def dvc_hashes(paths: list[str | Path], root: Path | None = None) -> dict[str, str]:
+    """DVC md5 of each input path, read from dvc.lock (the outs of the stages that produced them)."""
+    lock = (root or Path.cwd()) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    wanted = {str(Path(p)).rstrip("/") for p in paths}
+    found: dict[str, str] = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []) or []:
+            path = str(out.get("path", "")).rstrip("/")
+            if path in wanted and out.get("md5"):
+                found[path] = out["md5"]
+    return found
+
+
+def base_tags(
+    params: Params,
+    *,
+    family: str,
+    source: str,
+    inputs: list[str | Path] = (),
+    extra: dict[str, str] | None = None,
+    root: Path | None = None,
+) -> dict[str, str]:
+    tags = {
+        "git_commit": git_commit(root),
+        "seed": str(params.common.seed),
+        "model_family": family,
+        "weight_source": source,
+    }
+    for path, md5 in dvc_hashes(list(inputs), root).items():
+        tags[f"dvc.{path}"] = md5
+    flow_run = os.environ.get(FLOW_RUN_ENV) or os.environ.get("PREFECT__FLOW_RUN_ID")
+    if flow_run:
+        tags[PREFECT_TAG] = flow_run
+    tags.update(extra or {})
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(
+    params: Params,
+    experiment: str,
+    run_name: str,
+    state_dir: Path,
+    tags: dict[str, str],
+    root: Path | None = None,
+) -> Iterator["mlflow.ActiveRun"]:  # noqa: F821
+    """Start (or resume) the MLflow run of a stage.
+
+    The run id is kept in `state_dir/mlflow_run_id`. When that file exists and its run did not finish
+    (the process was killed), the same run is resumed. The file is removed when the run ends well.
+    """
+    import mlflow
+
+    exp_id = ensure_experiment(experiment, params, root)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    id_file = state_dir / RUN_ID_FILE
+    run_id = None
+    if id_file.exists():
+        candidate = id_file.read_text().strip()
+        try:
+            prev = mlflow.get_run(candidate)
+            if prev.info.status != "FINISHED" and prev.info.experiment_id == exp_id:
+                run_id = candidate
+                log.info("Resuming MLflow run %s (%s) from its checkpoint", run_id, run_name)
+        except mlflow.exceptions.MlflowException:
+            log.warning("Stale run id %s in %s; starting a new run", candidate, id_file)
+    with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name) as run:
+        id_file.write_text(run.info.run_id)
+        mlflow.set_tags(tags)
+        log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri(params, root))
+        yield run
+    id_file.unlink(missing_ok=True)
+
+
+def flatten(prefix: str, obj) -> dict[str, object]:
+    """Flatten nested params for mlflow.log_params: {'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, object] = {}
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+    else:
+        out[prefix] = obj
+    return out
+
+
+def log_params_once(values: dict[str, object]) -> None:
+    """Log params, skipping keys already on the (resumed) run, since MLflow refuses to change them."""
+    import mlflow
+
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    todo = {k: str(v)[:6000] for k, v in values.items() if k not in existing}
+    if todo:
+        mlflow.log_params(todo)

@@ -1,0 +1,351 @@
+"""A small transformer encoder-decoder (BART architecture, random init) trained text-to-text on one task with
+Seq2SeqTrainer.
+
+Tokenization: the project's byte-level BPE (data/tokenizers/gpt); <|endoftext|> ends sources and targets and
+starts decoding, <|pad|> pads. For NER the nine tags are added as tokens <O>, <B-PER>, ... so the target is
+exactly one token per word (as the rnn's tag vocabulary). Each epoch is evaluated by generation (greedy) on the
+validation split; EarlyStoppingCallback + load_best_model_at_end keep the best epoch; checkpoints go to
+checkpoints/finetune-<model>-<task>/ and are resumed from. The test split is decoded once with beam search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import torch
+
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.train.hf_trainer import best_epoch
+from pipeline.models.pyfunc import texts_of
+from pipeline.train.text2text import (
+    AttentionMap,
+    TaskFormat,
+    Text2TextError,
+    Text2TextModel,
+    TrainOutcome,
+    serving_example,
+)
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATION_MAX_NEW_TOKENS = 8  # a label name is a few BPE tokens
+
+
+def tag_token(tag: str) -> str:
+    return f"<{tag}>"
+
+
+def load_bpe_tokenizer(fmt: TaskFormat, folder: Path | None = None):
+    """The project's byte-level BPE tokenizer, plus one token per NER tag for the conll2003 task."""
+    from transformers import AutoTokenizer
+
+    folder = folder or paths.tokenizer_dir("gpt")
+    if not (Path(folder) / "tokenizer.json").exists():
+        raise Text2TextError(f"{folder} has no tokenizer.json: run the tokenizers stage first (python -m flows.tokenizers)")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+        raise Text2TextError(f"{folder}: the tokenizer needs an eos and a pad token (retrain it with the tokenizers stage)")
+    if fmt.kind == "ner":
+        tokenizer.add_tokens([tag_token(t) for t in fmt.label_names])
+    return tokenizer
+
+
+class TextCodec:
+    """Task text <-> token ids for the encoder-decoder."""
+
+    def __init__(self, tokenizer, fmt: TaskFormat, max_length: int, max_new_tokens: int):
+        self.tok, self.fmt, self.max_length = tokenizer, fmt, max_length
+        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.tag_ids = {tokenizer.convert_tokens_to_ids(tag_token(t)): t for t in fmt.label_names} if fmt.kind == "ner" else {}
+        self.gen_max_new_tokens = {"classification": CLASSIFICATION_MAX_NEW_TOKENS, "ner": max_length + 1}.get(
+            fmt.kind, max_new_tokens)
+
+    def source(self, text: str) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False, truncation=True, max_length=self.max_length - 1)["input_ids"]
+        return ids + [self.eos]
+
+    def target(self, example: dict) -> list[int]:
+        if self.fmt.kind == "ner":
+            tags = self.fmt.target_words(example)[: self.max_length - 1]
+            return [self.tok.convert_tokens_to_ids(tag_token(t)) for t in tags] + [self.eos]
+        return self.source(self.fmt.target_text(example))
+
+    def output_words(self, ids) -> list[str]:
+        """Generated ids -> the output as words (tags for NER, one text for the others)."""
+        ids = [int(i) for i in ids if int(i) >= 0 and int(i) != self.pad]
+        if ids and ids[0] == self.eos:  # the decoder start token
+            ids = ids[1:]
+        if self.eos in ids:
+            ids = ids[: ids.index(self.eos)]
+        if self.fmt.kind == "ner":
+            return [self.tag_ids.get(i, self.tok.convert_ids_to_tokens(i)) for i in ids]
+        return [self.tok.decode(ids, skip_special_tokens=True).strip()]
+
+
+def build_bart(tokenizer, cfg, max_positions: int):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=cfg.d_model,
+        encoder_layers=cfg.layers,
+        decoder_layers=cfg.layers,
+        encoder_attention_heads=cfg.heads,
+        decoder_attention_heads=cfg.heads,
+        encoder_ffn_dim=cfg.ffn_dim,
+        decoder_ffn_dim=cfg.ffn_dim,
+        dropout=cfg.dropout,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=None,
+        scale_embedding=True,
+    )
+    model = BartForConditionalGeneration(config)
+    model.generation_config.forced_eos_token_id = None
+    model.generation_config.forced_bos_token_id = None
+    return model
+
+
+def set_generation_length(model, max_new_tokens: int) -> None:
+    """Cap generation through max_length (decoder start token + max_new_tokens): Seq2SeqTrainer fills in a
+    default max_length after its first generate, which would then clash with a max_new_tokens setting."""
+    model.generation_config.max_new_tokens = None
+    model.generation_config.max_length = max_new_tokens + 1
+
+
+class EncDecText2Text(Text2TextModel):
+    family = "encdec"
+
+    def __init__(self, model_name: str, fmt: TaskFormat, data, params: Params, ckpt: Path):
+        from transformers import set_seed
+
+        super().__init__(model_name, fmt, data, params)
+        self.ckpt = ckpt
+        self.tokenizer = load_bpe_tokenizer(fmt)
+        self.codec = TextCodec(self.tokenizer, fmt, self.run.max_length, self.gen.max_new_tokens)
+        self.encoded = {s: self._encode(data[s]) for s in ("train", "validation", "test")}
+        set_seed(params.common.seed)
+        max_positions = max(self.run.max_length, self.codec.gen_max_new_tokens) + 2
+        self.model = build_bart(self.tokenizer, self.cfg, max_positions)
+        set_generation_length(self.model, self.codec.gen_max_new_tokens)
+        self.trainer = None
+
+    def _encode(self, split):
+        from datasets import Dataset
+
+        rows = {"input_ids": [], "labels": []}
+        for ex in split:
+            rows["input_ids"].append(self.codec.source(self.fmt.source_text(ex)))
+            rows["labels"].append(self.codec.target(ex))
+        return Dataset.from_dict(rows)
+
+    # -------------------------------------------------------- description
+    def describe(self) -> dict[str, object]:
+        return {
+            "tokenization": "byte-level BPE data/tokenizers/gpt" + (" + one token per NER tag" if self.fmt.kind == "ner" else ""),
+            "vocab_size": len(self.tokenizer),
+            "architecture": "BartForConditionalGeneration (random init)",
+            "decoding.validation": "greedy",
+            "decoding.test": f"beam search (num_beams={self.gen.num_beams}, length_penalty={self.gen.length_penalty})",
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        }
+
+    def fingerprint(self) -> dict:
+        from pipeline.tracking.checkpoints import files_digest
+
+        return {
+            "family": "encdec",
+            "model": self.cfg.model_dump(),
+            "run": self.run.model_dump(),
+            "batch_size": self.batch_size,
+            "common": self.params.finetune.common.model_dump(),
+            "generation": self.gen.model_dump(),
+            "seed": self.params.common.seed,
+            "inputs": files_digest([paths.prepared_dir(self.fmt.task), paths.tokenizer_dir("gpt")]),
+        }
+
+    # -------------------------------------------------------- fit
+    def _scores(self, generated, split: str) -> dict[str, float]:
+        from pipeline.train.text2text import score_outputs
+
+        metrics, _ = score_outputs(self.fmt, self.data[split], [self.codec.output_words(ids) for ids in generated])
+        return metrics
+
+    def _build_trainer(self, callbacks: list):
+        from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+        common = self.params.finetune.common
+        args = Seq2SeqTrainingArguments(
+            output_dir=str(self.ckpt),
+            num_train_epochs=self.run.epochs,
+            max_steps=self.run.max_steps or -1,
+            learning_rate=self.run.learning_rate,
+            weight_decay=common.weight_decay,
+            warmup_steps=common.warmup_ratio,  # a float < 1 is a fraction of all steps
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=common.eval_batch_size,
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            logging_strategy="epoch",
+            save_total_limit=common.save_total_limit,
+            load_best_model_at_end=True,
+            metric_for_best_model=self.fmt.main_metric,
+            greater_is_better=True,
+            restore_callback_states_from_checkpoint=True,
+            predict_with_generate=True,
+            generation_num_beams=1,  # validation: greedy; the test split uses beam search
+            include_num_input_tokens_seen="non_padding",
+            seed=self.params.common.seed,
+            data_seed=self.params.common.seed,
+            use_cpu=not torch.cuda.is_available(),
+            report_to="none",
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
+        return Seq2SeqTrainer(
+            model=self.model,
+            args=args,
+            data_collator=DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100),
+            train_dataset=self.encoded["train"],
+            eval_dataset=self.encoded["validation"],
+            processing_class=self.tokenizer,
+            compute_metrics=lambda pred: self._scores(pred.predictions, "validation"),
+            callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=common.patience)],
+        )
+
+    def fit(self, resume_from: Path | None = None) -> TrainOutcome:
+        from pipeline.train.hf_trainer import MlflowEpochLogger, TrainingSpeed
+        from pipeline.train.plots import learning_curve_from_history
+
+        speed = TrainingSpeed()
+        self.trainer = trainer = self._build_trainer([MlflowEpochLogger(), speed])
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_time = time.perf_counter() - start
+        self.model = trainer.model  # the best epoch's weights (load_best_model_at_end)
+        return TrainOutcome(
+            curve=learning_curve_from_history(trainer.state.log_history),
+            best_epoch=best_epoch(trainer),
+            train_time_s=train_time,
+            tokens_per_s=speed.tokens_per_s,
+            param_count=sum(p.numel() for p in self.model.parameters()),
+        )
+
+    # -------------------------------------------------------- test, latency, attention, registry
+    def predict_test(self) -> list[list[str]]:
+        out = self.trainer.predict(self.encoded["test"], num_beams=self.gen.num_beams,
+                                   length_penalty=self.gen.length_penalty)
+        return [self.codec.output_words(ids) for ids in out.predictions]
+
+    @torch.no_grad()
+    def latency_ms(self, n: int) -> float:
+        texts = serving_example(self.fmt, self.data["test"], n)
+        self.model.eval()
+
+        def run(text: str) -> None:  # tokenize + beam search, as a served request
+            ids = torch.tensor([self.codec.source(text)], device=self.model.device)  # [1, src_len]
+            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=self.gen.num_beams,
+                                length_penalty=self.gen.length_penalty)
+
+        run(texts[0])  # warm-up
+        start = time.perf_counter()
+        for text in texts:
+            run(text)
+        return (time.perf_counter() - start) * 1000 / len(texts)
+
+    def attention_maps(self, n: int) -> list[AttentionMap]:
+        validation = self.data["validation"]
+        texts = [self.fmt.source_text(validation[i]) for i in range(min(n, len(validation)))]
+        return cross_attention_maps(self.model, self.tokenizer, self.codec, texts, self.gen.num_beams,
+                                    self.gen.length_penalty)
+
+    def register(self, task: str, model: str) -> str:
+        from pipeline.tracking.registry import register_pyfunc
+
+        with tempfile.TemporaryDirectory(prefix="encdec-model-") as tmp:
+            folder = Path(tmp) / "model"
+            self.model.save_pretrained(str(folder), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(folder))
+            meta = Path(tmp) / "task.json"
+            meta.write_text(json.dumps({
+                "task": self.fmt.task, "kind": self.fmt.kind, "label_names": self.fmt.label_names,
+                "max_length": self.run.max_length, "num_beams": self.gen.num_beams,
+                "length_penalty": self.gen.length_penalty, "max_new_tokens": self.gen.max_new_tokens,
+            }))
+            return register_pyfunc(EncDecPyfunc(), {"model": folder, "task": meta}, task, model,
+                                   input_example=serving_example(self.fmt, self.data["test"]))
+
+
+
+def cross_attention_maps(model, tokenizer, codec: TextCodec, texts: list[str], num_beams: int,
+                         length_penalty: float) -> list[AttentionMap]:
+    """Generate for each text, then re-run the generated output through the model for its cross-attention
+    (last decoder layer, averaged over heads)."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # the fused kernels do not return attention weights
+    model.eval()
+    maps = []
+    try:
+        with torch.no_grad():
+            for text in texts:
+                src = torch.tensor([codec.source(text)], device=model.device)  # [1, src_len]
+                generated = model.generate(input_ids=src, attention_mask=torch.ones_like(src), num_beams=num_beams,
+                                           length_penalty=length_penalty)
+                # generated: [1, out_len], starting with the decoder start token
+                out = model(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=generated[:, :-1],
+                            output_attentions=True)
+                weights = out.cross_attentions[-1][0].mean(dim=0)  # [out_len-1, src_len]
+                predicted = generated[0, 1:].tolist()
+                maps.append(AttentionMap(
+                    [tokenizer.decode([i]) for i in src[0].tolist()],
+                    [tokenizer.decode([i]) for i in predicted],
+                    weights.float().cpu().numpy(),
+                ))
+    finally:
+        model.set_attn_implementation(previous)
+    return maps
+
+
+class EncDecPyfunc(mlflow.pyfunc.PythonModel):
+    """Serves the registered encdec: texts (a DataFrame `text` column, a list or a string; NER: space-separated
+    words) -> label names / entities / German text."""
+
+    def load_context(self, context) -> None:
+        from transformers import AutoTokenizer, BartForConditionalGeneration
+
+        meta = json.loads(Path(context.artifacts["task"]).read_text(encoding="utf-8"))
+        self.meta = meta
+        self.fmt = TaskFormat(meta["task"], meta["kind"], meta["label_names"])
+        folder = context.artifacts["model"]
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = BartForConditionalGeneration.from_pretrained(folder)
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.codec = TextCodec(self.tokenizer, self.fmt, meta["max_length"], meta["max_new_tokens"])
+        set_generation_length(self.model, self.codec.gen_max_new_tokens)
+
+    def predict(self, context, model_input, params=None) -> list[Any]:
+        texts = texts_of(model_input)
+        sources = [" ".join(t.split()) if self.fmt.kind == "ner" else t for t in texts]
+        results = []
+        for start in range(0, len(texts), 32):
+            batch = [self.codec.source(t) for t in sources[start : start + 32]]
+            width = max(len(b) for b in batch)
+            ids = torch.tensor([b + [self.codec.pad] * (width - len(b)) for b in batch], device=self.model.device)  # [batch, src_len]
+            mask = (ids != self.codec.pad).long()  # [batch, src_len]
+            with torch.no_grad():
+                generated = self.model.generate(input_ids=ids, attention_mask=mask, num_beams=self.meta["num_beams"],
+                                                length_penalty=self.meta["length_penalty"])  # [batch, out_len]
+            for row, text in zip(generated.tolist(), texts[start : start + 32]):
+                prediction, _ = self.fmt.prediction(self.codec.output_words(row), len(text.split()))
+                results.append(self.fmt.natural(prediction, text))
+        return results

@@ -1,0 +1,176 @@
+"""Model, tokenizer(s), encoded splits and metrics for fine-tuning one pretrained transformer on one task.
+
+- classification: AutoModelForSequenceClassification (GPT-2 pools its last non-pad token: pad_token_id set).
+- ner: AutoModelForTokenClassification; labels on each word's first sub-token.
+- translation: GPT as a conditional LM; BERT-family models as the encoder of an EncoderDecoderModel whose
+  decoder is this pipeline's pretrained GPT (cross-attention added), with the GPT byte-level tokenizer.
+Weights are read as safetensors only; no remote code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import numpy as np
+
+from pipeline.core import paths
+from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics
+from pipeline.data.task_data import (
+    PaddingCollator,
+    encode_causal_translation,
+    encode_classification,
+    encode_ner,
+    encode_seq2seq_translation,
+    label_names,
+    task_kind,
+    word_predictions,
+)
+
+log = logging.getLogger(__name__)
+
+GPT_DECODER = paths.pretrain_dir("gpt") / "model"
+
+
+@dataclass
+class TaskSetup:
+    kind: str
+    model: Any
+    tokenizer: Any  # tokenizer of the model inputs (saved with checkpoints)
+    data: datasets.DatasetDict  # the prepared (raw) splits
+    encoded: datasets.DatasetDict  # model inputs per split
+    collator: Callable
+    main_metric: str
+    max_length: int
+    labels: list[str] | None = None
+    translator: Any = None
+    compute_metrics: Callable | None = None
+    inputs: list[Path] = field(default_factory=list)  # files this run depends on (for tags)
+
+
+def load_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers may lack one; batches need it
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def max_positions(config) -> int:
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attr, None)
+        if value:
+            return int(value)
+    return 512
+
+
+def argmax_logits(logits, labels):
+    """Keep only predicted ids during evaluation (full logits of a whole split would not fit in memory)."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(-1)
+
+
+def build_setup(family: str, weights: Path, task: str, data: datasets.DatasetDict, max_length: int) -> TaskSetup:
+    kind = task_kind(task)
+    if kind == "classification":
+        return _classification(family, weights, task, data, max_length)
+    if kind == "ner":
+        return _ner(family, weights, task, data, max_length)
+    if family == "gpt":
+        return _gpt_translation(weights, data, max_length)
+    return _encoder_decoder_translation(weights, data, max_length)
+
+
+def _labelled_config(names: list[str], tokenizer):
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+        "pad_token_id": tokenizer.pad_token_id,
+        "use_safetensors": True,
+        "trust_remote_code": False,
+    }
+
+
+def _classification(family, weights, task, data, max_length) -> TaskSetup:
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(weights)
+    names = label_names(data, task)
+    model = AutoModelForSequenceClassification.from_pretrained(str(weights), **_labelled_config(names, tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 pools the last non-pad token
+    max_length = min(max_length, max_positions(model.config))
+    encoded = datasets.DatasetDict({s: encode_classification(data[s], tokenizer, max_length) for s in data})
+
+    def compute_metrics(pred) -> dict[str, float]:
+        return classification_metrics(pred.label_ids.tolist(), np.asarray(pred.predictions).tolist(), len(names))
+
+    return TaskSetup("classification", model, tokenizer, data, encoded, PaddingCollator(tokenizer.pad_token_id),
+                     MAIN_METRIC["classification"], max_length, names, compute_metrics=compute_metrics)
+
+
+def ner_scores(pred_rows, label_rows, names: list[str]) -> dict[str, float]:
+    """Entity metrics from token-level predicted ids and first-sub-token labels (-100 elsewhere)."""
+    true_tags, pred_tags = [], []
+    for pred, labels in zip(pred_rows, label_rows):
+        labels = [int(x) for x in labels]
+        true_tags.append([names[x] for x in labels if x != -100])
+        pred_tags.append([names[x] for x in word_predictions(pred, labels)])
+    return ner_metrics(true_tags, pred_tags)
+
+
+def _ner(family, weights, task, data, max_length) -> TaskSetup:
+    from transformers import AutoModelForTokenClassification
+
+    tokenizer = load_tokenizer(weights)
+    names = label_names(data, task)
+    model = AutoModelForTokenClassification.from_pretrained(str(weights), **_labelled_config(names, tokenizer))
+    max_length = min(max_length, max_positions(model.config))
+    encoded = datasets.DatasetDict({s: encode_ner(data[s], tokenizer, max_length) for s in data})
+
+    def compute_metrics(pred) -> dict[str, float]:
+        return ner_scores(np.asarray(pred.predictions), pred.label_ids, names)
+
+    return TaskSetup("ner", model, tokenizer, data, encoded, PaddingCollator(tokenizer.pad_token_id),
+                     MAIN_METRIC["ner"], max_length, names, compute_metrics=compute_metrics)
+
+
+def _gpt_translation(weights, data, max_length) -> TaskSetup:
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models.translation import GptTranslator
+
+    tokenizer = load_tokenizer(weights)
+    model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, trust_remote_code=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    max_length = min(max_length, max_positions(model.config))
+    encoded = datasets.DatasetDict({s: encode_causal_translation(data[s], tokenizer, max_length) for s in data})
+    return TaskSetup("translation", model, tokenizer, data, encoded, PaddingCollator(tokenizer.pad_token_id),
+                     MAIN_METRIC["translation"], max_length, translator=GptTranslator(model, tokenizer))
+
+
+def _encoder_decoder_translation(weights, data, max_length) -> TaskSetup:
+    from pipeline.models.translation import EncoderDecoderTranslator, build_encoder_decoder
+
+    if not (GPT_DECODER / "config.json").exists():
+        raise FileNotFoundError(
+            f"{GPT_DECODER} not found: BERT-family translation uses this pipeline's pretrained GPT as its decoder; "
+            "run the GPT pretraining stage first (python -m flows.pretrain gpt)"
+        )
+    encoder_tokenizer = load_tokenizer(weights)
+    decoder_tokenizer = load_tokenizer(GPT_DECODER)
+    model = build_encoder_decoder(weights, GPT_DECODER, decoder_tokenizer)
+    max_length = min(max_length, max_positions(model.config.encoder), max_positions(model.config.decoder))
+    encoded = datasets.DatasetDict(
+        {s: encode_seq2seq_translation(data[s], encoder_tokenizer, decoder_tokenizer, max_length) for s in data}
+    )
+    return TaskSetup("translation", model, encoder_tokenizer, data, encoded, PaddingCollator(encoder_tokenizer.pad_token_id),
+                     MAIN_METRIC["translation"], max_length,
+                     translator=EncoderDecoderTranslator(model, encoder_tokenizer, decoder_tokenizer),
+                     inputs=[GPT_DECODER])

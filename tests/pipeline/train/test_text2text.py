@@ -1,0 +1,238 @@
+"""Text-to-text training of the scratch models (rnn, encdec): task formats, floors on real data, the stage's
+outputs, MLflow run and registered models, attention heatmaps, resuming after a crash."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from pipeline.models.ner_tagger import text_entities
+from pipeline.train.text2text import (
+    INVALID_LABEL,
+    TaskFormat,
+    Vocab,
+    build_model,
+    detokenize,
+    score_outputs,
+    train_text2text,
+    word_tokenize,
+)
+
+NER_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- formats (fast)
+def test_words_round_trip_through_tokenize_and_detokenize():
+    text = "Ein Mann (mit Hut) schläft, oder? Das ist's."
+    words = word_tokenize(text)
+    assert words == ["Ein", "Mann", "(", "mit", "Hut", ")", "schläft", ",", "oder", "?", "Das", "ist's", "."]
+    assert detokenize(words) == text
+
+
+def test_vocab_is_deterministic_cased_and_maps_rare_words_to_unk():
+    seqs = [["the", "The", "cat"], ["the", "dog", "cat"], ["the", "bird"]]
+    vocab = Vocab.build(seqs, min_freq=2)
+    assert vocab.itos == ["<pad>", "<unk>", "<sos>", "<eos>", "the", "cat"]
+    assert vocab.encode(["The", "cat", "zebra"]) == [1, 5, 1]
+    assert Vocab.build(list(reversed(seqs)), min_freq=1).itos == Vocab.build(seqs, min_freq=1).itos
+    with pytest.raises(ValueError, match="must start with"):
+        Vocab(["a", "b"])
+
+
+def test_classification_outputs_that_are_no_label_count_as_wrong():
+    fmt = TaskFormat("sst2", "classification", ["negative", "positive"])
+    split = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}, {"text": "meh", "label": 0}]
+    metrics, predictions = score_outputs(fmt, split, [["positive"], ["<unk>"], ["negative", "positive"]])
+    assert predictions == [1, -1, -1]
+    assert metrics["accuracy"] == pytest.approx(1 / 3)
+    assert metrics["invalid_rate"] == pytest.approx(2 / 3)
+    assert fmt.natural(-1, []) == "negative"  # served: the fallback label
+
+
+def test_ner_outputs_are_repaired_to_the_word_count():
+    fmt = TaskFormat("conll2003", "ner", NER_TAGS)
+    assert fmt.prediction(["B-PER", "I-PER"], 3) == (["B-PER", "I-PER", "O"], False)
+    assert fmt.prediction(["B-PER", "O", "O", "B-LOC"], 3) == (["B-PER", "O", "O"], False)
+    assert fmt.prediction(["B-PER", "<unk>", "O"], 3) == (["B-PER", "O", "O"], False)
+    assert fmt.prediction(["B-PER", "I-PER", "O"], 3) == (["B-PER", "I-PER", "O"], True)
+    split = [{"tokens": ["John", "Smith", "ran"], "ner_tags": [1, 2, 0]}]
+    metrics, _ = score_outputs(fmt, split, [["B-PER"]])
+    assert metrics["token_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["entity_f1"] == 0.0
+    assert metrics["invalid_rate"] == 1.0
+
+
+def test_tags_become_entities_with_character_offsets():
+    text = "John  Smith visited New York and EU"
+    tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "I-ORG"]
+    entities = text_entities(text, tags)
+    assert [(e["entity"], e["word"], e["word_start"], e["word_end"]) for e in entities] == [
+        ("PER", "John  Smith", 0, 2), ("LOC", "New York", 3, 5), ("ORG", "EU", 6, 7)]
+    assert all(text[e["start"] : e["end"]] == e["word"] for e in entities)
+
+
+# ---------------------------------------------------------------- floors on real data
+def _floor(task: str, fmt: TaskFormat, test) -> tuple[str, float]:
+    golds = [fmt.gold(ex) for ex in test]
+    if fmt.kind == "classification":
+        return "accuracy", Counter(golds).most_common(1)[0][1] / len(golds)  # majority class
+    if fmt.kind == "ner":
+        tags = [t for g in golds for t in g]
+        return "token_accuracy", tags.count("O") / len(tags)  # all-O
+    return "bleu", 0.0
+
+
+FLOOR_MARGIN = {"accuracy": 0.03, "token_accuracy": 0.005, "bleu": 1.0}
+FLOOR_SETTINGS = {
+    "emotion": dict(epochs=4, learning_rate=0.01, batch_size=64),
+    "sst2": dict(epochs=4, learning_rate=0.005, batch_size=32),
+    "conll2003": dict(epochs=5, learning_rate=0.003, batch_size=16),
+    "multi30k": dict(epochs=3, learning_rate=0.01, batch_size=64, max_length=24),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(FLOOR_SETTINGS))
+def test_rnn_beats_an_untrained_floor_on_real_data(task, t2t_repo, t2t_params):
+    from datasets import load_from_disk
+
+    data = load_from_disk("data/prepared/" + task)
+    params = t2t_params("rnn", task, rnn={"teacher_forcing_ratio": 1.0},
+                        generation={"max_new_tokens": 30}, **FLOOR_SETTINGS[task])
+    trainer = build_model("rnn", task, params, data)
+    untrained, _ = score_outputs(trainer.fmt, data["test"], trainer.predict_test())
+    outcome = trainer.fit()
+    metrics, _ = score_outputs(trainer.fmt, data["test"], trainer.predict_test())
+    name, floor = _floor(task, trainer.fmt, data["test"])
+    floor = max(floor, untrained[name])
+    print(task, "floor", floor, "untrained", untrained, "trained", metrics)
+    assert metrics[name] > floor + FLOOR_MARGIN[name], (task, metrics, floor)
+    assert outcome.curve[-1]["train_loss"] < outcome.curve[0]["train_loss"]
+    if trainer.fmt.kind == "ner":  # the main metric too: all-O and the untrained model find no entities
+        assert metrics["entity_f1"] > untrained["entity_f1"] + 0.1
+
+
+# ---------------------------------------------------------------- the stage, end to end
+def _run_artifacts(run_id: str, path: str = "") -> set[str]:
+    from mlflow import MlflowClient
+
+    client, found, todo = MlflowClient(), set(), [path]
+    while todo:
+        for item in client.list_artifacts(run_id, todo.pop() or None):
+            (todo.append(item.path) if item.is_dir else found.add(item.path))
+    return found
+
+
+def _check_stage_outputs(repo, model: str, task: str, summary: dict, main_metric: str) -> dict:
+    """The metrics.json contract, the plots, the MLflow run; returns the run's data."""
+    import mlflow
+    from PIL import Image
+
+    out = repo / "data" / "finetune" / f"{model}-{task}"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    for key in ("task", "model", "family", "weight_source", "test", "param_count", "train_time_s", "tokens_per_s",
+                "latency_ms_per_example", "mlflow_run_id", "registered_version"):
+        assert key in written, key
+    assert (written["task"], written["model"], written["weight_source"]) == (task, model, "scratch")
+    assert main_metric in written["test"] and "invalid_rate" in written["test"]
+    assert written["param_count"] > 1000 and written["tokens_per_s"] > 0 and written["latency_ms_per_example"] > 0
+    header = (out / "plots" / "learning_curve.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["epoch", "train_loss"] and f"val_{main_metric}" in header
+    for i in range(3):
+        png = out / "plots" / f"attention_{i}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        with Image.open(png) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+    run = mlflow.get_run(written["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["task"] == task and run.data.tags["model"] == model
+    assert run.data.tags["weight_source"] == "scratch"
+    assert f"test_{main_metric}" in run.data.metrics and "latency_ms_per_example" in run.data.metrics
+    artifacts = _run_artifacts(written["mlflow_run_id"])
+    assert {"metrics.json", "plots/attention_0.png", "plots/attention_2.png", "plots/learning_curve.csv"} <= artifacts
+    assert not (repo / "checkpoints" / f"finetune-{model}-{task}").exists()
+    return run.data
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rnn_stage_writes_outputs_and_registers_a_loadable_ner_model(t2t_repo, t2t_params):
+    import mlflow
+    import pandas as pd
+
+    params = t2t_params("rnn", "conll2003", epochs=2, learning_rate=0.005, batch_size=64, max_steps=20)
+    summary = train_text2text("rnn", "conll2003", params)
+    data = _check_stage_outputs(t2t_repo, "rnn", "conll2003", summary, "entity_f1")
+    assert data.params["tokenization"] == "word-level vocab from train"
+    assert int(data.params["tgt_vocab_size"]) == 4 + len(NER_TAGS)
+    assert int(data.params["src_vocab_size"]) > 100
+    assert mlflow.MlflowClient().get_metric_history(summary["mlflow_run_id"], "val_entity_f1")
+
+    loaded = mlflow.pyfunc.load_model(f"models:/conll2003-rnn/{summary['registered_version']}")
+    texts = ["Peter Blackburn flew to Germany .", "EU rejects German call to boycott British lamb ."]
+    predicted = loaded.predict(pd.DataFrame({"text": texts}))
+    assert len(predicted) == 2 and predicted == loaded.predict(texts)
+    for text, entities in zip(texts, predicted):
+        for entity in entities:
+            assert entity["entity"] in {"PER", "ORG", "LOC", "MISC"}
+            assert text[entity["start"] : entity["end"]] == entity["word"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
+    import mlflow
+    import pandas as pd
+
+    params = t2t_params("encdec", "emotion", epochs=2, learning_rate=0.002, batch_size=64, max_steps=30,
+                        max_length=48)
+    summary = train_text2text("encdec", "emotion", params)
+    data = _check_stage_outputs(t2t_repo, "encdec", "emotion", summary, "accuracy")
+    assert data.params["tokenization"].startswith("byte-level BPE")
+    rows = (t2t_repo / "data" / "finetune" / "encdec-emotion" / "plots" / "confusion.csv").read_text().splitlines()
+    labels = {"sadness", "joy", "love", "anger", "fear", "surprise"}
+    assert rows[0] == "actual,predicted" and len(rows) == 1 + 200
+    assert all(r.split(",")[0] in labels and r.split(",")[1] in labels | {INVALID_LABEL} for r in rows[1:])
+
+    loaded = mlflow.pyfunc.load_model(f"models:/emotion-encdec/{summary['registered_version']}")
+    predicted = loaded.predict(pd.DataFrame({"text": ["i feel so happy today", "i am scared of the dark"]}))
+    assert len(predicted) == 2 and set(predicted) <= labels
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rnn_resumes_after_a_crash_in_the_same_mlflow_run(t2t_repo, t2t_params, monkeypatch):
+    import mlflow
+
+    from pipeline.train import rnn as text2text_rnn
+
+    params = t2t_params("rnn", "sst2", epochs=2, learning_rate=0.005, batch_size=128)
+    real_validate = text2text_rnn.RNNText2Text._validate
+    calls = []
+
+    def crash_in_second_validation(self, loss_fn):  # the process dies during epoch 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_validate(self, loss_fn)
+
+    monkeypatch.setattr(text2text_rnn.RNNText2Text, "_validate", crash_in_second_validation)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_text2text("rnn", "sst2", params)
+    ckpt = t2t_repo / "checkpoints" / "finetune-rnn-sst2"
+    state = json.loads((ckpt / "rnn" / "state.json").read_text())
+    assert state["epoch"] == 1 and not state["finished"]
+    first_run = (ckpt / "mlflow_run_id").read_text().strip()
+
+    monkeypatch.setattr(text2text_rnn.RNNText2Text, "_validate", real_validate)
+    summary = train_text2text("rnn", "sst2", params)
+    assert summary["mlflow_run_id"] == first_run
+    history = mlflow.MlflowClient().get_metric_history(first_run, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2]
+    curve = (t2t_repo / "data" / "finetune" / "rnn-sst2" / "plots" / "learning_curve.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in curve[1:]] == ["1", "2"]
