@@ -50,7 +50,7 @@ def cases(opts: BenchOptions) -> dict:
     emotion = fixtures.dataset("emotion")["train"]
     cap = opts.size(params.prepare.tasks["emotion"].max_train or len(emotion), 1000)
     emotion = emotion.select(range(min(cap, len(emotion))))
-    length = params.finetune.tasks["emotion"].max_length
+    length = params.train.tasks["emotion"].max_length
     texts = list(emotion["text"])
     raw = raw_encoder(minilm, length)
     out["classification (emotion train, minilm tokenizer)"] = (
@@ -60,7 +60,7 @@ def cases(opts: BenchOptions) -> dict:
     conll = fixtures.dataset("conll2003")["train"]
     cap = opts.size(params.prepare.tasks["conll2003"].max_train or len(conll), 1000)
     conll = conll.select(range(min(cap, len(conll))))
-    length = params.finetune.tasks["conll2003"].max_length
+    length = params.train.tasks["conll2003"].max_length
     joined = [" ".join(words) for words in conll["tokens"]]
     raw_ner = raw_encoder(minilm, length)
     out["ner (conll2003 train, minilm tokenizer)"] = (

@@ -1,6 +1,6 @@
 """Incremental reproduction: `dvc repro` after changing one fine-tune param runs only that stage and compare.
 
-In a private copy (hard links) of a finished run, sets `finetune.overrides.<model>-<task>.max_steps` (a small
+In a private copy (hard links) of a finished run, sets `train.overrides.<model>-<task>.max_steps` (a small
 value, so the re-run is short), runs `dvc repro` and records which stages ran and how long it took. The
 stage can be chosen with HT_BENCH_INCREMENTAL=<model>-<task> (default bert-emotion).
 """
@@ -26,13 +26,13 @@ TIMEOUT_S = 1800
 
 def stage_name(model_task: str) -> str:
     model = model_task.split("-", 1)[0]
-    return f"{'scratch' if model in SCRATCH_MODELS else 'finetune'}@{model_task}"
+    return f"{'train' if model in SCRATCH_MODELS else 'finetune'}@{model_task}"
 
 
 def change_param(params_file, model_task: str) -> dict:
-    """Set finetune.overrides.<model_task>.max_steps to a new small value; returns the override written."""
+    """Set train.overrides.<model_task>.max_steps to a new small value; returns the override written."""
     raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    overrides = raw.setdefault("finetune", {}).setdefault("overrides", {})
+    overrides = raw.setdefault("train", {}).setdefault("overrides", {})
     current = dict(overrides.get(model_task) or {})
     current["max_steps"] = MAX_STEPS + 1 if current.get("max_steps") == MAX_STEPS else MAX_STEPS
     overrides[model_task] = current
@@ -44,14 +44,14 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     model_task = os.environ.get("HT_BENCH_INCREMENTAL", DEFAULT_RUN)
     stage = stage_name(model_task)
     expected = {stage, "compare"}
-    item = f"dvc repro after changing finetune.overrides.{model_task}"
+    item = f"dvc repro after changing train.overrides.{model_task}"
     target = f"only {stage} and compare run"
     src, copy, why = measurement_copy(opts.workspace, NAME)
     if copy is None:
         return result_body([row(item, target, "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")])
     override = change_param(copy / "params.yaml", model_task)
     # The re-run stage and compare rewrite their outputs: give them private files, not links to the source's.
-    for folder in (copy / "data" / "finetune" / model_task, copy / "reports"):
+    for folder in (copy / "data" / "models" / model_task, copy / "reports"):
         if folder.exists():
             break_links(folder)
     tracked = run_tracked(["dvc", "repro"], copy, bench_env(), timeout=TIMEOUT_S,

@@ -1,6 +1,6 @@
 """Quality within the time budget: the default run's best model per task on the test split.
 
-Reads the finished run's data/finetune/<model>-<task>/metrics.json files (the DVC metrics every training stage
+Reads the finished run's data/models/<model>-<task>/metrics.json files (the DVC metrics every training stage
 writes: {"task", "model", "test": {...}, ...}) from the workspace of the last `make bench FULL=1` run, else
 from the repo after `make run`. Never trains anything.
 """
@@ -38,9 +38,9 @@ def test_metric(metrics: dict, name: str) -> float | None:
 
 
 def collect(root: Path) -> dict[str, dict[str, float]]:
-    """task -> {model: main test metric} from every data/finetune/*/metrics.json under `root`."""
+    """task -> {model: main test metric} from every data/models/*/metrics.json under `root`."""
     out: dict[str, dict[str, float]] = {task: {} for task in TARGETS}
-    for path in sorted((root / "data" / "finetune").glob("*/metrics.json")):
+    for path in sorted((root / "data" / "models").glob("*/metrics.json")):
         try:
             metrics = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
@@ -75,7 +75,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         by_model = scores[task]
         if not by_model:
             rows.append(row(f"{task} best test {metric}", f">= {target:g}", "-", NOT_MEASURED,
-                            f"no data/finetune/*-{task}/metrics.json with test {metric} in {root}"))
+                            f"no data/models/*-{task}/metrics.json with test {metric} in {root}"))
             continue
         best_model, best = max(by_model.items(), key=lambda kv: kv[1])
         others = ", ".join(f"{m} {v:.3g}" for m, v in sorted(by_model.items(), key=lambda kv: -kv[1]))

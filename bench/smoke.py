@@ -31,12 +31,12 @@ def smoke_params(raw: dict) -> dict:
     out["tokenizers"].update({"bert_vocab_size": 600, "gpt_vocab_size": 600})
     for family in out["pretrain"].values():
         family.update(PRETRAIN)
-    for task in out["finetune"]["tasks"].values():
+    for task in out["train"]["tasks"].values():
         task.update(TASK)
-    out["finetune"]["common"].update({"batch_size": 8, "eval_batch_size": 16})
-    out["finetune"]["generation"].update({"num_beams": 1, "max_new_tokens": 8})
-    for name, override in list(out["finetune"].get("overrides", {}).items()):
-        out["finetune"]["overrides"][name] = {k: v for k, v in (override or {}).items()
+    out["train"]["common"].update({"batch_size": 8, "eval_batch_size": 16})
+    out["train"]["generation"].update({"num_beams": 1, "max_new_tokens": 8})
+    for name, override in list(out["train"].get("overrides", {}).items()):
+        out["train"]["overrides"][name] = {k: v for k, v in (override or {}).items()
                                               if k not in ("epochs", "max_steps")}
     for model in out["models"].values():
         if model["family"] == "rnn":

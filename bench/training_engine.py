@@ -185,8 +185,8 @@ def rnn_family(opts: BenchOptions) -> dict:
     base = fixtures.params()
     steps = opts.size(8, 4)
     raw = base.model_dump(by_alias=True)
-    raw["finetune"]["overrides"][f"rnn-{RNN_TASK}"] = {
-        **(raw["finetune"]["overrides"].get(f"rnn-{RNN_TASK}") or {}), "max_steps": steps}
+    raw["train"]["overrides"][f"rnn-{RNN_TASK}"] = {
+        **(raw["train"]["overrides"].get(f"rnn-{RNN_TASK}") or {}), "max_steps": steps}
     params = parse_params(raw, "bench params")
     data = fixtures.dataset(RNN_TASK)
     cap = params.prepare.tasks[RNN_TASK].max_train
@@ -199,11 +199,11 @@ def rnn_family(opts: BenchOptions) -> dict:
         hand_model = copy.deepcopy(model)
         hand_model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=run.learning_rate,
-                                      weight_decay=params.finetune.common.weight_decay)
+                                      weight_decay=params.train.common.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         loss_fn = nn.CrossEntropyLoss(ignore_index=0)
         hand_opt = torch.optim.AdamW(hand_model.parameters(), lr=run.learning_rate,
-                                     weight_decay=params.finetune.common.weight_decay)
+                                     weight_decay=params.train.common.weight_decay)
         hand_loss = nn.CrossEntropyLoss(ignore_index=0)
         tf_ratio = rnn.cfg.teacher_forcing_ratio
         calls = {"a": 0, "b": 0}

@@ -1,7 +1,7 @@
 """Compare stage: one leaderboard of every model on every task, from the fine-tune stages' test metrics.
 
 Sources, in order of authority:
-- data/finetune/<model>-<task>/metrics.json (the DVC metrics the fine-tune stages write; the stage's deps),
+- data/models/<model>-<task>/metrics.json (the DVC metrics the fine-tune stages write; the stage's deps),
 - the MLflow run each file names (`mlflow_run_id`): its `test_<metric>` values are cross-checked against the
   file (a mismatch is reported in the row's notes and the log), and fields the file lacks (param count,
   timings, registered version, family, weight source) are filled from it.
@@ -105,7 +105,7 @@ def _number(value, where: str) -> float | None:
 def read_metrics_file(task: str, model: str, root: Path) -> Row:
     """The row for `model` on `task` from its metrics.json (status "not run" when the file is absent)."""
     row = Row(task=task, model=model)
-    path = root / paths.finetune_dir(model, task) / "metrics.json"
+    path = root / paths.model_dir(model, task) / "metrics.json"
     if not path.exists():
         return row
     try:

@@ -190,7 +190,7 @@ class ModelConfig(Strict):
 
 
 # ---------------------------------------------------------------- finetune
-class FinetuneCommon(Strict):
+class TrainCommon(Strict):
     batch_size: PosInt = 32
     eval_batch_size: PosInt = 64
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
@@ -220,8 +220,8 @@ class GenerationConfig(Strict):
     max_new_tokens: PosInt = 64
 
 
-class FinetuneConfig(Strict):
-    common: FinetuneCommon = FinetuneCommon()
+class TrainConfig(Strict):
+    common: TrainCommon = TrainCommon()
     tasks: dict[TaskName, TaskTraining]
     generation: GenerationConfig = GenerationConfig()
     overrides: dict[str, TaskOverride] = {}
@@ -259,7 +259,7 @@ class Params(Strict):
     tokenizers: TokenizersConfig = TokenizersConfig()
     pretrain: PretrainConfig
     models: dict[str, ModelConfig]
-    finetune: FinetuneConfig
+    train: TrainConfig
     compare: CompareConfig = CompareConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
@@ -270,16 +270,16 @@ class Params(Strict):
         for name in self.models:
             if not name.replace("_", "").isalnum() or "-" in name:
                 raise ValueError(f"models.{name}: model names use letters, digits and '_' only")
-        for key in self.finetune.overrides:
+        for key in self.train.overrides:
             model, _, task = key.partition("-")
             if model not in self.models or task not in TASKS:
                 raise ValueError(
-                    f"finetune.overrides.{key}: keys are '<model>-<task>' with model in {sorted(self.models)} "
+                    f"train.overrides.{key}: keys are '<model>-<task>' with model in {sorted(self.models)} "
                     f"and task in {list(TASKS)}"
                 )
-        missing = sorted(set(TASKS) - set(self.finetune.tasks))
+        missing = sorted(set(TASKS) - set(self.train.tasks))
         if missing:
-            raise ValueError(f"finetune.tasks: missing task(s) {missing}")
+            raise ValueError(f"train.tasks: missing task(s) {missing}")
         missing = sorted(set(DATASETS) - set(self.validate_.datasets))
         if missing:
             raise ValueError(f"validate.datasets: missing dataset(s) {missing}")

@@ -1,4 +1,4 @@
-"""Write a training stage's outputs (data/finetune/<model>-<task>/) atomically.
+"""Write a training stage's outputs (data/models/<model>-<task>/) atomically.
 
 Everything is built in a temporary folder next to the target and renamed into place, so a crash never
 leaves a half-written folder that DVC or the compare stage would take for a finished one.

@@ -11,7 +11,7 @@ PREPARED = DATA / "prepared"  # prepare: data/prepared/<task>/ (a datasets.Datas
 CORPUS = DATA / "corpus"  # prepare: data/corpus/{train,heldout}.txt
 TOKENIZERS = DATA / "tokenizers"  # tokenizers: data/tokenizers/{bert,gpt}/
 PRETRAIN = DATA / "pretrain"  # pretrain: data/pretrain/<family>/{model,metrics.json,...}
-FINETUNE = DATA / "finetune"  # finetune: data/finetune/<model>-<task>/{model,metrics.json,plots/}
+MODELS = DATA / "models"  # finetune@ and train@: data/models/<model>-<task>/{metrics.json,plots/}
 CHECKPOINTS = Path("checkpoints")  # resumable state of running stages (Trainer checkpoints, MLflow run ids)
 REPORTS = Path("reports")  # compare: reports/comparison.{md,json}, plots
 
@@ -40,5 +40,5 @@ def pretrain_dir(family: str) -> Path:
     return PRETRAIN / family
 
 
-def finetune_dir(model: str, task: str) -> Path:
-    return FINETUNE / f"{model}-{task}"
+def model_dir(model: str, task: str) -> Path:
+    return MODELS / f"{model}-{task}"

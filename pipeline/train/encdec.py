@@ -168,7 +168,7 @@ class EncDecText2Text(Text2TextModel):
             "model": self.cfg.model_dump(),
             "run": self.run.model_dump(),
             "batch_size": self.batch_size,
-            "common": self.params.finetune.common.model_dump(),
+            "common": self.params.train.common.model_dump(),
             "generation": self.gen.model_dump(),
             "seed": self.params.common.seed,
             "inputs": files_digest([paths.prepared_dir(self.fmt.task), paths.tokenizer_dir("gpt")]),
@@ -184,7 +184,7 @@ class EncDecText2Text(Text2TextModel):
     def _build_trainer(self, callbacks: list):
         from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-        common = self.params.finetune.common
+        common = self.params.train.common
         args = Seq2SeqTrainingArguments(
             output_dir=str(self.ckpt),
             num_train_epochs=self.run.epochs,

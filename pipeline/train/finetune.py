@@ -1,6 +1,6 @@
 """Fine-tune a pretrained transformer (gpt, bert, minilm) on one task; track, register and publish it.
 
-    finetune(model, task, params) -> dict   (the metrics written to data/finetune/<model>-<task>/metrics.json)
+    finetune(model, task, params) -> dict   (the metrics written to data/models/<model>-<task>/metrics.json)
 
 - transformers Trainer: dynamic padding, validation every epoch, best epoch kept (task's main metric),
   early stopping, checkpoints in checkpoints/finetune-<model>-<task>/. A killed run resumes from its last
@@ -9,7 +9,7 @@
 - MLflow (experiment task-<task>): tags, params, per-epoch train/validation metrics (step = epoch),
   test_* metrics, train_time_s, param_count, tokens_per_s, latency_ms_per_example; the model is logged
   and registered as <task>-<model>.
-- Outputs (atomic): data/finetune/<model>-<task>/{metrics.json, plots/learning_curve.csv, plots/confusion.csv}.
+- Outputs (atomic): data/models/<model>-<task>/{metrics.json, plots/learning_curve.csv, plots/confusion.csv}.
 """
 
 from __future__ import annotations
@@ -82,13 +82,13 @@ def _device_settings() -> dict:
 def _training_args(setup: TaskSetup, folder: Path, model: str, task: str, params: Params, resuming: bool):
     from transformers import TrainingArguments
 
-    run = params.finetune.for_run(model, task)
-    common = params.finetune.common
+    run = params.train.for_run(model, task)
+    common = params.train.common
     return TrainingArguments(
         output_dir=str(folder),
         num_train_epochs=run.epochs,
         max_steps=run.max_steps or -1,
-        per_device_train_batch_size=params.finetune.batch_size_for(model, task),
+        per_device_train_batch_size=params.train.batch_size_for(model, task),
         per_device_eval_batch_size=common.eval_batch_size,
         learning_rate=run.learning_rate,
         weight_decay=common.weight_decay,
@@ -124,7 +124,7 @@ def _trainer(setup: TaskSetup, folder: Path, model: str, task: str, params: Para
         eval_dataset=setup.encoded["validation"],
         data_collator=setup.collator,
         processing_class=setup.tokenizer,
-        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=params.finetune.common.patience)],
+        callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=params.train.common.patience)],
     )
     if setup.kind == "translation":
         validation = setup.data["validation"]
@@ -132,8 +132,8 @@ def _trainer(setup: TaskSetup, folder: Path, model: str, task: str, params: Para
             translator=setup.translator,
             sources=validation["en"],
             references=validation["de"],
-            max_new_tokens=params.finetune.generation.max_new_tokens,
-            batch_size=params.finetune.common.eval_batch_size,
+            max_new_tokens=params.train.generation.max_new_tokens,
+            batch_size=params.train.common.eval_batch_size,
             **kwargs,
         )
     return Trainer(compute_metrics=setup.compute_metrics, preprocess_logits_for_metrics=argmax_logits, **kwargs)
@@ -144,9 +144,9 @@ def score_test(setup: TaskSetup, trainer, params: Params) -> tuple[dict[str, flo
     """Test metrics of the selected model; for classification also (actual, predicted) ids for the confusion plot."""
     test = setup.data["test"]
     if setup.kind == "translation":
-        gen = params.finetune.generation
+        gen = params.train.generation
         options = dict(max_new_tokens=gen.max_new_tokens, length_penalty=gen.length_penalty,
-                       batch_size=params.finetune.common.eval_batch_size, progress=True)
+                       batch_size=params.train.common.eval_batch_size, progress=True)
         greedy = translation_metrics(test["de"], setup.translator.translate(test["en"], num_beams=1, **options))
         hyps = setup.translator.translate(test["en"], num_beams=gen.num_beams, **options)
         beam = translation_metrics(test["de"], hyps)
@@ -173,7 +173,7 @@ def latency_ms_per_example(setup: TaskSetup, params: Params, n: int = LATENCY_EX
     model = setup.model
     model.eval()
     if setup.kind == "translation":
-        gen = params.finetune.generation
+        gen = params.train.generation
 
         def run(row):
             setup.translator.translate([row["en"]], num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,
@@ -217,7 +217,7 @@ def register(setup: TaskSetup, model: str, task: str, params: Params, export_dir
         wrapper, example = NerModel(max_length=setup.max_length), [" ".join(t) for t in test["tokens"][:2]]
     else:
         setup.translator.save(export_dir)
-        gen = params.finetune.generation
+        gen = params.train.generation
         wrapper = TranslationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
         example = list(test["en"][:2])
     return registry.register_pyfunc(wrapper, {MODEL_ARTIFACT: export_dir}, task, model, input_example=example)
@@ -227,10 +227,10 @@ def register(setup: TaskSetup, model: str, task: str, params: Params, export_dir
 def _fingerprint(model: str, task: str, params: Params, weights: Path, setup: TaskSetup) -> dict:
     return {
         "model": params.models[model].model_dump(),
-        "run": params.finetune.for_run(model, task).model_dump(),
-        "batch_size": params.finetune.batch_size_for(model, task),
-        "common": params.finetune.common.model_dump(),
-        "generation": params.finetune.generation.model_dump(),
+        "run": params.train.for_run(model, task).model_dump(),
+        "batch_size": params.train.batch_size_for(model, task),
+        "common": params.train.common.model_dump(),
+        "generation": params.train.generation.model_dump(),
         "seed": params.common.seed,
         "inputs": files_digest([paths.prepared_dir(task), weights, *setup.inputs]),
     }
@@ -240,10 +240,10 @@ def _run_params(model: str, task: str, params: Params, weights: Path, setup: Tas
     flat = tracking.flatten
     return {
         **flat(f"models.{model}", params.models[model]),
-        **flat("finetune.run", params.finetune.for_run(model, task)),
-        "finetune.batch_size": params.finetune.batch_size_for(model, task),
-        **flat("finetune.common", params.finetune.common),
-        **flat("finetune.generation", params.finetune.generation),
+        **flat("train.run", params.train.for_run(model, task)),
+        "train.batch_size": params.train.batch_size_for(model, task),
+        **flat("train.common", params.train.common),
+        **flat("train.generation", params.train.generation),
         "common.seed": params.common.seed,
         "weights": str(weights),
         "max_length_used": setup.max_length,
@@ -253,7 +253,7 @@ def _run_params(model: str, task: str, params: Params, weights: Path, setup: Tas
 
 def _write_outputs(model: str, task: str, summary: dict, curve: list[dict], confusion: tuple | None,
                    labels: list[str] | None) -> Path:
-    target = paths.finetune_dir(model, task)
+    target = paths.model_dir(model, task)
     with atomic_dir(target) as tmp:
         write_learning_curve(tmp / PLOTS_DIR, curve)
         if confusion is not None:
@@ -263,7 +263,7 @@ def _write_outputs(model: str, task: str, summary: dict, curve: list[dict], conf
 
 
 def finetune(model: str, task: str, params: Params) -> dict:
-    """Fine-tune `model` on `task`; returns the summary written to data/finetune/<model>-<task>/metrics.json."""
+    """Fine-tune `model` on `task`; returns the summary written to data/models/<model>-<task>/metrics.json."""
     import mlflow
     from transformers import set_seed
 
@@ -274,7 +274,7 @@ def finetune(model: str, task: str, params: Params) -> dict:
     data = load_prepared(task)
     weights = _weights_path(model, params)
     log.info("fine-tuning %s (%s, %s weights from %s) on %s", model, cfg.family, cfg.source, weights, task)
-    setup = build_setup(cfg.family, weights, task, data, params.finetune.for_run(model, task).max_length)
+    setup = build_setup(cfg.family, weights, task, data, params.train.for_run(model, task).max_length)
 
     folder = checkpoint_dir(model, task)
     resume = prepare_checkpoints(folder, _fingerprint(model, task, params, weights, setup), params)

@@ -4,7 +4,7 @@ Word-level vocabularies from the train split (cased; the target vocabulary of em
 or tag set). Each epoch: train with teacher forcing, then greedy-decode the validation split and score its main
 metric; early stopping on it, the best weights are kept. Checkpoints (weights as safetensors, optimizer, state)
 are written every epoch to checkpoints/finetune-<model>-<task>/rnn/ and resumed from. The test split is decoded
-once with beam search (finetune.generation) using the best weights.
+once with beam search (train.generation) using the best weights.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class RNNText2Text(Text2TextModel):
             "model": self.cfg.model_dump(),
             "run": self.run.model_dump(),
             "batch_size": self.batch_size,
-            "common": self.params.finetune.common.model_dump(),
+            "common": self.params.train.common.model_dump(),
             "seed": self.params.common.seed,
             "inputs": files_digest([paths.prepared_dir(self.fmt.task)]),
             "vocab": hashlib.sha256(json.dumps([self.src_vocab.itos, self.tgt_vocab.itos]).encode()).hexdigest(),
@@ -178,12 +178,12 @@ class RNNText2Text(Text2TextModel):
         steps_per_epoch = math.ceil(len(self.train_pairs) / self.batch_size)
         total_steps = run.max_steps or run.epochs * steps_per_epoch
         optimizer = torch.optim.AdamW(model.parameters(), lr=run.learning_rate,
-                                      weight_decay=self.params.finetune.common.weight_decay)
-        warmup = int(self.params.finetune.common.warmup_ratio * total_steps)
+                                      weight_decay=self.params.train.common.weight_decay)
+        warmup = int(self.params.train.common.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
         state = self._resume(optimizer, scheduler)
         loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_IDX)
-        patience = self.params.finetune.common.patience
+        patience = self.params.train.common.patience
         main = self.fmt.main_metric
         epoch = state["epoch"]
         while not state["finished"]:
@@ -252,7 +252,7 @@ class RNNText2Text(Text2TextModel):
         """Validation metrics of greedy decoding, plus the teacher-forced loss."""
         from pipeline.train.text2text import score_outputs
 
-        fmt, eval_batch = self.fmt, self.params.finetune.common.eval_batch_size
+        fmt, eval_batch = self.fmt, self.params.train.common.eval_batch_size
         sources = self._sources("validation")
         hyps = decode(self.model, sources, fmt.kind, eval_batch, 1, self.gen.max_new_tokens, self.gen.length_penalty,
                       self.device, progress="validation")
@@ -296,7 +296,7 @@ class RNNText2Text(Text2TextModel):
 
     # -------------------------------------------------------- test, latency, attention, registry
     def predict_test(self) -> list[list[str]]:
-        hyps = decode(self.model, self._sources("test"), self.fmt.kind, self.params.finetune.common.eval_batch_size,
+        hyps = decode(self.model, self._sources("test"), self.fmt.kind, self.params.train.common.eval_batch_size,
                       self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device, progress="test")
         return [self.tgt_vocab.decode(h.tokens) for h in hyps]
 

@@ -8,7 +8,7 @@ scored as wrong (classification) or repaired to 'O'/padded (NER), and its rate i
 
 `train_text2text(model, task, params)` trains (resuming from checkpoints/finetune-<model>-<task>/), scores the
 test split once with the best checkpoint, registers `<task>-<model>` in MLflow and writes
-data/finetune/<model>-<task>/{metrics.json, plots/}. The per-family training lives in text2text_rnn.py and
+data/models/<model>-<task>/{metrics.json, plots/}. The per-family training lives in text2text_rnn.py and
 text2text_encdec.py.
 """
 
@@ -205,9 +205,9 @@ class Text2TextModel:
         override applied, batch size and generation settings."""
         self.name, self.fmt, self.params, self.data = model_name, fmt, params, data
         self.cfg = params.models[model_name]
-        self.run = params.finetune.for_run(model_name, fmt.task)
-        self.batch_size = params.finetune.batch_size_for(model_name, fmt.task)
-        self.gen = params.finetune.generation
+        self.run = params.train.for_run(model_name, fmt.task)
+        self.batch_size = params.train.batch_size_for(model_name, fmt.task)
+        self.gen = params.train.generation
 
     def describe(self) -> dict[str, object]:
         """Tokenization, vocabulary sizes, decoding: logged as run params."""
@@ -327,10 +327,10 @@ def run_params(model: str, task: str, params: Params, trainer: Text2TextModel) -
 
     return {
         **flatten(f"models.{model}", params.models[model]),
-        **flatten("finetune.run", params.finetune.for_run(model, task)),
-        "finetune.batch_size": params.finetune.batch_size_for(model, task),
-        **flatten("finetune.common", params.finetune.common),
-        **flatten("finetune.generation", params.finetune.generation),
+        **flatten("train.run", params.train.for_run(model, task)),
+        "train.batch_size": params.train.batch_size_for(model, task),
+        **flatten("train.common", params.train.common),
+        **flatten("train.generation", params.train.generation),
         "common.seed": params.common.seed,
         "train_examples": len(trainer.data["train"]),
         **trainer.describe(),
@@ -348,12 +348,12 @@ def write_outputs(
     predictions: Sequence[Any],
     attention: list[AttentionMap],
 ) -> Path:
-    """data/finetune/<model>-<task>/{metrics.json, plots/} built in a temp folder, then swapped in."""
+    """data/models/<model>-<task>/{metrics.json, plots/} built in a temp folder, then swapped in."""
     from pipeline.train.attention_plots import save_heatmap
     from pipeline.core.io import atomic_dir, write_json
     from pipeline.train.plots import write_confusion, write_learning_curve
 
-    target = paths.finetune_dir(model, task)
+    target = paths.model_dir(model, task)
     with atomic_dir(target) as tmp:
         plots = tmp / PLOTS_DIR
         write_learning_curve(plots, curve)

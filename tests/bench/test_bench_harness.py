@@ -238,7 +238,7 @@ def test_quality_reads_the_agreed_metrics_files(tmp_path):
 
     for model, task, test in (("bert", "emotion", {"accuracy": 0.93}), ("rnn", "emotion", {"test_accuracy": 0.5}),
                               ("gpt", "multi30k", {"bleu": 20.0})):
-        folder = tmp_path / "data" / "finetune" / f"{model}-{task}"
+        folder = tmp_path / "data" / "models" / f"{model}-{task}"
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({"task": task, "model": model, "test": test}))
     scores = quality.collect(tmp_path)
@@ -265,7 +265,7 @@ def test_smoke_params_are_valid_and_only_shrink_sizes(default_params_dict):
     small = parse_params(smoke_params(default_params_dict))
     full = parse_params(default_params_dict)
     assert small.pretrain.gpt.max_steps < full.pretrain.gpt.max_steps
-    assert all(small.finetune.tasks[t].max_steps for t in small.finetune.tasks)
+    assert all(small.train.tasks[t].max_steps for t in small.train.tasks)
     assert small.ingest == full.ingest and small.validate_ == full.validate_  # same data, same checks
 
 

@@ -24,7 +24,7 @@ from tests.data.corruptions import CORRUPTIONS, Corruption
 
 pytestmark = pytest.mark.integration
 
-LATER_STAGE_OUTPUTS = ("data/prepared", "data/corpus", "data/tokenizers", "data/pretrain", "data/finetune", "reports")
+LATER_STAGE_OUTPUTS = ("data/prepared", "data/corpus", "data/tokenizers", "data/pretrain", "data/models", "reports")
 
 
 def run_data_stages(name: str, params) -> tuple[str, Exception | None]:

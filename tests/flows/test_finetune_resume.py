@@ -1,4 +1,4 @@
-"""The fine-tuning stage's command line (`python -m flows.finetune MODEL TASK`, as dvc.yaml runs it):
+"""The fine-tuning stage's command line (`python -m flows.train MODEL TASK`, as dvc.yaml runs it):
 killed after its first checkpoint, a rerun resumes it and ends in the same MLflow run."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from flows.finetune import main
+from flows.train import main
 from tests.fixtures.finetune import finetune_params, memorization_split, write_prepared
 from tests.fixtures.models import write_params
 
@@ -22,7 +22,7 @@ EPOCHS = 10
 
 def test_unknown_model_or_task_prints_usage_before_prefect_starts(repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
-    with pytest.raises(SystemExit, match=r"usage: python -m flows.finetune MODEL \(.*minilm.*\) TASK \(.*multi30k\)"):
+    with pytest.raises(SystemExit, match=r"usage: python -m flows.train MODEL \(.*minilm.*\) TASK \(.*multi30k\)"):
         main(["nope", "emotion"])
     with pytest.raises(SystemExit, match="usage"):
         main(["gpt"])
@@ -46,7 +46,7 @@ def test_killed_finetune_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     write_params(root, finetune_params(root, default_params_dict, model, task, epochs=EPOCHS))
     env = {**prefect_env, "PYTHONPATH": str(repo_root), "HT_LOG_LEVEL": "INFO"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "flows.finetune", model, task]
+    command = [sys.executable, "-m", "flows.train", model, task]
     folder = root / "checkpoints" / f"finetune-{model}-{task}"
 
     first = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -62,7 +62,7 @@ def test_killed_finetune_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     experiment = client.get_experiment_by_name(f"task-{task}").experiment_id
     [killed] = client.search_runs([experiment])
     assert killed.info.status == "RUNNING"
-    assert not (root / "data" / "finetune" / f"{model}-{task}").exists()
+    assert not (root / "data" / "models" / f"{model}-{task}").exists()
 
     second = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
@@ -72,7 +72,7 @@ def test_killed_finetune_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     assert f"Resuming MLflow run {killed.info.run_id}" in log
     [run] = client.search_runs([experiment])  # exactly one run: the killed one, finished
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    metrics = json.loads((root / "data" / "finetune" / f"{model}-{task}" / "metrics.json").read_text())
+    metrics = json.loads((root / "data" / "models" / f"{model}-{task}" / "metrics.json").read_text())
     assert metrics["mlflow_run_id"] == run.info.run_id
     assert metrics["test"]["accuracy"] >= 0.8  # memorised, as an uninterrupted run does
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")}

@@ -79,7 +79,7 @@ def test_leaderboard_fills_from_mlflow_and_flags_disagreement(compare_repo):
     ],
 )
 def test_bad_metrics_file_is_named(compare_repo, content, expected):
-    path = compare_repo.root / "data/finetune/gpt-emotion/metrics.json"
+    path = compare_repo.root / "data/models/gpt-emotion/metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(content)
     with pytest.raises(CompareError, match="gpt-emotion/metrics.json") as err:

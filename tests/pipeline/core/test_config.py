@@ -18,7 +18,7 @@ def test_repo_params_load(repo_root):
     assert set(params.prepare.tasks) == set(TASKS)
     assert params.tokenizers.bert_vocab_size >= 256
     assert params.validate_cfg.datasets["wikitext"].max_chars > 0
-    assert params.finetune.for_run("rnn", "multi30k").learning_rate == 0.001  # override applied
+    assert params.train.for_run("rnn", "multi30k").learning_rate == 0.001  # override applied
 
 
 def test_params_path_from_env(tmp_path, monkeypatch, default_params_dict):
@@ -59,8 +59,8 @@ INVALID = [
     ("models.minilm.name_or_path", None, "models.minilm", "needs name_or_path"),
     ("models.bert.name_or_path", "some/model", "models.bert", "only used with source 'pretrained'"),
     ("models.t5", {"family": "t5", "source": "pretrained", "name_or_path": "t5-small"}, "models.t5.family", "got 't5'"),
-    ("finetune.overrides.t5-emotion", {"epochs": 1}, "finetune.overrides.t5-emotion", "keys are '<model>-<task>'"),
-    ("finetune.overrides.gpt-imdb", {}, "finetune.overrides.gpt-imdb", "keys are '<model>-<task>'"),
+    ("train.overrides.t5-emotion", {"epochs": 1}, "train.overrides.t5-emotion", "keys are '<model>-<task>'"),
+    ("train.overrides.gpt-imdb", {}, "train.overrides.gpt-imdb", "keys are '<model>-<task>'"),
     ("pretrain.gpt.n_head", 3, "pretrain.gpt", "divisible by n_head"),
 ]
 

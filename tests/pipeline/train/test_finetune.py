@@ -73,7 +73,7 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
     summary = finetune(model, task, params)
 
     # ---- outputs for DVC
-    out = root / "data" / "finetune" / f"{model}-{task}"
+    out = root / "data" / "models" / f"{model}-{task}"
     assert json.loads((out / "metrics.json").read_text()) == summary
     main = MAIN_METRIC[KIND[task]]
     assert {"task", "model", "family", "weight_source", "test", *TIMING_KEYS, "mlflow_run_id",
@@ -104,7 +104,7 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
     assert tags["model_family"] == params.models[model].family and tags["weight_source"] == summary["weight_source"]
     assert tags["git_commit"]
     assert run.data.params[f"models.{model}.family"] == params.models[model].family
-    assert float(run.data.params["finetune.run.learning_rate"]) == tiny_run(model, task)["learning_rate"]
+    assert float(run.data.params["train.run.learning_rate"]) == tiny_run(model, task)["learning_rate"]
     assert run.data.metrics[f"test_{main}"] == pytest.approx(summary["test"][main])
     assert all(run.data.metrics[k] == pytest.approx(summary[k]) for k in TIMING_KEYS)
     history = client.get_metric_history(run.info.run_id, f"val_{main}")
@@ -147,7 +147,7 @@ def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
     root, task, model = pretrained_repo, "sst2", "gpt"
     write_prepared(root, task, memorization_split(model, task, memorization_rows_by_task[task]))
     params = parse_params(finetune_params(root, default_params_dict, model, task, epochs=2))
-    blocker = root / "data" / "finetune"
+    blocker = root / "data" / "models"
     blocker.write_text("a file where the outputs folder should go")
     with pytest.raises(OSError):
         finetune(model, task, params)
@@ -164,7 +164,7 @@ def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
     assert run.info.status == "FINISHED"
     assert len(client.search_model_versions(f"name='{registered_name(task, model)}'")) == 1
     assert summary["test"]["accuracy"] >= 0.8  # the selected checkpoint was restored, not a fresh model
-    assert len(read_csv(root / "data/finetune/gpt-sst2/plots/learning_curve.csv")) == 3  # epochs 0, 1, 2
+    assert len(read_csv(root / "data/models/gpt-sst2/plots/learning_curve.csv")) == 3  # epochs 0, 1, 2
 
 
 def test_scratch_families_are_refused_with_a_pointer(default_params_dict):

@@ -132,7 +132,7 @@ def _check_stage_outputs(repo, model: str, task: str, summary: dict, main_metric
     import mlflow
     from PIL import Image
 
-    out = repo / "data" / "finetune" / f"{model}-{task}"
+    out = repo / "data" / "models" / f"{model}-{task}"
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(summary))
     for key in ("task", "model", "family", "weight_source", "test", "param_count", "train_time_s", "tokens_per_s",
@@ -194,7 +194,7 @@ def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
     summary = train_text2text("encdec", "emotion", params)
     data = _check_stage_outputs(t2t_repo, "encdec", "emotion", summary, "accuracy")
     assert data.params["tokenization"].startswith("byte-level BPE")
-    rows = (t2t_repo / "data" / "finetune" / "encdec-emotion" / "plots" / "confusion.csv").read_text().splitlines()
+    rows = (t2t_repo / "data" / "models" / "encdec-emotion" / "plots" / "confusion.csv").read_text().splitlines()
     labels = {"sadness", "joy", "love", "anger", "fear", "surprise"}
     assert rows[0] == "actual,predicted" and len(rows) == 1 + 200
     assert all(r.split(",")[0] in labels and r.split(",")[1] in labels | {INVALID_LABEL} for r in rows[1:])
@@ -234,5 +234,5 @@ def test_rnn_resumes_after_a_crash_in_the_same_mlflow_run(t2t_repo, t2t_params, 
     assert summary["mlflow_run_id"] == first_run
     history = mlflow.MlflowClient().get_metric_history(first_run, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
-    curve = (t2t_repo / "data" / "finetune" / "rnn-sst2" / "plots" / "learning_curve.csv").read_text().splitlines()
+    curve = (t2t_repo / "data" / "models" / "rnn-sst2" / "plots" / "learning_curve.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in curve[1:]] == ["1", "2"]

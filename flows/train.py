@@ -1,6 +1,6 @@
-"""Training flow for one model on one task (the finetune@ and scratch@ stages of dvc.yaml).
+"""Training flow for one model on one task (the finetune@ and train@ stages of dvc.yaml).
 
-    python -m flows.finetune MODEL TASK      e.g. python -m flows.finetune minilm emotion
+    python -m flows.train MODEL TASK      e.g. python -m flows.train minilm emotion
 
 Families gpt/bert (gpt, bert, minilm) are fine-tuned from pretrained weights (pipeline.train.finetune);
 families rnn/encdec are trained from scratch as text-to-text models (pipeline.train.text2text).
@@ -20,7 +20,7 @@ FINETUNED_FAMILIES = ("gpt", "bert")
 
 
 def usage(params: Params) -> str:
-    return f"usage: python -m flows.finetune MODEL ({'|'.join(params.models)}) TASK ({'|'.join(TASKS)})"
+    return f"usage: python -m flows.train MODEL ({'|'.join(params.models)}) TASK ({'|'.join(TASKS)})"
 
 
 def train(model: str, task: str, params: Params) -> dict:
