@@ -15,7 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.core.config import TASKS, parse_params
-from pipeline.train.finetune import FinetuneError, checkpoint_dir, finetune
+from pipeline.train.driver import train as finetune
+from pipeline.train.settings import RunSettings, RunSettingsError
 from pipeline.core.metrics import MAIN_METRIC, translation_metrics
 from pipeline.tracking.runs import registered_name, task_experiment
 from tests.fixtures.finetune import finetune_params, memorization_split, tiny_run, write_prepared
@@ -92,7 +93,7 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
         assert [r["actual"] for r in confusion] == [names[y] for y in rows["label"]]
         accuracy = sum(r["actual"] == r["predicted"] for r in confusion) / len(confusion)
         assert accuracy == pytest.approx(summary["test"]["accuracy"])
-    assert not checkpoint_dir(model, task).exists(), "checkpoints are deleted after success"
+    assert not RunSettings.resolve(model, task, params).checkpoint_dir.exists(), "checkpoints are deleted after success"
     assert not list(out.parent.glob(".*tmp*")), "no temp folder left behind"
 
     # ---- MLflow run
@@ -153,7 +154,7 @@ def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
         finetune(model, task, params)
     client = MlflowClient()
     [failed] = client.search_runs([client.get_experiment_by_name(task_experiment(task)).experiment_id])
-    assert failed.info.status == "FAILED" and checkpoint_dir(model, task).exists()
+    assert failed.info.status == "FAILED" and RunSettings.resolve(model, task, params).checkpoint_dir.exists()
     assert failed.data.tags["registered_model_version"] == "1"
 
     blocker.unlink()
@@ -167,9 +168,9 @@ def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
     assert len(read_csv(root / "data/models/gpt-sst2/plots/learning_curve.csv")) == 3  # epochs 0, 1, 2
 
 
-def test_scratch_families_are_refused_with_a_pointer(default_params_dict):
+def test_an_unknown_model_or_task_is_refused_with_a_pointer(default_params_dict):
     params = parse_params(default_params_dict)
-    with pytest.raises(FinetuneError, match=r"models.rnn: family 'rnn' is trained from scratch"):
-        finetune("rnn", "emotion", params)
-    with pytest.raises(FinetuneError, match=r"models.nope: no such model"):
+    with pytest.raises(RunSettingsError, match=r"models.nope: no such model"):
         finetune("nope", "emotion", params)
+    with pytest.raises(RunSettingsError, match=r"train.tasks.imdb: no such task"):
+        finetune("gpt", "imdb", params)
