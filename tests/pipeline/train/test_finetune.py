@@ -104,8 +104,11 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
     assert tags["task"] == task and tags["model"] == model and tags["seed"] == "42"
     assert tags["model_family"] == params.models[model].family and tags["weight_source"] == summary["weight_source"]
     assert tags["git_commit"]
-    assert run.data.params[f"models.{model}.family"] == params.models[model].family
-    assert float(run.data.params["train.run.learning_rate"]) == tiny_run(model, task)["learning_rate"]
+    assert tags["stage"] == "finetune" and tags["family"] == params.models[model].family
+    assert tags["init"] == RunSettings.resolve(model, task, params).init
+    assert run.data.params["model.family"] == params.models[model].family
+    assert float(run.data.params["train.learning_rate"]) == tiny_run(model, task)["learning_rate"]
+    assert not any(k.startswith("model.hid_dim") for k in run.data.params), "only the family's own params"
     assert run.data.metrics[f"test_{main}"] == pytest.approx(summary["test"][main])
     assert all(run.data.metrics[k] == pytest.approx(summary[k]) for k in TIMING_KEYS)
     history = client.get_metric_history(run.info.run_id, f"val_{main}")
