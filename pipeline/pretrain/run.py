@@ -64,7 +64,7 @@ STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_no
 
 
 def checkpoint_dir(family: str) -> Path:
-    return paths.CHECKPOINTS / f"pretrain-{family}"
+    return paths.checkpoint_dir("pretrain", family)
 
 
 def device_dtype() -> tuple[torch.device, torch.dtype]:

@@ -86,7 +86,7 @@ class RunSettings:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return paths.CHECKPOINTS / f"{self.stage}-{self.name}"
+        return paths.checkpoint_dir(self.stage, self.name)
 
     @property
     def output_dir(self) -> Path:
