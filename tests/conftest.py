@@ -30,7 +30,6 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.finetune",
     "tests.fixtures.text2text",
-    "tests.fixtures.tracking",
     "tests.fixtures.orchestration",
     "tests.fixtures.compare",
     "tests.fixtures.dvc_repo",

@@ -35,12 +35,17 @@ META_FILE = "meta.json"
 CORPUS_TRAIN = "train.txt"
 CORPUS_HELDOUT = "heldout.txt"
 CORPUS_STATS = "stats.json"
+CORPUS_SPLITS = {"train": CORPUS_TRAIN, "heldout": CORPUS_HELDOUT}
 # A WikiText article starts with a level-1 heading " = Title = " (sections are " = = Section = = ").
 _WIKI_ARTICLE = re.compile(r"= [^=].*[^=] =|= [^=] =")
 
 
 class PrepareError(RuntimeError):
     """An input of the prepare stage is missing, unvalidated or malformed; the message says what to run."""
+
+
+class CorpusError(RuntimeError):
+    """data/corpus/<split>.txt is missing or holds no text; the message says what to run."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -114,7 +119,8 @@ def prepare_task(task: str, params: Params) -> Path:
     """Write data/prepared/<task> (train/validation/test with canonical columns) and its meta.json."""
     if task not in TASK_SPECS:
         raise PrepareError(f"unknown task {task!r}; tasks are {list(TASKS)}")
-    dataset, kind = TASK_SPECS[task]
+    spec = TASK_SPECS[task]
+    dataset, kind = spec.dataset, spec.kind
     require_validated(dataset)
     raw = load_raw(dataset)
     caps = params.prepare.tasks[task]
@@ -200,7 +206,7 @@ def evaluation_keys() -> set[str]:
     """Keys of every validation/test text of the task datasets: none of these may enter the corpus."""
     keys: set[str] = set()
     for task in TASKS:
-        dataset = TASK_SPECS[task][0]
+        dataset = TASK_SPECS[task].dataset
         raw = load_raw(dataset)
         for split in ("validation", "test"):
             keys.update(_key(clean_line(text)) for _, text in task_texts(dataset, raw[split]))
@@ -212,7 +218,7 @@ def _collect_groups(min_chars: int) -> tuple[dict[str, list[list[str]]], dict[st
     """Corpus groups per source (a group = lines that go to the same side of the held-out split)."""
     sources: dict[str, list[list[str]]] = {"wikitext": wikitext_articles(load_raw("wikitext", splits=()))}
     for task in TASKS:
-        dataset = TASK_SPECS[task][0]
+        dataset = TASK_SPECS[task].dataset
         for source, text in task_texts(dataset, load_raw(dataset)["train"]):
             sources.setdefault(source, []).append([clean_line(text)])
     blocked = evaluation_keys()
@@ -316,12 +322,20 @@ def assert_no_leak(lines: Iterable[str], blocked: set[str]) -> None:
         raise PrepareError(f"{len(leaked)} corpus line(s) are task validation/test texts, e.g. {leaked[0][:80]!r}")
 
 
-def read_corpus(name: str = CORPUS_TRAIN) -> list[str]:
-    """The lines of data/corpus/<name> (train.txt or heldout.txt)."""
-    path = paths.CORPUS / name
+def read_corpus(split: str) -> list[str]:
+    """The documents of data/corpus/<split>.txt (split: train | heldout), as the tokenizers and pretraining
+    stages read them: one document per line, surrounding whitespace stripped, blank lines skipped.
+
+    Raises CorpusError when the file is missing or holds no text (both say to run the corpus stage)."""
+    if split not in CORPUS_SPLITS:
+        raise ValueError(f"unknown corpus split {split!r}; expected one of {list(CORPUS_SPLITS)}")
+    path = paths.CORPUS / CORPUS_SPLITS[split]
     if not path.exists():
-        raise PrepareError(f"{path} not found: build the corpus first (python -m flows.data corpus)")
-    return path.read_text(encoding="utf-8").splitlines()
+        raise CorpusError(f"{path} not found: build the corpus first (python -m flows.data corpus)")
+    docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not docs:
+        raise CorpusError(f"{path} has no text lines: rebuild the corpus (python -m flows.data corpus)")
+    return docs
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
