@@ -23,7 +23,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 
 from pipeline.core import paths
 from pipeline.core.config import TASK_SPECS, TASKS, Params
-from pipeline.core.io import atomic_dir
+from pipeline.core.io import atomic_dir, write_json
 from pipeline.data.readers import FEATURES
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def prepare_task(task: str, params: Params) -> Path:
     target = paths.prepared_dir(task)
     with atomic_dir(target) as tmp:
         prepared.save_to_disk(str(tmp))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / META_FILE, meta)
     log.info("prepared %s (%s from %s): %s", task, kind, dataset,
              ", ".join(f"{s} {sizes[s]}/{meta['raw_sizes'][s]}" for s in SPLITS))
     return target
@@ -309,7 +309,7 @@ def build_corpus(params: Params) -> Path:
     with atomic_dir(target) as tmp:
         _write_lines(tmp / CORPUS_TRAIN, train)
         _write_lines(tmp / CORPUS_HELDOUT, heldout)
-        (tmp / CORPUS_STATS).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / CORPUS_STATS, summary)
     log.info("corpus: %d train / %d held-out lines (%s)", len(train), len(heldout),
              ", ".join(f"{s} {v['train_lines'] + v['heldout_lines']}" for s, v in stats.items()))
     return target

@@ -341,7 +341,7 @@ def pretrain(family: str, params: Params) -> dict:
         else:
             model.to(device)
             initial = evaluate_heldout(family, model, heldout, tokenizer, cfg, seed)
-            initial_file.write_text(json.dumps(initial))
+            write_json(initial_file, initial)
             mlflow.log_metrics({f"heldout_initial_{k}": v for k, v in initial.items()})
             log.info("untrained model, held-out: %s", initial)
 

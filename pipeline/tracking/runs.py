@@ -20,6 +20,7 @@ from typing import Iterator
 import yaml
 
 from pipeline.core.config import Params
+from pipeline.core.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def stage_run(
         except mlflow.exceptions.MlflowException:
             log.warning("Stale run id %s in %s; starting a new run", candidate, id_file)
     with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name) as run:
-        id_file.write_text(run.info.run_id)
+        write_text(id_file, run.info.run_id)
         mlflow.set_tags(tags)
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri(params, root))
         yield run
