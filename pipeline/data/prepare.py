@@ -24,6 +24,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 from pipeline.core import paths
 from pipeline.core.config import TASK_SPECS, TASKS, Params
 from pipeline.core.io import atomic_dir, write_json
+from pipeline.data.corpus import CORPUS_HELDOUT, CORPUS_STATS, CORPUS_TRAIN
 from pipeline.data.readers import FEATURES
 
 log = logging.getLogger(__name__)
@@ -32,20 +33,12 @@ SPLITS = ("train", "validation", "test")
 # The canonical columns of each raw dataset (the ingest stage's schema); prepared data keeps exactly these.
 CANONICAL_COLUMNS: dict[str, tuple[str, ...]] = {name: tuple(features) for name, features in FEATURES.items()}
 META_FILE = "meta.json"
-CORPUS_TRAIN = "train.txt"
-CORPUS_HELDOUT = "heldout.txt"
-CORPUS_STATS = "stats.json"
-CORPUS_SPLITS = {"train": CORPUS_TRAIN, "heldout": CORPUS_HELDOUT}
 # A WikiText article starts with a level-1 heading " = Title = " (sections are " = = Section = = ").
 _WIKI_ARTICLE = re.compile(r"= [^=].*[^=] =|= [^=] =")
 
 
 class PrepareError(RuntimeError):
     """An input of the prepare stage is missing, unvalidated or malformed; the message says what to run."""
-
-
-class CorpusError(RuntimeError):
-    """data/corpus/<split>.txt is missing or holds no text; the message says what to run."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -320,22 +313,6 @@ def assert_no_leak(lines: Iterable[str], blocked: set[str]) -> None:
     leaked = [line for line in lines if _key(line) in blocked]
     if leaked:
         raise PrepareError(f"{len(leaked)} corpus line(s) are task validation/test texts, e.g. {leaked[0][:80]!r}")
-
-
-def read_corpus(split: str) -> list[str]:
-    """The documents of data/corpus/<split>.txt (split: train | heldout), as the tokenizers and pretraining
-    stages read them: one document per line, surrounding whitespace stripped, blank lines skipped.
-
-    Raises CorpusError when the file is missing or holds no text (both say to run the corpus stage)."""
-    if split not in CORPUS_SPLITS:
-        raise ValueError(f"unknown corpus split {split!r}; expected one of {list(CORPUS_SPLITS)}")
-    path = paths.CORPUS / CORPUS_SPLITS[split]
-    if not path.exists():
-        raise CorpusError(f"{path} not found: build the corpus first (python -m flows.data corpus)")
-    docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not docs:
-        raise CorpusError(f"{path} has no text lines: rebuild the corpus (python -m flows.data corpus)")
-    return docs
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

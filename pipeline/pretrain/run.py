@@ -51,7 +51,7 @@ from pipeline.tracking import runs as tracking
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 from pipeline.core.config import Params, PretrainModelConfig
 from pipeline.core.io import atomic_dir, write_json
-from pipeline.data.prepare import read_corpus
+from pipeline.data.corpus import read_corpus
 from pipeline.models.loading import load_tokenizer
 from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, nsp_pairs
 

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerFast
 from pipeline.core import paths
 from pipeline.core.config import Params
 from pipeline.core.io import atomic_dir, write_json
-from pipeline.data.prepare import read_corpus
+from pipeline.data.corpus import read_corpus
 
 log = logging.getLogger(__name__)
 

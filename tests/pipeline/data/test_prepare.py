@@ -15,18 +15,8 @@ from datasets import Dataset, DatasetDict, Value, disable_progress_bars, load_fr
 
 from pipeline.core import paths
 from pipeline.core.config import TASKS, parse_params
-from pipeline.data.prepare import (
-    CORPUS_HELDOUT,
-    CORPUS_STATS,
-    CORPUS_TRAIN,
-    META_FILE,
-    CorpusError,
-    PrepareError,
-    build_corpus,
-    prepare_task,
-    read_corpus,
-    split_heldout,
-)
+from pipeline.data.corpus import CORPUS_HELDOUT, CORPUS_STATS, CORPUS_TRAIN, read_corpus
+from pipeline.data.prepare import META_FILE, PrepareError, build_corpus, prepare_task, split_heldout
 from pipeline.data.readers import FEATURES
 
 disable_progress_bars()
@@ -259,19 +249,6 @@ def test_read_corpus_gives_the_built_corpus_back(raw_repo, default_params_dict):
     build_corpus(make_params(default_params_dict))
     assert read_corpus("train") == _corpus_lines(CORPUS_TRAIN)
     assert read_corpus("heldout") == _corpus_lines(CORPUS_HELDOUT)
-
-
-def test_read_corpus_strips_skips_blank_lines_and_names_the_stage_to_run(in_tmp_repo):
-    with pytest.raises(CorpusError, match=r"data/corpus/train.txt not found.*python -m flows.data corpus"):
-        read_corpus("train")
-    paths.CORPUS.mkdir(parents=True)
-    (paths.CORPUS / CORPUS_TRAIN).write_text("  first document \n\n   \nsecond\n", encoding="utf-8")
-    assert read_corpus("train") == ["first document", "second"]
-    (paths.CORPUS / CORPUS_HELDOUT).write_text("\n \n", encoding="utf-8")
-    with pytest.raises(CorpusError, match=r"heldout.txt has no text lines.*python -m flows.data corpus"):
-        read_corpus("heldout")
-    with pytest.raises(ValueError, match=r"unknown corpus split 'train.txt'.*\['train', 'heldout'\]"):
-        read_corpus("train.txt")
 
 
 def test_corpus_refuses_unvalidated_wikitext(raw_repo, default_params_dict):

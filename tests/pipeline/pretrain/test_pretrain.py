@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoModelForPreTraining, AutoToke
 
 from pipeline.pretrain import run as pt
 from pipeline.core.config import load_params, parse_params
-from pipeline.data.prepare import CorpusError, read_corpus
+from pipeline.data.corpus import CorpusError, read_corpus
 from pipeline.models.loading import CheckpointError
 from pipeline.pretrain.data import lm_blocks, nsp_pairs
 from tests.fixtures.models import TINY_PRETRAIN, copy_pretrain_inputs, tiny_pretrain_params, write_params

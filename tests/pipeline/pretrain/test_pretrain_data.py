@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data.prepare import CorpusError, read_corpus
+from pipeline.data.corpus import CorpusError, read_corpus
 from pipeline.models.loading import load_tokenizer
 from pipeline.pretrain.data import (
     IS_NEXT,

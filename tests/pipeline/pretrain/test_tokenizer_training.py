@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from pipeline.core import paths
 from pipeline.core.config import parse_params
-from pipeline.data.prepare import CorpusError
+from pipeline.data.corpus import CorpusError
 from pipeline.pretrain.tokenizers import (
     GPT_EOS,
     GPT_PAD,
