@@ -19,8 +19,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.core import paths
 from pipeline.compare.champion import CHAMPION_ALIAS
+from pipeline.core import paths
 from pipeline.core.config import TASKS, Params
 from pipeline.core.metrics import main_metric
 from pipeline.tracking.runs import configure, registered_name
