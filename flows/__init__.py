@@ -2,14 +2,12 @@
 
 import os
 
-# Defaults (the environment wins): telemetry off so nothing waits on the network, Prefect logging and startup.
+from pipeline.core.env import apply_quiet_env
+
+# Defaults (the environment wins): telemetry off so nothing waits on the network (pipeline.core.env), Prefect
+# logging and startup.
+apply_quiet_env()
 for _key, _value in {
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_ENABLE_TELEMETRY": "false",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
     # pipeline/ logs (e.g. "MLflow run <id> in experiment ...") go to the flow run's logs in the Prefect UI
     "PREFECT_LOGGING_EXTRA_LOGGERS": "pipeline",
     # without PREFECT_API_URL each process starts a temporary server; 20 s (the default) is too short on a

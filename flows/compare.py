@@ -23,7 +23,7 @@ USAGE = ("usage: python -m flows.compare                  (the compare stage)\n"
 
 @flow(name="compare", log_prints=True)
 def compare_flow() -> dict:
-    from pipeline.compare.leaderboard import compare
+    from pipeline.compare.stage import compare
 
     params = params_or_exit()
     mark_flow_run()

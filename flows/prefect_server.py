@@ -65,7 +65,7 @@ class LocalServer:
         self.log_path = Path(name)
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "LocalServer":
-        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **self.extra_env}
+        env = {**os.environ, **self.extra_env}  # telemetry off: flows/__init__.py (pipeline.core.env)
         env.pop(API_ENV, None)
         # The UI's pages call the API at PREFECT_UI_API_URL, which otherwise stays http://127.0.0.1:4200/api
         # whatever --port says: on another port the UI would show "Can't connect to Server API".

@@ -9,7 +9,7 @@
 2. `dvc status`: the stages out of date (changed data, code or params). None -> "nothing changed", no repro.
 3. Otherwise `dvc repro` (only the out-of-date stages and what depends on them run; each is its own flow
    run, reporting to the same Prefect server), its output streamed into this flow run's logs.
-4. Compare and champion promotion are the last DVC stage (pipeline.compare.leaderboard calls pipeline.compare.champion), so they
+4. Compare and champion promotion are the last DVC stage (pipeline.compare.stage calls pipeline.compare.champion), so they
    run whenever a model's metrics changed. To re-apply the champion gate alone (e.g. after unblocking a
    version in the MLflow UI): `dvc repro --force --single-item compare`.
 5. The leaderboard (reports/comparison.md/json) is published as Prefect artifacts `leaderboard[-table]`,

@@ -43,7 +43,6 @@ def main(argv: list[str]) -> None:
     print(f"MLflow UI on http://{HOST}:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
     # MLflow's background job runner (GenAI judges/scorers) is not used here; it costs seconds and processes
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.execv(cmd[0], cmd)  # the server replaces this process, so signals reach it directly
 
 

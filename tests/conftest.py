@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from pipeline.core.env import apply_quiet_env
+
+apply_quiet_env(offline=True)
 # Tests train tiny models: one torch/OpenMP thread each. On a shared, loaded 2-core machine two threads
 # spin against each other and a tiny training step gets ~20x slower (also inherited by subprocesses).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,7 +24,6 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.finetune",
     "tests.fixtures.text2text",
-    "tests.fixtures.tracking",
     "tests.fixtures.orchestration",
     "tests.fixtures.compare",
     "tests.fixtures.dvc_repo",

@@ -37,8 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.core.config import TASK_SPECS, TASKS, Params
-from pipeline.core.metrics import MAIN_METRIC
+from pipeline.core.config import TASKS, Params
+from pipeline.core.metrics import main_metric
 from pipeline.tracking.runs import configure, registered_name
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,6 @@ def _locked(params: Params, root: Path | None) -> Iterator[Path]:
 def _not_found(err) -> bool:
     """Only a missing run/model/alias means "absent"; an outage (5xx, timeout) must surface, not be skipped."""
     return getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-
-
-def main_metric(task: str) -> str:
-    return MAIN_METRIC[TASK_SPECS[task][1]]
 
 
 def _candidate(client, name: str, version, task: str, runs: dict) -> Candidate | None:

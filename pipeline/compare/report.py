@@ -7,45 +7,20 @@ comparison.json is read by `dvc metrics show/diff`: {task: {model: {metric: valu
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+from pipeline.compare.leaderboard import COST_FIELDS, NOT_AVAILABLE, NOT_RUN, OK, Row, best_per_task, rows_for
 from pipeline.core import paths
-from pipeline.core.io import atomic_dir
-from pipeline.compare.leaderboard import (
-    COST_FIELDS,
-    NOT_AVAILABLE,
-    NOT_RUN,
-    OK,
-    Row,
-    best_per_task,
-    main_metric,
-    rows_for,
-    secondary_metrics,
-)
 from pipeline.core.config import TASKS
+from pipeline.core.io import atomic_dir, write_json, write_text
+from pipeline.core.metrics import main_metric, secondary_metrics
 
 log = logging.getLogger(__name__)
 
 MAIN_PLOT = "main_metric.png"
 SCATTER_PLOT = "quality_vs_train_time.png"
 HISTORY_SHOWN = 10
-
-
-# ---------------------------------------------------------------- atomic writes
-def write_text_atomic(target: Path, text: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- formatting
@@ -222,8 +197,8 @@ def write_reports(rows: list[Row], champions: dict, history: list[dict], root: P
     reports = (root or Path.cwd()) / paths.REPORTS
     plots = write_plots(rows, reports / "plots")
     text = markdown(rows, champions, history)
-    write_text_atomic(reports / "comparison.md", text)
-    write_text_atomic(reports / "comparison.json", json.dumps(metrics_json(rows, champions), indent=2) + "\n")
+    write_text(reports / "comparison.md", text)
+    write_json(reports / "comparison.json", metrics_json(rows, champions))
     log.info("Wrote %s, %s and %s", reports / "comparison.md", reports / "comparison.json", plots)
     return {"comparison.md": reports / "comparison.md", "comparison.json": reports / "comparison.json",
             "plots": plots}, text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,12 +20,20 @@ Family = Literal["rnn", "encdec", "gpt", "bert"]
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 TASKS: tuple[str, ...] = get_args(TaskName)
-# task -> (dataset it is built from, kind of task)
-TASK_SPECS: dict[str, tuple[str, str]] = {
-    "emotion": ("emotion", "classification"),
-    "sst2": ("sst2", "classification"),
-    "conll2003": ("conll2003", "ner"),
-    "multi30k": ("multi30k", "translation"),
+
+
+class TaskSpec(NamedTuple):
+    """What a task is built from and what kind of task it is."""
+
+    dataset: DatasetName
+    kind: TaskKind
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    "emotion": TaskSpec("emotion", "classification"),
+    "sst2": TaskSpec("sst2", "classification"),
+    "conll2003": TaskSpec("conll2003", "ner"),
+    "multi30k": TaskSpec("multi30k", "translation"),
 }
 MIRROR_ENV = "HT_MIRROR_DIR"
 PARAMS_ENV = "HT_PARAMS"

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from pipeline.core.config import TASK_SPECS
+
 # Main metric per task kind, as shown on the leaderboard (higher is better for all).
 MAIN_METRIC = {"classification": "accuracy", "ner": "entity_f1", "translation": "bleu"}
 SECONDARY_METRICS = {"classification": ("macro_f1",), "ner": ("entity_precision", "entity_recall"), "translation": ("chrf",)}
+
+
+def main_metric(task: str) -> str:
+    """The metric a task's models are ranked and promoted by (that of the task's kind)."""
+    return MAIN_METRIC[TASK_SPECS[task].kind]
+
+
+def secondary_metrics(task: str) -> tuple[str, ...]:
+    """The other quality metrics the leaderboard shows for a task."""
+    return SECONDARY_METRICS[TASK_SPECS[task].kind]
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> dict[str, float]:

@@ -9,16 +9,13 @@ half-written data/raw/<name>.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
 
 from pipeline.core.config import DATASETS, MIRROR_ENV, HubSource, Params
+from pipeline.core.io import atomic_dir, write_json
 from pipeline.core.paths import raw_dir
 from pipeline.data.readers import FEATURES, MIRROR_FOLDERS, carve_validation, has_mirror, read_mirror, split_files
 
@@ -129,19 +126,6 @@ def mirror_fingerprint(name: str, folder: Path) -> dict:
 # ---------------------------------------------------------------- output
 def save_atomically(dsdict: datasets.DatasetDict, fingerprint: dict, target: Path) -> None:
     """save_to_disk into a temp folder next to `target`, add SOURCE.json, then swap it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    try:
+    with atomic_dir(target) as tmp:
         dsdict.save_to_disk(str(tmp))
-        (tmp / SOURCE_FILE).write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        write_json(tmp / SOURCE_FILE, fingerprint, sort_keys=True)

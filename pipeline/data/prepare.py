@@ -23,7 +23,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 
 from pipeline.core import paths
 from pipeline.core.config import TASK_SPECS, TASKS, Params
-from pipeline.core.io import atomic_dir
+from pipeline.core.io import atomic_dir, write_json
+from pipeline.data.corpus import CORPUS_HELDOUT, CORPUS_STATS, CORPUS_TRAIN
 from pipeline.data.readers import FEATURES
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,6 @@ SPLITS = ("train", "validation", "test")
 # The canonical columns of each raw dataset (the ingest stage's schema); prepared data keeps exactly these.
 CANONICAL_COLUMNS: dict[str, tuple[str, ...]] = {name: tuple(features) for name, features in FEATURES.items()}
 META_FILE = "meta.json"
-CORPUS_TRAIN = "train.txt"
-CORPUS_HELDOUT = "heldout.txt"
-CORPUS_STATS = "stats.json"
 # A WikiText article starts with a level-1 heading " = Title = " (sections are " = = Section = = ").
 _WIKI_ARTICLE = re.compile(r"= [^=].*[^=] =|= [^=] =")
 
@@ -114,7 +112,8 @@ def prepare_task(task: str, params: Params) -> Path:
     """Write data/prepared/<task> (train/validation/test with canonical columns) and its meta.json."""
     if task not in TASK_SPECS:
         raise PrepareError(f"unknown task {task!r}; tasks are {list(TASKS)}")
-    dataset, kind = TASK_SPECS[task]
+    spec = TASK_SPECS[task]
+    dataset, kind = spec.dataset, spec.kind
     require_validated(dataset)
     raw = load_raw(dataset)
     caps = params.prepare.tasks[task]
@@ -142,7 +141,7 @@ def prepare_task(task: str, params: Params) -> Path:
     target = paths.prepared_dir(task)
     with atomic_dir(target) as tmp:
         prepared.save_to_disk(str(tmp))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / META_FILE, meta)
     log.info("prepared %s (%s from %s): %s", task, kind, dataset,
              ", ".join(f"{s} {sizes[s]}/{meta['raw_sizes'][s]}" for s in SPLITS))
     return target
@@ -200,7 +199,7 @@ def evaluation_keys() -> set[str]:
     """Keys of every validation/test text of the task datasets: none of these may enter the corpus."""
     keys: set[str] = set()
     for task in TASKS:
-        dataset = TASK_SPECS[task][0]
+        dataset = TASK_SPECS[task].dataset
         raw = load_raw(dataset)
         for split in ("validation", "test"):
             keys.update(_key(clean_line(text)) for _, text in task_texts(dataset, raw[split]))
@@ -212,7 +211,7 @@ def _collect_groups(min_chars: int) -> tuple[dict[str, list[list[str]]], dict[st
     """Corpus groups per source (a group = lines that go to the same side of the held-out split)."""
     sources: dict[str, list[list[str]]] = {"wikitext": wikitext_articles(load_raw("wikitext", splits=()))}
     for task in TASKS:
-        dataset = TASK_SPECS[task][0]
+        dataset = TASK_SPECS[task].dataset
         for source, text in task_texts(dataset, load_raw(dataset)["train"]):
             sources.setdefault(source, []).append([clean_line(text)])
     blocked = evaluation_keys()
@@ -303,7 +302,7 @@ def build_corpus(params: Params) -> Path:
     with atomic_dir(target) as tmp:
         _write_lines(tmp / CORPUS_TRAIN, train)
         _write_lines(tmp / CORPUS_HELDOUT, heldout)
-        (tmp / CORPUS_STATS).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / CORPUS_STATS, summary)
     log.info("corpus: %d train / %d held-out lines (%s)", len(train), len(heldout),
              ", ".join(f"{s} {v['train_lines'] + v['heldout_lines']}" for s, v in stats.items()))
     return target
@@ -314,14 +313,6 @@ def assert_no_leak(lines: Iterable[str], blocked: set[str]) -> None:
     leaked = [line for line in lines if _key(line) in blocked]
     if leaked:
         raise PrepareError(f"{len(leaked)} corpus line(s) are task validation/test texts, e.g. {leaked[0][:80]!r}")
-
-
-def read_corpus(name: str = CORPUS_TRAIN) -> list[str]:
-    """The lines of data/corpus/<name> (train.txt or heldout.txt)."""
-    path = paths.CORPUS / name
-    if not path.exists():
-        raise PrepareError(f"{path} not found: build the corpus first (python -m flows.data corpus)")
-    return path.read_text(encoding="utf-8").splitlines()
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

@@ -37,7 +37,7 @@ REQUIRED_COLUMNS = {"classification": ("text", "label"), "ner": ("tokens", "ner_
 def task_kind(task: str) -> str:
     if task not in TASK_SPECS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_SPECS)}")
-    return TASK_SPECS[task][1]
+    return TASK_SPECS[task].kind
 
 
 def load_prepared(task: str, root: Path | None = None) -> datasets.DatasetDict:

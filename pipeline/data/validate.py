@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
 import pandas as pd
 
 from pipeline.core.config import DATASETS, Params
+from pipeline.core.io import atomic_dir, write_json
 from pipeline.data.expectations import DISPLAY_COLUMNS, ROW, build_frames, build_suite
 from pipeline.core.paths import raw_dir, validation_docs, validation_report
 from pipeline.data.readers import FEATURES
@@ -53,15 +51,13 @@ def validate_dataset(name: str, params: Params) -> dict:
             result = _schema_result(name, ds)
             report["splits"][split] = {"rows": len(ds), "success": result["success"], "results": [result]}
         report["success"] = False
-        _write_json(validation_report(name), report)
+        write_json(validation_report(name), report)
         raise DataValidationError(
             summarize_failures(report)
             + "\nMissing columns: " + "; ".join(f"{s}: {m}" for s, m in missing.items() if m)
         )
     docs_target = validation_docs(name)
-    docs_target.parent.mkdir(parents=True, exist_ok=True)
-    docs_tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=docs_target.parent))
-    try:
+    with atomic_dir(docs_target) as docs_tmp:
         schema_results = {split: _schema_result(name, ds) for split, ds in dsdict.items()}
         frames = build_frames(name, dsdict)
         runs = run_suite(name, checks, frames, docs_tmp)
@@ -74,11 +70,7 @@ def validate_dataset(name: str, params: Params) -> dict:
         report["evaluated_expectations"] = len(results)
         report["failed_expectations"] = sum(not r["success"] for r in results)
         report["docs"] = str(docs_target / "index.html")
-        _replace_dir(docs_tmp, docs_target)
-    except BaseException:
-        shutil.rmtree(docs_tmp, ignore_errors=True)
-        raise
-    _write_json(validation_report(name), report)
+    write_json(validation_report(name), report)
     if not report["success"]:
         raise DataValidationError(summarize_failures(report))
     log.info("validate %s: all expectations passed (%s; Data Docs %s)", name, validation_report(name), report["docs"])
@@ -232,19 +224,3 @@ def _jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    new.chmod(0o755)
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -9,6 +9,9 @@
 
 Local folders must hold config.json, safetensors weights and a tokenizer. Weights are only ever loaded from
 safetensors and remote code is never run: a checkpoint that only has pickle weights (pytorch_model.bin) is refused.
+
+load_tokenizer(folder) is the one way the pipeline loads a tokenizer: a checkpoint's, this pipeline's own
+(data/tokenizers/<family>), or one saved with a trained model.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merg
 
 
 class CheckpointError(ValueError):
-    """A model's weights cannot be found or are not in a form this pipeline loads."""
+    """A model's weights or a tokenizer cannot be found or are not in a form this pipeline loads."""
 
 
 def _model_config(model_name: str, params: Params):
@@ -105,10 +108,23 @@ def check_checkpoint_folder(path: str | Path) -> Path:
                 "in a trusted environment, or use a safetensors checkpoint (model.safetensors)"
             )
         raise CheckpointError(f"{folder}: no weights (expected model.safetensors or model.safetensors.index.json)")
+    check_tokenizer_folder(folder)
+    return folder
+
+
+def check_tokenizer_folder(path: str | Path) -> Path:
+    """Refuse a folder that holds no tokenizer files; the message says which stage writes it, where one does."""
+    folder = Path(path)
+    if paths.TOKENIZERS.parts == folder.absolute().parent.parts[-len(paths.TOKENIZERS.parts):]:
+        fix = "run the tokenizers stage first (python -m flows.tokenizers)"
+    else:
+        fix = "save it with tokenizer.save_pretrained(folder)"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: tokenizer folder not found: {fix}")
+    names = {p.name for p in folder.iterdir()}
     if not any(all(f in names for f in group) for group in TOKENIZER_FILE_SETS):
         raise CheckpointError(
-            f"{folder}: no tokenizer (expected tokenizer.json, vocab.txt or vocab.json + merges.txt next to the weights): "
-            "save it with tokenizer.save_pretrained(folder)"
+            f"{folder}: no tokenizer (expected tokenizer.json, vocab.txt or vocab.json + merges.txt): {fix}"
         )
     return folder
 
@@ -120,12 +136,21 @@ def _checked_path(model_name: str, params: Params) -> str:
     return path
 
 
-def load_tokenizer(model_name: str, params: Params, **kwargs):
+def load_tokenizer(source: str | Path):
+    """The tokenizer in a local folder (checked first: check_tokenizer_folder) or of a hub id; no remote code.
+
+    A tokenizer without a pad token (GPT-2 style) gets its eos token as pad: batches need one. For a model of
+    params.models pass its folder: load_tokenizer(resolve_model_path(name, params)).
+    """
     from transformers import AutoTokenizer
 
-    path = _checked_path(model_name, params)
-    log.info("loading the %s tokenizer from %s", model_name, path)
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
+    if Path(source).expanduser().is_dir() or _looks_like_path(str(source)):  # else a hub id
+        check_tokenizer_folder(Path(source).expanduser())
+    log.debug("loading the tokenizer %s", source)
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(model_name: str, params: Params, auto_cls=None, **kwargs):

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from pipeline.data.task_data import PaddingCollator, encode_words, word_spans
+from pipeline.models.loading import load_tokenizer
 
 
 def tags_to_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -53,10 +54,10 @@ class NerTagger:
 
     @classmethod
     def load(cls, folder: str | Path, max_length: int = 512) -> "NerTagger":
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoModelForTokenClassification
 
         model = AutoModelForTokenClassification.from_pretrained(str(folder), use_safetensors=True)
-        return cls(model, AutoTokenizer.from_pretrained(str(folder)), max_length)
+        return cls(model, load_tokenizer(folder), max_length)
 
     @torch.no_grad()
     def word_tags(self, texts: Sequence[str], batch_size: int = 32) -> list[list[str]]:

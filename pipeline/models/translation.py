@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.task_data import prompt_ids
+from pipeline.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ class GptTranslator:
 
     @classmethod
     def load(cls, folder: str | Path) -> "GptTranslator":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
-        return cls(model, AutoTokenizer.from_pretrained(str(folder)))
+        return cls(model, load_tokenizer(folder))
 
     def save(self, folder: str | Path) -> None:
         self.model.save_pretrained(str(folder))
@@ -116,14 +117,14 @@ class EncoderDecoderTranslator:
 
     @classmethod
     def load(cls, folder: str | Path) -> "EncoderDecoderTranslator":
-        from transformers import AutoTokenizer, EncoderDecoderModel
+        from transformers import EncoderDecoderModel
 
         folder = Path(folder)
         model = EncoderDecoderModel.from_pretrained(str(folder), use_safetensors=True)
         return cls(
             model,
-            AutoTokenizer.from_pretrained(str(folder / ENCODER_TOKENIZER)),
-            AutoTokenizer.from_pretrained(str(folder / DECODER_TOKENIZER)),
+            load_tokenizer(folder / ENCODER_TOKENIZER),
+            load_tokenizer(folder / DECODER_TOKENIZER),
         )
 
     def save(self, folder: str | Path) -> None:

@@ -17,8 +17,6 @@ import re
 
 import torch
 
-from pipeline.core import paths
-
 log = logging.getLogger(__name__)
 
 IS_NEXT, NOT_NEXT = 0, 1  # BertForPreTraining's next_sentence_label convention
@@ -27,18 +25,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
 
 
 class PretrainDataError(RuntimeError):
-    """The corpus is missing or too small to build pretraining examples."""
-
-
-def read_corpus(split: str) -> list[str]:
-    """Non-blank documents of data/corpus/<split>.txt (split: train | heldout)."""
-    path = paths.CORPUS / f"{split}.txt"
-    if not path.exists():
-        raise PretrainDataError(f"{path} not found: build the corpus first (python -m flows.data corpus)")
-    docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not docs:
-        raise PretrainDataError(f"{path} has no text lines: rebuild the corpus (python -m flows.data corpus)")
-    return docs
+    """The corpus is too small to build pretraining examples."""
 
 
 # ---------------------------------------------------------------- GPT: fixed-length blocks

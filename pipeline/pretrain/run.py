@@ -51,8 +51,9 @@ from pipeline.tracking import runs as tracking
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 from pipeline.core.config import PRETRAINED_FAMILIES, Params, PretrainModelConfig
 from pipeline.core.io import atomic_dir, write_json
-from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, nsp_pairs, read_corpus
-from pipeline.pretrain.tokenizers import load_tokenizer
+from pipeline.data.corpus import read_corpus
+from pipeline.models.loading import load_tokenizer
+from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, nsp_pairs
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def pretrain(family: str, params: Params) -> dict:
     seed = params.common.seed
     set_seed(seed)
 
-    tokenizer = load_tokenizer(family)
+    tokenizer = load_tokenizer(paths.tokenizer_dir(family))
     train, heldout, collator = _datasets(family, cfg, tokenizer, seed)
     tokenizer.model_max_length = cfg.block_size  # saved with the model: fine-tuning truncates to the positions
     model = build_model(family, cfg, tokenizer)
@@ -339,7 +340,7 @@ def pretrain(family: str, params: Params) -> dict:
         else:
             model.to(device)
             initial = evaluate_heldout(family, model, heldout, tokenizer, cfg, seed)
-            initial_file.write_text(json.dumps(initial))
+            write_json(initial_file, initial)
             mlflow.log_metrics({f"heldout_initial_{k}": v for k, v in initial.items()})
             log.info("untrained model, held-out: %s", initial)
 

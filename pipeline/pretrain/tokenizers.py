@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from pipeline.core import paths
 from pipeline.core.config import Params
-from pipeline.core.io import atomic_dir
+from pipeline.core.io import atomic_dir, write_json
+from pipeline.data.corpus import read_corpus
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ GPT_SPECIALS = {"bos_token": GPT_EOS, "eos_token": GPT_EOS, "unk_token": GPT_EOS
 # WordPiece keeps at most this many distinct characters; rarer ones become [UNK] (as in the original BERT).
 WORDPIECE_ALPHABET_LIMIT = 1000
 STATS_FILE = "stats.json"
-
-
-class TokenizerTrainingError(RuntimeError):
-    """The corpus is missing or unusable for training tokenizers."""
 
 
 def _non_blank(texts: Iterable[str]) -> Iterator[str]:
@@ -129,20 +126,10 @@ def unk_rate(tokenizer, texts: list[str]) -> float:
     return sum(x.count(unk) for x in ids) / total
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
-    if not path.exists():
-        raise TokenizerTrainingError(f"{path} not found: build the {what} first (python -m flows.data corpus)")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise TokenizerTrainingError(f"{path} has no text lines: rebuild the corpus (python -m flows.data corpus)")
-    return lines
-
-
 def train_tokenizers(params: Params) -> dict[str, Path]:
     """Train both tokenizers on data/corpus/train.txt; write data/tokenizers/{bert,gpt,stats.json} atomically."""
     cfg = params.tokenizers
-    train = _read_lines(paths.CORPUS / "train.txt", "pretraining corpus")
-    heldout = _read_lines(paths.CORPUS / "heldout.txt", "pretraining corpus")
+    train, heldout = read_corpus("train"), read_corpus("heldout")
     target = paths.TOKENIZERS
     with atomic_dir(target) as tmp:
         log.info("training BERT WordPiece (vocab %d) on %d lines", cfg.bert_vocab_size, len(train))
@@ -157,14 +144,7 @@ def train_tokenizers(params: Params) -> dict[str, Path]:
                 "heldout_tokens_per_word": round(tokens_per_word(tok, heldout), 4),
                 "heldout_unk_rate": round(unk_rate(tok, heldout), 6),
             }
-        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / STATS_FILE, stats)
     log.info("tokenizers written to %s: %s", target, json.dumps({k: stats[k] for k in ("bert", "gpt")}))
     return {"bert": paths.tokenizer_dir("bert"), "gpt": paths.tokenizer_dir("gpt")}
 
-
-def load_tokenizer(family: str, root: Path | None = None):
-    """The tokenizer trained for `family` ('bert' or 'gpt'), as a transformers tokenizer."""
-    folder = (root or Path.cwd()) / paths.tokenizer_dir(family)
-    if not (folder / "tokenizer.json").exists():
-        raise TokenizerTrainingError(f"{folder} has no tokenizer: run the tokenizers stage (python -m flows.tokenizers)")
-    return AutoTokenizer.from_pretrained(str(folder))

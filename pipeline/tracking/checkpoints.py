@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.tracking import runs as tracking
 from pipeline.core.config import Params
+from pipeline.core.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def prepare_checkpoints(folder: Path, fingerprint: dict, params: Params) -> Path
             close_abandoned_run(folder, params)
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fp_file.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+    write_json(fp_file, fingerprint, sort_keys=True)  # atomic: a kill mid-write must not break the next resume
     done = complete_checkpoints(folder)
     for partial in set(folder.glob("checkpoint-*")) - set(done):
         log.warning("removing incomplete checkpoint %s (the run was killed while saving it)", partial)

@@ -20,6 +20,7 @@ from typing import Iterator
 import yaml
 
 from pipeline.core.config import Params
+from pipeline.core.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,18 @@ def ensure_experiment(name: str, params: Params, root: Path | None = None) -> st
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
-def git_commit(root: Path | None = None) -> str:
+def git_commit(root: Path | None = None, mark_dirty: bool = False) -> str:
+    """HEAD's commit of the repository at `root` (default: cwd), "unknown" outside one. With mark_dirty, a
+    `-dirty` suffix when tracked files differ from HEAD (the benchmarks' results record it)."""
+    cwd = root or Path.cwd()
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root or Path.cwd(), capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        if mark_dirty and commit != "unknown":
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
+            commit += "-dirty" if dirty else ""
+        return commit
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 
@@ -169,7 +176,7 @@ def stage_run(
         except mlflow.exceptions.MlflowException:
             log.warning("Stale run id %s in %s; starting a new run", candidate, id_file)
     with mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name) as run:
-        id_file.write_text(run.info.run_id)
+        write_text(id_file, run.info.run_id)
         mlflow.set_tags(tags)
         log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri(params, root))
         yield run

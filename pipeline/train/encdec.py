@@ -23,6 +23,7 @@ import torch
 from pipeline.core import paths
 from pipeline.core.config import Params
 from pipeline.train.hf_trainer import best_epoch
+from pipeline.models.loading import load_tokenizer
 from pipeline.models.pyfunc import texts_of
 from pipeline.train.family import AttentionMap, TrainOutcome
 from pipeline.train.settings import RunSettings
@@ -39,12 +40,8 @@ def tag_token(tag: str) -> str:
 
 def load_bpe_tokenizer(fmt: TaskFormat, folder: Path | None = None):
     """The project's byte-level BPE tokenizer, plus one token per NER tag for the conll2003 task."""
-    from transformers import AutoTokenizer
-
     folder = folder or paths.tokenizer_dir("gpt")
-    if not (Path(folder) / "tokenizer.json").exists():
-        raise Text2TextError(f"{folder} has no tokenizer.json: run the tokenizers stage first (python -m flows.tokenizers)")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = load_tokenizer(folder)
     if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
         raise Text2TextError(f"{folder}: the tokenizer needs an eos and a pad token (retrain it with the tokenizers stage)")
     if fmt.kind == "ner":
@@ -297,13 +294,13 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
     words) -> label names / entities / German text."""
 
     def load_context(self, context) -> None:
-        from transformers import AutoTokenizer, BartForConditionalGeneration
+        from transformers import BartForConditionalGeneration
 
         meta = json.loads(Path(context.artifacts["task"]).read_text(encoding="utf-8"))
         self.meta = meta
         self.fmt = TaskFormat(meta["task"], meta["kind"], meta["label_names"])
         folder = context.artifacts["model"]
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_tokenizer(folder)
         self.model = BartForConditionalGeneration.from_pretrained(folder)
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         self.codec = TextCodec(self.tokenizer, self.fmt, meta["max_length"], meta["max_new_tokens"])

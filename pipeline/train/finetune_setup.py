@@ -29,6 +29,7 @@ from pipeline.data.task_data import (
     task_kind,
     word_predictions,
 )
+from pipeline.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,6 @@ class TaskSetup:
     translator: Any = None
     compute_metrics: Callable | None = None
     inputs: list[Path] = field(default_factory=list)  # files this run depends on (for tags)
-
-
-def load_tokenizer(folder: str | Path):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token is None:  # GPT-2 style tokenizers may lack one; batches need it
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def max_positions(config) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.core.config import Params
+from pipeline.core.io import atomic_file
 from pipeline.models.pyfunc import texts_of
 from pipeline.models.seq2seq_rnn import (
     EOS_IDX,
@@ -360,7 +361,5 @@ def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def _atomic_save_weights(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))

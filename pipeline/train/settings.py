@@ -52,7 +52,7 @@ class RunSettings:
         return cls(
             model=model,
             task=task,
-            kind=TASK_SPECS[task][1],
+            kind=TASK_SPECS[task].kind,
             model_cfg=params.models[model],
             training=TaskTraining(**{**training, **changes}),
             batch_size=batch_size,

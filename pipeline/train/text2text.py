@@ -155,7 +155,7 @@ def serving_example(fmt: TaskFormat, split, n: int = 2) -> list[str]:
 
 def task_format(task: str, train_split) -> TaskFormat:
     """The task's format, with its label names read from the data's ClassLabel features."""
-    _, kind = TASK_SPECS[task]
+    kind = TASK_SPECS[task].kind
     features = train_split.features
     if kind == "classification":
         names = list(features["label"].names)

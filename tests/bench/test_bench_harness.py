@@ -4,7 +4,6 @@ handling, DVC-output parsing and workspace copies. No timing assertions: benchma
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import types
@@ -84,7 +83,7 @@ def test_envelope_has_machine_versions_commit_and_is_written_atomically(tmp_path
     assert loaded["machine"]["logical_cores"] >= 1 and loaded["machine"]["torch_threads"] >= 1
     assert loaded["versions"]["torch"] and loaded["duration_s"] == 1.5
     assert loaded["samples"]["a"] == [1.0, None]  # NaN is not valid JSON: written as null
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.json"]  # no temporary file left behind
     assert common.read_result("demo", tmp_path)["name"] == "demo"
     assert common.read_result("missing", tmp_path) is None
 
@@ -179,34 +178,23 @@ def test_run_tracked_times_dvc_stages_from_their_output_lines(tmp_path):
     assert json.loads(json.dumps(run.to_dict()))["stages"][1]["name"] == "compare"
 
 
-def test_relocate_mlflow_store_rewrites_absolute_artifact_paths(tmp_path):
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    db = tmp_path / "mlflow.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE experiments (name VARCHAR(256), artifact_location VARCHAR(256), n INTEGER)")
-        con.execute("INSERT INTO experiments VALUES ('a', ?, 1)", (f"{src.as_uri()}/mlflow/artifacts/1",))
-        con.execute("INSERT INTO experiments VALUES ('b', ?, 2)", (f"{src}/mlflow/artifacts/2",))
-        con.execute("INSERT INTO experiments VALUES ('c', 's3://bucket/x', 3)")
-    assert workspace.relocate_mlflow_store(db, src, dst) == 2
-    with sqlite3.connect(db) as con:
-        rows = [r[0] for r in con.execute("SELECT artifact_location FROM experiments ORDER BY name")]
-    assert rows == [f"{dst.as_uri()}/mlflow/artifacts/1", f"{dst}/mlflow/artifacts/2", "s3://bucket/x"]
-
-
 def test_clone_repo_copies_worktree_files_hardlinks_outputs_and_breaks_links(tmp_path):
     src = tmp_path / "src" / "repo"
     (src / "data" / "out").mkdir(parents=True)
     git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
     subprocess.run(git + ["init", "-q"], cwd=src, check=True)
-    (src / ".gitignore").write_text("/data/\n")
+    (src / ".gitignore").write_text("/data/\n/mlflow/\n")
     (src / "tracked.txt").write_text("v1")
     subprocess.run(git + ["add", "-A"], cwd=src, check=True)
     subprocess.run(git + ["commit", "-qm", "x"], cwd=src, check=True)
     (src / "untracked.py").write_text("work in progress")
     (src / "data" / "out" / "big.bin").write_text("payload")
     (src / "dvc.lock").write_text("stages: {}\n")
+    (src / "mlflow" / "artifacts" / "1").mkdir(parents=True)
+    (src / "mlflow" / "mlflow.db").write_bytes(b"the source's store")
 
     copy = workspace.clone_repo(src, tmp_path / "work", outputs=True)
+    assert not (copy / "mlflow").exists(), "a copy gets a fresh MLflow store, never the source's"
     assert (copy / "tracked.txt").read_text() == "v1" and (copy / "untracked.py").exists()
     linked = copy / "data" / "out" / "big.bin"
     assert linked.stat().st_ino == (src / "data" / "out" / "big.bin").stat().st_ino

@@ -99,7 +99,7 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
         client = MlflowClient()
         board = json.loads((repo / "reports" / "comparison.json").read_text())
         for task in TASKS:
-            kind = TASK_SPECS[task][1]
+            kind = TASK_SPECS[task].kind
             champion = board["champion"][task]
             version = client.get_model_version_by_alias(f"{task}-{champion['model']}", "champion")
             assert str(version.version) == str(champion["version"])

@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.compare.leaderboard import compare
+from pipeline.compare.stage import compare
 from pipeline.tracking.runs import COMPARE_EXPERIMENT, task_experiment
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 

@@ -15,16 +15,8 @@ from datasets import Dataset, DatasetDict, Value, disable_progress_bars, load_fr
 
 from pipeline.core import paths
 from pipeline.core.config import TASKS, parse_params
-from pipeline.data.prepare import (
-    CORPUS_HELDOUT,
-    CORPUS_STATS,
-    CORPUS_TRAIN,
-    META_FILE,
-    PrepareError,
-    build_corpus,
-    prepare_task,
-    split_heldout,
-)
+from pipeline.data.corpus import CORPUS_HELDOUT, CORPUS_STATS, CORPUS_TRAIN, read_corpus
+from pipeline.data.prepare import META_FILE, PrepareError, build_corpus, prepare_task, split_heldout
 from pipeline.data.readers import FEATURES
 
 disable_progress_bars()
@@ -251,6 +243,12 @@ def test_corpus_is_deterministic_and_seeded(raw_repo, default_params_dict):
     assert _corpus_lines(CORPUS_TRAIN) != first[0]
     assert sorted(_corpus_lines(CORPUS_TRAIN) + _corpus_lines(CORPUS_HELDOUT)) == sorted(first[0] + first[1])
     assert no_temp_leftovers(paths.DATA)
+
+
+def test_read_corpus_gives_the_built_corpus_back(raw_repo, default_params_dict):
+    build_corpus(make_params(default_params_dict))
+    assert read_corpus("train") == _corpus_lines(CORPUS_TRAIN)
+    assert read_corpus("heldout") == _corpus_lines(CORPUS_HELDOUT)
 
 
 def test_corpus_refuses_unvalidated_wikitext(raw_repo, default_params_dict):

@@ -6,7 +6,6 @@ import datasets
 import pytest
 import torch
 
-from pipeline.train.finetune_setup import load_tokenizer
 from pipeline.data.readers import NER_TAGS, read_mirror
 from pipeline.data.task_data import (
     IGNORE_INDEX,
@@ -25,6 +24,7 @@ from pipeline.data.task_data import (
     word_predictions,
     word_spans,
 )
+from pipeline.models.loading import load_tokenizer
 from tests.fixtures.models import MIRROR
 
 

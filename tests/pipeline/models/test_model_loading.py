@@ -49,7 +49,7 @@ def test_minilm_resolves_to_the_folder_inside_its_package(default_params_dict, m
 @pytest.mark.parametrize("auto_cls", [AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoModel])
 def test_minilm_loads_with_task_heads_and_as_an_encoder(default_params_dict, auto_cls):
     params = parse_params(default_params_dict)
-    tokenizer = load_tokenizer("minilm", params)
+    tokenizer = load_tokenizer(resolve_model_path("minilm", params))
     assert tokenizer.tokenize("Hello WORLD") == ["hello", "world"]  # uncased checkpoint
     kwargs = {} if auto_cls is AutoModel else {"num_labels": 5}
     model = load_model("minilm", params, auto_cls, **kwargs).eval()
@@ -89,7 +89,7 @@ def test_folder_without_tokenizer_is_refused(tmp_path, default_params_dict, mini
         shutil.copy(minilm_dir / name, folder / name)
     params = _params(default_params_dict, local={"family": "bert", "source": "pretrained", "name_or_path": str(folder)})
     with pytest.raises(CheckpointError, match=r"no tokenizer .*tokenizer.save_pretrained"):
-        load_tokenizer("local", params)
+        load_tokenizer(resolve_model_path("local", params))
 
 
 def test_folder_without_config_or_weights_is_refused(tmp_path, minilm_dir):
@@ -137,13 +137,13 @@ def test_resolve_sources(in_tmp_repo, default_params_dict):
 def test_our_pretrained_models_load_for_finetuning(pretrained_repo, default_params_dict):
     params = parse_params(default_params_dict)
     assert resolve_model_path("bert", params) == str((pretrained_repo / "data/pretrain/bert/model").resolve())
-    bert_tok = load_tokenizer("bert", params)
+    bert_tok = load_tokenizer(resolve_model_path("bert", params))
     bert = load_model("bert", params, AutoModelForTokenClassification, num_labels=9).eval()
     batch = bert_tok(["EU rejects German call .", "Peter Blackburn"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert bert(**batch).logits.shape == (2, batch["input_ids"].shape[1], 9)
 
-    gpt_tok = load_tokenizer("gpt", params)
+    gpt_tok = load_tokenizer(resolve_model_path("gpt", params))
     assert gpt_tok.pad_token == "<|pad|>" and gpt_tok.eos_token == "<|endoftext|>"
     classifier = load_model("gpt", params, AutoModelForSequenceClassification, num_labels=2).eval()
     assert classifier.config.pad_token_id == gpt_tok.pad_token_id  # needed to pick each row's last token
@@ -154,3 +154,28 @@ def test_our_pretrained_models_load_for_finetuning(pretrained_repo, default_para
     ids = gpt_tok("The lobster", return_tensors="pt")["input_ids"]
     out = lm.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=gpt_tok.pad_token_id)
     assert out.shape == (1, ids.shape[1] + 5)
+
+
+def test_load_tokenizer_refuses_folders_without_one_and_names_the_stage(in_tmp_repo, minilm_dir):
+    with pytest.raises(CheckpointError, match=r"data/tokenizers/gpt: tokenizer folder not found: run the tokenizers"):
+        load_tokenizer(Path("data/tokenizers/gpt"))
+    empty = in_tmp_repo / "data" / "tokenizers" / "bert"
+    empty.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"no tokenizer .*python -m flows.tokenizers"):
+        load_tokenizer(empty)
+    with pytest.raises(CheckpointError, match=r"not/here: tokenizer folder not found: save it with"):
+        load_tokenizer("./not/here")
+    tokenizer = load_tokenizer(str(minilm_dir))  # a str or a Path, relative or absolute
+    assert tokenizer.pad_token == "[PAD]"
+
+
+def test_load_tokenizer_gives_a_gpt2_style_tokenizer_its_eos_as_pad(tmp_path, minilm_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    tok.eos_token = tok.sep_token
+    tok.pad_token = None
+    tok.save_pretrained(str(tmp_path / "no_pad"))
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "no_pad")).pad_token is None
+    loaded = load_tokenizer(tmp_path / "no_pad")
+    assert loaded.pad_token == loaded.eos_token == "[SEP]"

@@ -21,8 +21,9 @@ from transformers import AutoModelForCausalLM, AutoModelForPreTraining, AutoToke
 
 from pipeline.pretrain import run as pt
 from pipeline.core.config import load_params, parse_params
-from pipeline.pretrain.data import PretrainDataError, lm_blocks, nsp_pairs, read_corpus
-from pipeline.pretrain.tokenizers import TokenizerTrainingError
+from pipeline.data.corpus import CorpusError, read_corpus
+from pipeline.models.loading import CheckpointError
+from pipeline.pretrain.data import lm_blocks, nsp_pairs
 from tests.fixtures.models import TINY_PRETRAIN, copy_pretrain_inputs, tiny_pretrain_params, write_params
 
 from tests.conftest import REPO_ROOT
@@ -208,11 +209,11 @@ def test_unknown_family_is_refused(default_params_dict):
 
 def test_missing_inputs_name_the_stage_to_run(in_tmp_repo, pretrain_inputs, default_params_dict):
     params = parse_params(tiny_pretrain_params(in_tmp_repo, default_params_dict))
-    with pytest.raises(TokenizerTrainingError, match="run the tokenizers stage"):
+    with pytest.raises(CheckpointError, match=r"data/tokenizers/gpt.*run the tokenizers stage"):
         pt.pretrain("gpt", params)
     copy_pretrain_inputs(pretrain_inputs, in_tmp_repo)
     (in_tmp_repo / "data" / "corpus" / "heldout.txt").unlink()
-    with pytest.raises(PretrainDataError, match=r"heldout.txt not found.*flows.data corpus"):
+    with pytest.raises(CorpusError, match=r"heldout.txt not found.*flows.data corpus"):
         pt.pretrain("gpt", params)
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
+from pipeline.data.corpus import CorpusError, read_corpus
+from pipeline.models.loading import load_tokenizer
 from pipeline.pretrain.data import (
     IS_NEXT,
     NOT_NEXT,
     PretrainDataError,
     lm_blocks,
     nsp_pairs,
-    read_corpus,
     split_sentences,
 )
 
@@ -19,7 +19,7 @@ from pipeline.pretrain.data import (
 @pytest.fixture(scope="module")
 def tokenizers(pretrain_inputs):
     root = pretrain_inputs / "data" / "tokenizers"
-    return {family: AutoTokenizer.from_pretrained(str(root / family)) for family in ("gpt", "bert")}
+    return {family: load_tokenizer(root / family) for family in ("gpt", "bert")}
 
 
 @pytest.fixture(scope="module")
@@ -96,5 +96,5 @@ def test_bert_pairs_need_multi_sentence_documents(tokenizers):
 
 
 def test_missing_corpus_says_which_stage_to_run(in_tmp_repo):
-    with pytest.raises(PretrainDataError, match=r"data/corpus/train.txt not found.*flows.data corpus"):
+    with pytest.raises(CorpusError, match=r"data/corpus/train.txt not found.*flows.data corpus"):
         read_corpus("train")

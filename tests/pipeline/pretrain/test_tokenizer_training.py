@@ -11,10 +11,10 @@ from transformers import AutoTokenizer
 
 from pipeline.core import paths
 from pipeline.core.config import parse_params
+from pipeline.data.corpus import CorpusError
 from pipeline.pretrain.tokenizers import (
     GPT_EOS,
     GPT_PAD,
-    TokenizerTrainingError,
     train_bpe,
     train_tokenizers,
     train_wordpiece,
@@ -133,9 +133,9 @@ def test_train_tokenizers_writes_both_and_stats(in_tmp_repo, default_params_dict
 
 
 def test_train_tokenizers_needs_the_corpus(in_tmp_repo, default_params_dict):
-    with pytest.raises(TokenizerTrainingError, match=r"data/corpus/train.txt not found.*flows.data corpus"):
+    with pytest.raises(CorpusError, match=r"data/corpus/train.txt not found.*flows.data corpus"):
         train_tokenizers(_params(default_params_dict))
     _write_corpus(["", "   "], ["x"])
-    with pytest.raises(TokenizerTrainingError, match="no text lines"):
+    with pytest.raises(CorpusError, match="no text lines"):
         train_tokenizers(_params(default_params_dict))
     assert not paths.TOKENIZERS.exists()

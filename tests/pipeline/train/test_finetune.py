@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.core.config import TASKS, parse_params
+from pipeline.core.config import TASK_SPECS, TASKS, parse_params
 from pipeline.train.driver import train as finetune
 from pipeline.train.settings import RunSettings, RunSettingsError
 from pipeline.core.metrics import MAIN_METRIC, translation_metrics
@@ -22,7 +22,7 @@ from pipeline.tracking.runs import registered_name, task_experiment
 from tests.fixtures.finetune import finetune_params, memorization_split, tiny_run, write_prepared
 
 MODELS = ("gpt", "bert", "minilm")
-KIND = {"emotion": "classification", "sst2": "classification", "conll2003": "ner", "multi30k": "translation"}
+KIND = {task: spec.kind for task, spec in TASK_SPECS.items()}
 ENTITY_TYPES = {"PER", "ORG", "LOC", "MISC"}
 TIMING_KEYS = ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")
 

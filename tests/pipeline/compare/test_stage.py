@@ -1,4 +1,4 @@
-"""Compare stage: leaderboard from real MLflow runs + metrics files, reports, MLflow parent run, DVC metrics."""
+"""The compare stage: reports, champions and the MLflow parent run linked with the training runs; DVC metrics."""
 
 from __future__ import annotations
 
@@ -11,80 +11,13 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.compare.leaderboard import NOT_RUN, OK, PARENT_TAG, CompareError, build_leaderboard, compare
+from pipeline.compare.leaderboard import NOT_RUN
 from pipeline.compare.report import MAIN_PLOT, SCATTER_PLOT
+from pipeline.compare.stage import PARENT_TAG, compare
 from pipeline.core.config import TASKS
 from pipeline.tracking.runs import COMPARE_EXPERIMENT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _row(rows, task, model):
-    found = [r for r in rows if r.task == task and r.model == model]
-    assert len(found) == 1, f"expected one row for {model} on {task}, got {len(found)}"
-    return found[0]
-
-
-def test_leaderboard_covers_every_task_and_model(compare_repo):
-    rnn = compare_repo.add_run("emotion", "rnn", {"accuracy": 0.41, "macro_f1": 0.22}, train_time_s=30.0)
-    bert = compare_repo.add_run("emotion", "bert", {"accuracy": 0.63, "macro_f1": 0.51}, param_count=3_200_000)
-    ner = compare_repo.add_run("conll2003", "minilm", {"entity_f1": 0.71, "entity_precision": 0.7,
-                                                       "entity_recall": 0.72, "token_accuracy": 0.9})
-
-    rows = build_leaderboard(compare_repo.params)
-
-    models = list(compare_repo.params.models)
-    assert {(r.task, r.model) for r in rows} == {(t, m) for t in TASKS for m in models}
-    assert len(rows) == len(TASKS) * len(models) == 20
-    done = {(r.task, r.model) for r in rows if r.status == OK}
-    assert done == {("emotion", "rnn"), ("emotion", "bert"), ("conll2003", "minilm")}
-    assert all(r.status == NOT_RUN and r.main_value is None for r in rows if (r.task, r.model) not in done)
-    b = _row(rows, "emotion", "bert")
-    assert (b.main_value, b.test["macro_f1"], b.param_count) == (0.63, 0.51, 3_200_000)
-    assert (b.mlflow_run_id, b.registered_version, b.family, b.weight_source) == (bert.run_id, "1", "bert", "pretrain")
-    r = _row(rows, "emotion", "rnn")
-    assert (r.train_time_s, r.mlflow_run_id) == (30.0, rnn.run_id)
-    assert _row(rows, "conll2003", "minilm").test["entity_recall"] == 0.72 and ner.version == "1"
-    assert not any(r.notes for r in rows if r.status == OK)
-
-
-def test_leaderboard_fills_from_mlflow_and_flags_disagreement(compare_repo):
-    logged = compare_repo.add_run("sst2", "gpt", {"accuracy": 0.70, "macro_f1": 0.69},
-                                  file_test={"accuracy": 0.80})
-    data = json.loads(logged.metrics_file.read_text())
-    del data["registered_version"], data["param_count"]  # MLflow has them
-    logged.metrics_file.write_text(json.dumps(data))
-    gone = compare_repo.add_run("sst2", "rnn", {"accuracy": 0.5, "macro_f1": 0.4})
-    MlflowClient().delete_run(gone.run_id)
-    data = json.loads(gone.metrics_file.read_text())
-    data["mlflow_run_id"] = "0" * 32  # a run this store never had
-    gone.metrics_file.write_text(json.dumps(data))
-
-    rows = build_leaderboard(compare_repo.params)
-
-    gpt = _row(rows, "sst2", "gpt")
-    assert gpt.main_value == 0.80, "metrics.json (the DVC metric) stays the source of the number"
-    assert any("test_accuracy=0.7" in n and "0.8" in n for n in gpt.notes), gpt.notes
-    assert gpt.test["macro_f1"] == 0.69 and gpt.param_count == 50_000 and gpt.registered_version == "1"
-    assert any("not in this tracking store" in n for n in _row(rows, "sst2", "rnn").notes)
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        ("{not json", "not valid JSON"),
-        (json.dumps({"task": "emotion", "model": "gpt", "test": {"macro_f1": 0.3}}), "test.accuracy"),
-        (json.dumps({"task": "sst2", "model": "gpt", "test": {"accuracy": 0.3}}), "key 'task' is 'sst2'"),
-        (json.dumps({"task": "emotion", "model": "gpt", "test": {"accuracy": "high"}}), "test.accuracy: expected"),
-    ],
-)
-def test_bad_metrics_file_is_named(compare_repo, content, expected):
-    path = compare_repo.root / "data/models/gpt-emotion/metrics.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(content)
-    with pytest.raises(CompareError, match="gpt-emotion/metrics.json") as err:
-        build_leaderboard(compare_repo.params)
-    assert expected in str(err.value)
 
 
 def test_compare_writes_reports_and_links_mlflow_runs(compare_repo):
