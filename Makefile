@@ -12,6 +12,8 @@ export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
+# params profile for `make run` (profiles/<name>.yaml, e.g. gpu, smoke); empty: params.yaml's defaults
+PROFILE ?=
 
 .PHONY: help install run test test-fast bench ui serve rollback clean-data
 help: ## show this help
@@ -27,8 +29,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install the pinned dependencies
 
-run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are
-	$(PY) -m flows.run_pipeline
+run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are; PROFILE=gpu|smoke
+	$(PY) -m flows.run_pipeline --profile '$(PROFILE)'
 
 test: $(STAMP) ## set up and run the whole test suite
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
