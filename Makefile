@@ -15,7 +15,7 @@ PREFECT_PORT ?= 4200
 # params profile for `make run` (profiles/<name>.yaml, e.g. gpu, smoke); empty: params.yaml's defaults
 PROFILE ?=
 
-.PHONY: help install run test test-fast bench ui serve rollback clean-data
+.PHONY: help install run lint test test-fast bench ui serve rollback clean-data
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -32,10 +32,15 @@ install: $(STAMP) ## create .venv and install the pinned dependencies
 run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are; PROFILE=gpu|smoke
 	$(PY) -m flows.run_pipeline --profile '$(PROFILE)'
 
-test: $(STAMP) ## set up and run the whole test suite
+lint: $(STAMP) ## ruff check, ruff format --check, lint-imports (architecture contracts); runs all three
+	@rc=0; for cmd in "ruff check ." "ruff format --check ." "lint-imports"; do \
+	  echo "+ $$cmd"; $(VENV)/bin/$$cmd || rc=1; \
+	done; exit $$rc
+
+test: lint ## set up, lint, then run the whole test suite
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-test-fast: $(STAMP) ## unit tests only (no training, no servers)
+test-fast: $(STAMP) ## unit tests only (no lint, no training, no servers)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration and not slow"
 
 bench: $(STAMP) ## run the benchmarks, write bench/results/*.json, print a summary

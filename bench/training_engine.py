@@ -179,7 +179,7 @@ def rnn_family(opts: BenchOptions) -> dict:
     from torch import nn
 
     from pipeline.core.config import parse_params
-    from pipeline.train.text2text import build_model
+    from pipeline.train.driver import build
     from pipeline.train.rnn import pad_batch
 
     base = fixtures.params()
@@ -194,7 +194,7 @@ def rnn_family(opts: BenchOptions) -> dict:
         data = data.copy()
         data["train"] = data["train"].shuffle(seed=params.common.seed).select(range(cap))
     with tempfile.TemporaryDirectory(prefix="ht-bench-rnn-") as tmp, fixtures.in_dir(Path(tmp)):
-        rnn = build_model("rnn", RNN_TASK, params, data=data)
+        rnn = build("rnn", RNN_TASK, params, data=data)
         model, run = rnn.model, rnn.run
         hand_model = copy.deepcopy(model)
         hand_model.train()

@@ -14,9 +14,9 @@ import sys
 from prefect import flow
 
 from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
+from pipeline.core.config import PRETRAINED_FAMILIES
 
-FAMILIES = ("gpt", "bert")
-USAGE = f"usage: python -m flows.pretrain FAMILY ({'|'.join(FAMILIES)})"
+USAGE = f"usage: python -m flows.pretrain FAMILY ({'|'.join(PRETRAINED_FAMILIES)})"
 
 
 @flow(name="pretrain", log_prints=True)
@@ -31,7 +31,7 @@ def pretrain_flow(family: str) -> dict:
 
 def main(argv: list[str]) -> None:
     params_or_exit()  # fail on bad params before Prefect starts
-    if len(argv) != 1 or argv[0] not in FAMILIES:
+    if len(argv) != 1 or argv[0] not in PRETRAINED_FAMILIES:
         raise SystemExit(f"{USAGE}\n(got {' '.join(argv)!r})")
     run_cli(pretrain_flow, argv[0])
 

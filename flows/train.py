@@ -2,9 +2,9 @@
 
     python -m flows.train MODEL TASK      e.g. python -m flows.train minilm emotion
 
-Families gpt/bert (gpt, bert, minilm) are fine-tuned from pretrained weights (pipeline.train.finetune);
-families rnn/encdec are trained from scratch as text-to-text models (pipeline.train.text2text).
-A killed run resumes from its last checkpoint (checkpoints/finetune-<model>-<task>/) in the same MLflow run.
+Every model family goes through the one training driver (pipeline.train.driver): gpt/bert-family models are
+fine-tuned from pretrained weights, rnn/encdec are trained from scratch as text-to-text models.
+A killed run resumes from its last checkpoint (checkpoints/<stage>-<model>-<task>/) in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -16,30 +16,23 @@ from prefect import flow
 from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
 from pipeline.core.config import TASKS, Params
 
-FINETUNED_FAMILIES = ("gpt", "bert")
-
 
 def usage(params: Params) -> str:
     return f"usage: python -m flows.train MODEL ({'|'.join(params.models)}) TASK ({'|'.join(TASKS)})"
 
 
 def train(model: str, task: str, params: Params) -> dict:
-    """Dispatch on the model's family."""
-    if params.models[model].family in FINETUNED_FAMILIES:
-        from pipeline.train.finetune import finetune
+    from pipeline.train.driver import train as run_training
 
-        return finetune(model, task, params)
-    from pipeline.train.text2text import train_text2text
-
-    return train_text2text(model, task, params)
+    return run_training(model, task, params)
 
 
-@flow(name="finetune", flow_run_name="{model}-{task}", log_prints=True)
-def finetune_flow(model: str, task: str) -> dict:
+@flow(name="train", flow_run_name="{model}-{task}", log_prints=True)
+def train_flow(model: str, task: str) -> dict:
     params = params_or_exit()
     mark_flow_run()
     # MLflow server / registry errors that are transient are retried; a retry resumes the same MLflow run
-    # from its checkpoint and reuses a version already registered (pipeline.tracking.runs / pipeline.tracking.registry).
+    # from its checkpoint and reuses a version already registered (pipeline.tracking.runs / .registry).
     return external_task(train, f"train-{model}-{task}", params)(model, task, params)
 
 
@@ -47,7 +40,7 @@ def main(argv: list[str]) -> None:
     params = params_or_exit()  # fail on bad params before Prefect starts
     if len(argv) != 2 or argv[0] not in params.models or argv[1] not in TASKS:
         raise SystemExit(f"{usage(params)}\n(got {' '.join(argv)!r})")
-    run_cli(finetune_flow, *argv)
+    run_cli(train_flow, *argv)
 
 
 if __name__ == "__main__":

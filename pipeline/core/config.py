@@ -171,54 +171,106 @@ class PretrainConfig(Strict):
 
 
 # ---------------------------------------------------------------- models
-class ModelConfig(Strict):
-    family: Family
-    source: Literal["pretrain", "pretrained", "scratch"]
-    name_or_path: str | None = None
-    # rnn
-    emb_dim: PosInt = 128
-    hid_dim: PosInt = 256
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
-    teacher_forcing_ratio: Fraction = 0.5
-    # encdec
-    d_model: PosInt = 256
-    layers: PosInt = 2
-    heads: PosInt = 4
-    ffn_dim: PosInt = 512
+Source = Literal["pretrain", "pretrained", "scratch"]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _ModelBase(Strict):
+    """Where the weights come from: `pretrain` (this pipeline's), `pretrained` (name_or_path) or `scratch`."""
+
+    source: Source
+    name_or_path: str | None = None  # only with source 'pretrained'
 
     @model_validator(mode="after")
-    def _source_fits_family(self) -> "ModelConfig":
+    def _source_fits(self) -> "_ModelBase":
         if self.source == "pretrained" and not self.name_or_path:
             raise ValueError("source 'pretrained' needs name_or_path (a hub id, a local folder or package:<module>/<folder>)")
         if self.source != "pretrained" and self.name_or_path:
             raise ValueError(f"name_or_path is only used with source 'pretrained', not {self.source!r}")
-        if self.family in ("rnn", "encdec") and self.source != "scratch":
+        return self
+
+
+class _ScratchOnly(_ModelBase):
+    @model_validator(mode="after")
+    def _scratch(self) -> "_ScratchOnly":
+        if self.source != "scratch":
             raise ValueError(f"family {self.family!r} is trained from scratch: source must be 'scratch'")
-        if self.family in ("gpt", "bert") and self.source == "scratch":
-            raise ValueError(f"family {self.family!r} needs source 'pretrain' or 'pretrained'")
-        if self.family == "encdec" and self.d_model % self.heads:
+        return self
+
+
+class RnnModel(_ScratchOnly):
+    """GRU encoder-decoder with Bahdanau attention."""
+
+    family: Literal["rnn"]
+    emb_dim: PosInt
+    hid_dim: PosInt
+    dropout: Dropout
+    teacher_forcing_ratio: Fraction
+
+
+class EncDecModel(_ScratchOnly):
+    """Transformer encoder-decoder (BART architecture)."""
+
+    family: Literal["encdec"]
+    d_model: PosInt
+    layers: PosInt
+    heads: PosInt
+    ffn_dim: PosInt
+    dropout: Dropout
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "EncDecModel":
+        if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         return self
 
 
-# ---------------------------------------------------------------- finetune
+class _PretrainedOnly(_ModelBase):
+    @model_validator(mode="after")
+    def _pretrained(self) -> "_PretrainedOnly":
+        if self.source == "scratch":
+            raise ValueError(f"family {self.family!r} needs source 'pretrain' or 'pretrained'")
+        return self
+
+
+class GptModel(_PretrainedOnly):
+    """Decoder-only GPT-2; its size comes from pretrain.gpt or the loaded checkpoint."""
+
+    family: Literal["gpt"]
+
+
+class BertModel(_PretrainedOnly):
+    """Encoder-only BERT; its size comes from pretrain.bert or the loaded checkpoint."""
+
+    family: Literal["bert"]
+
+
+# One typed config per family, chosen by `family`.
+ModelConfig = Annotated[RnnModel | EncDecModel | GptModel | BertModel, Field(discriminator="family")]
+FAMILIES: tuple[str, ...] = get_args(Family)
+PRETRAINED_FAMILIES: tuple[str, ...] = ("gpt", "bert")
+
+
+# ---------------------------------------------------------------- train
 class TrainCommon(Strict):
-    batch_size: PosInt = 32
-    eval_batch_size: PosInt = 64
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    warmup_ratio: Fraction = 0.06
-    patience: PosInt = 2
-    save_total_limit: PosInt = 2
+    batch_size: PosInt
+    eval_batch_size: PosInt
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_ratio: Fraction
+    patience: PosInt
+    save_total_limit: PosInt
 
 
 class TaskTraining(Strict):
-    epochs: PosInt = 3
-    learning_rate: PosFloat = 1e-4
-    max_length: Annotated[int, Field(ge=8)] = 128
-    max_steps: PosInt | None = None
+    epochs: PosInt
+    learning_rate: PosFloat
+    max_length: Annotated[int, Field(ge=8)]
+    max_steps: PosInt | None
 
 
 class TaskOverride(Strict):
+    """A model-task run's changes to train.tasks.<task> (and the batch size); unset fields keep the task's value."""
+
     epochs: PosInt | None = None
     learning_rate: PosFloat | None = None
     max_length: Annotated[int, Field(ge=8)] | None = None
@@ -227,28 +279,18 @@ class TaskOverride(Strict):
 
 
 class GenerationConfig(Strict):
-    num_beams: PosInt = 4
-    length_penalty: float = 1.0
-    max_new_tokens: PosInt = 64
+    num_beams: PosInt
+    length_penalty: float
+    max_new_tokens: PosInt
 
 
 class TrainConfig(Strict):
-    common: TrainCommon = TrainCommon()
+    """Training of every model on every task (fine-tuning the pretrained ones, training the others)."""
+
+    common: TrainCommon
     tasks: dict[TaskName, TaskTraining]
-    generation: GenerationConfig = GenerationConfig()
-    overrides: dict[str, TaskOverride] = {}
-
-    def for_run(self, model: str, task: str) -> TaskTraining:
-        """Task training params with the model-task override applied."""
-        base = self.tasks[task].model_dump()
-        override = self.overrides.get(f"{model}-{task}")
-        if override:
-            base.update({k: v for k, v in override.model_dump().items() if v is not None and k in base})
-        return TaskTraining(**base)
-
-    def batch_size_for(self, model: str, task: str) -> int:
-        override = self.overrides.get(f"{model}-{task}")
-        return (override.batch_size if override and override.batch_size else None) or self.common.batch_size
+    generation: GenerationConfig
+    overrides: dict[str, TaskOverride]
 
 
 # ---------------------------------------------------------------- compare / orchestration
@@ -313,10 +355,16 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"Invalid params in {source}:"]
     for e in err.errors():
         parts = ["validate" if p == "validate_" else str(p) for p in e["loc"] if p != "function-after"]
+        if parts[:1] == ["models"] and len(parts) > 2 and parts[2] in FAMILIES:
+            del parts[2]  # the union's tag: models.<name>.<family>.<field> reads models.<name>.<field>
         is_key = "[key]" in parts  # the error is about a mapping key itself (e.g. an unknown dataset name)
         loc = ".".join(p for p in parts if p != "[key]")
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "union_tag_invalid":  # models.<name>.family names no family
+            ctx = e.get("ctx", {})
+            loc = f"{loc}.{str(ctx.get('discriminator', 'family')).strip(chr(39))}"
+            msg = f"unknown family (got {ctx.get('tag')!r}); choose one of {ctx.get('expected_tags')}"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here; check the spelling against params.yaml)"
         elif e["type"] == "missing":
             msg = "missing key (params.yaml sets every parameter; there are no defaults in the code)"

@@ -42,3 +42,8 @@ def pretrain_dir(family: str) -> Path:
 
 def model_dir(model: str, task: str) -> Path:
     return MODELS / f"{model}-{task}"
+
+
+def checkpoint_dir(stage: str, name: str) -> Path:
+    """checkpoints/<stage>-<name>/: a running stage's resumable state (e.g. pretrain-gpt, finetune-bert-sst2)."""
+    return CHECKPOINTS / f"{stage}-{name}"

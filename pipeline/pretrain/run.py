@@ -49,14 +49,13 @@ from pipeline.core import paths
 
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
-from pipeline.core.config import Params, PretrainModelConfig
+from pipeline.core.config import PRETRAINED_FAMILIES, Params, PretrainModelConfig
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, nsp_pairs, read_corpus
 from pipeline.pretrain.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("gpt", "bert")
 INITIAL_METRICS_FILE = "initial_heldout.json"
 # Evaluation runs on at most this many held-out examples (blocks / sentence pairs), to bound its time.
 MAX_EVAL_EXAMPLES = 2000
@@ -65,7 +64,7 @@ STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_no
 
 
 def checkpoint_dir(family: str) -> Path:
-    return paths.CHECKPOINTS / f"pretrain-{family}"
+    return paths.checkpoint_dir("pretrain", family)
 
 
 def device_dtype() -> tuple[torch.device, torch.dtype]:
@@ -298,8 +297,8 @@ def evaluate_heldout(family: str, model, heldout, tokenizer, cfg: PretrainModelC
 
 def pretrain(family: str, params: Params) -> dict:
     """Pretrain `family` (gpt | bert) from scratch; returns the metrics written to metrics.json."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown pretraining family {family!r}: choose one of {list(FAMILIES)}")
+    if family not in PRETRAINED_FAMILIES:
+        raise ValueError(f"unknown pretraining family {family!r}: choose one of {list(PRETRAINED_FAMILIES)}")
     cfg: PretrainModelConfig = getattr(params.pretrain, family)
     if params.common.num_threads:
         torch.set_num_threads(params.common.num_threads)
@@ -388,4 +387,4 @@ def pretrain(family: str, params: Params) -> dict:
     return metrics
 
 
-__all__ = ["pretrain", "device_dtype", "build_model", "checkpoint_dir", "PretrainDataError", "FAMILIES"]
+__all__ = ["pretrain", "device_dtype", "build_model", "checkpoint_dir", "PretrainDataError"]

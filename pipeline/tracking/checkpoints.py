@@ -29,10 +29,18 @@ def files_digest(folders: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _complete(checkpoint: Path) -> bool:
+    """trainer_state.json is written last; transformers creates it empty first, so it must also parse."""
+    try:
+        return isinstance(json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def complete_checkpoints(folder: Path) -> list[Path]:
-    """checkpoint-N folders holding trainer_state.json, oldest first."""
+    """checkpoint-N folders holding a complete trainer_state.json, oldest first."""
     found = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted((p for p in found if (p / TRAINER_STATE).exists()), key=lambda p: int(p.name.split("-")[-1]))
+    return sorted((p for p in found if _complete(p)), key=lambda p: int(p.name.split("-")[-1]))
 
 
 def prepare_checkpoints(folder: Path, fingerprint: dict, params: Params) -> Path | None:

@@ -5,7 +5,7 @@ Tokenization: the project's byte-level BPE (data/tokenizers/gpt); <|endoftext|> 
 starts decoding, <|pad|> pads. For NER the nine tags are added as tokens <O>, <B-PER>, ... so the target is
 exactly one token per word (as the rnn's tag vocabulary). Each epoch is evaluated by generation (greedy) on the
 validation split; EarlyStoppingCallback + load_best_model_at_end keep the best epoch; checkpoints go to
-checkpoints/finetune-<model>-<task>/ and are resumed from. The test split is decoded once with beam search.
+checkpoints/train-<model>-<task>/ and are resumed from. The test split is decoded once with beam search.
 """
 
 from __future__ import annotations
@@ -24,14 +24,9 @@ from pipeline.core import paths
 from pipeline.core.config import Params
 from pipeline.train.hf_trainer import best_epoch
 from pipeline.models.pyfunc import texts_of
-from pipeline.train.text2text import (
-    AttentionMap,
-    TaskFormat,
-    Text2TextError,
-    Text2TextModel,
-    TrainOutcome,
-    serving_example,
-)
+from pipeline.train.family import AttentionMap, TrainOutcome
+from pipeline.train.settings import RunSettings
+from pipeline.train.text2text import TaskFormat, Text2TextError, Text2TextModel, score_outputs
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +121,12 @@ def set_generation_length(model, max_new_tokens: int) -> None:
 class EncDecText2Text(Text2TextModel):
     family = "encdec"
 
-    def __init__(self, model_name: str, fmt: TaskFormat, data, params: Params, ckpt: Path):
+    def __init__(self, settings: RunSettings, data, params: Params):
         from transformers import set_seed
 
-        super().__init__(model_name, fmt, data, params)
-        self.ckpt = ckpt
+        super().__init__(settings, data, params)
+        fmt = self.fmt
+        self.ckpt = settings.checkpoint_dir
         self.tokenizer = load_bpe_tokenizer(fmt)
         self.codec = TextCodec(self.tokenizer, fmt, self.run.max_length, self.gen.max_new_tokens)
         self.encoded = {s: self._encode(data[s]) for s in ("train", "validation", "test")}
@@ -160,31 +156,19 @@ class EncDecText2Text(Text2TextModel):
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         }
 
-    def fingerprint(self) -> dict:
-        from pipeline.tracking.checkpoints import files_digest
-
-        return {
-            "family": "encdec",
-            "model": self.cfg.model_dump(),
-            "run": self.run.model_dump(),
-            "batch_size": self.batch_size,
-            "common": self.params.train.common.model_dump(),
-            "generation": self.gen.model_dump(),
-            "seed": self.params.common.seed,
-            "inputs": files_digest([paths.prepared_dir(self.fmt.task), paths.tokenizer_dir("gpt")]),
-        }
+    @property
+    def inputs(self) -> list[Path]:
+        return [paths.tokenizer_dir("gpt")]
 
     # -------------------------------------------------------- fit
     def _scores(self, generated, split: str) -> dict[str, float]:
-        from pipeline.train.text2text import score_outputs
-
         metrics, _ = score_outputs(self.fmt, self.data[split], [self.codec.output_words(ids) for ids in generated])
         return metrics
 
     def _build_trainer(self, callbacks: list):
         from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-        common = self.params.train.common
+        common = self.settings.common
         args = Seq2SeqTrainingArguments(
             output_dir=str(self.ckpt),
             num_train_epochs=self.run.epochs,
@@ -205,8 +189,8 @@ class EncDecText2Text(Text2TextModel):
             predict_with_generate=True,
             generation_num_beams=1,  # validation: greedy; the test split uses beam search
             include_num_input_tokens_seen="non_padding",
-            seed=self.params.common.seed,
-            data_seed=self.params.common.seed,
+            seed=self.settings.seed,
+            data_seed=self.settings.seed,
             use_cpu=not torch.cuda.is_available(),
             report_to="none",
             dataloader_num_workers=0,
@@ -248,20 +232,12 @@ class EncDecText2Text(Text2TextModel):
         return [self.codec.output_words(ids) for ids in out.predictions]
 
     @torch.no_grad()
-    def latency_ms(self, n: int) -> float:
-        texts = serving_example(self.fmt, self.data["test"], n)
+    def infer_one(self, text: str) -> None:
+        """Tokenize + beam search, as a served request."""
         self.model.eval()
-
-        def run(text: str) -> None:  # tokenize + beam search, as a served request
-            ids = torch.tensor([self.codec.source(text)], device=self.model.device)  # [1, src_len]
-            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=self.gen.num_beams,
-                                length_penalty=self.gen.length_penalty)
-
-        run(texts[0])  # warm-up
-        start = time.perf_counter()
-        for text in texts:
-            run(text)
-        return (time.perf_counter() - start) * 1000 / len(texts)
+        ids = torch.tensor([self.codec.source(text)], device=self.model.device)  # [1, src_len]
+        self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=self.gen.num_beams,
+                            length_penalty=self.gen.length_penalty)
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
         validation = self.data["validation"]
@@ -269,7 +245,7 @@ class EncDecText2Text(Text2TextModel):
         return cross_attention_maps(self.model, self.tokenizer, self.codec, texts, self.gen.num_beams,
                                     self.gen.length_penalty)
 
-    def register(self, task: str, model: str) -> str:
+    def register(self, export_dir: Path) -> str:
         from pipeline.tracking.registry import register_pyfunc
 
         with tempfile.TemporaryDirectory(prefix="encdec-model-") as tmp:
@@ -282,8 +258,8 @@ class EncDecText2Text(Text2TextModel):
                 "max_length": self.run.max_length, "num_beams": self.gen.num_beams,
                 "length_penalty": self.gen.length_penalty, "max_new_tokens": self.gen.max_new_tokens,
             }))
-            return register_pyfunc(EncDecPyfunc(), {"model": folder, "task": meta}, task, model,
-                                   input_example=serving_example(self.fmt, self.data["test"]))
+            return register_pyfunc(EncDecPyfunc(), {"model": folder, "task": meta}, self.settings.task,
+                                   self.settings.model, input_example=self.serving_example())
 
 
 

@@ -3,7 +3,7 @@
 Word-level vocabularies from the train split (cased; the target vocabulary of emotion/sst2/conll2003 is the label
 or tag set). Each epoch: train with teacher forcing, then greedy-decode the validation split and score its main
 metric; early stopping on it, the best weights are kept. Checkpoints (weights as safetensors, optimizer, state)
-are written every epoch to checkpoints/finetune-<model>-<task>/rnn/ and resumed from. The test split is decoded
+are written every epoch to checkpoints/train-<model>-<task>/rnn/ and resumed from. The test split is decoded
 once with beam search (train.generation) using the best weights.
 """
 
@@ -27,7 +27,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.core import paths
 from pipeline.core.config import Params
 from pipeline.models.pyfunc import texts_of
 from pipeline.models.seq2seq_rnn import (
@@ -41,15 +40,9 @@ from pipeline.models.seq2seq_rnn import (
     beam_search,
     greedy_decode,
 )
-from pipeline.train.text2text import (
-    AttentionMap,
-    TaskFormat,
-    Text2TextModel,
-    TrainOutcome,
-    Vocab,
-    serving_example,
-    word_tokenize,
-)
+from pipeline.train.family import AttentionMap, TrainOutcome
+from pipeline.train.settings import RunSettings
+from pipeline.train.text2text import TaskFormat, Text2TextModel, Vocab, score_outputs, word_tokenize
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +115,10 @@ def source_ids(vocab: Vocab, words: Sequence[str], max_length: int) -> list[int]
 class RNNText2Text(Text2TextModel):
     family = "rnn"
 
-    def __init__(self, model_name: str, fmt: TaskFormat, data, params: Params, ckpt: Path):
-        super().__init__(model_name, fmt, data, params)
-        self.ckpt = ckpt / "rnn"
+    def __init__(self, settings: RunSettings, data, params: Params):
+        super().__init__(settings, data, params)
+        fmt = self.fmt
+        self.ckpt = settings.checkpoint_dir / "rnn"
         self.device = pick_device()
         self.words = {s: [fmt.source_words(ex) for ex in data[s]] for s in ("train", "validation", "test")}
         train_targets = [fmt.target_words(ex) for ex in data["train"]]
@@ -157,18 +151,7 @@ class RNNText2Text(Text2TextModel):
         }
 
     def fingerprint(self) -> dict:
-        from pipeline.tracking.checkpoints import files_digest
-
-        return {
-            "family": "rnn",
-            "model": self.cfg.model_dump(),
-            "run": self.run.model_dump(),
-            "batch_size": self.batch_size,
-            "common": self.params.train.common.model_dump(),
-            "seed": self.params.common.seed,
-            "inputs": files_digest([paths.prepared_dir(self.fmt.task)]),
-            "vocab": hashlib.sha256(json.dumps([self.src_vocab.itos, self.tgt_vocab.itos]).encode()).hexdigest(),
-        }
+        return {"vocab": hashlib.sha256(json.dumps([self.src_vocab.itos, self.tgt_vocab.itos]).encode()).hexdigest()}
 
     # -------------------------------------------------------- fit
     def fit(self, resume_from: Path | None = None) -> TrainOutcome:
@@ -178,17 +161,17 @@ class RNNText2Text(Text2TextModel):
         steps_per_epoch = math.ceil(len(self.train_pairs) / self.batch_size)
         total_steps = run.max_steps or run.epochs * steps_per_epoch
         optimizer = torch.optim.AdamW(model.parameters(), lr=run.learning_rate,
-                                      weight_decay=self.params.train.common.weight_decay)
-        warmup = int(self.params.train.common.warmup_ratio * total_steps)
+                                      weight_decay=self.settings.common.weight_decay)
+        warmup = int(self.settings.common.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
         state = self._resume(optimizer, scheduler)
         loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_IDX)
-        patience = self.params.train.common.patience
+        patience = self.settings.common.patience
         main = self.fmt.main_metric
         epoch = state["epoch"]
         while not state["finished"]:
             epoch += 1
-            set_seed(self.params.common.seed + epoch)  # shuffling and teacher forcing replay the same on resume
+            set_seed(self.settings.seed + epoch)  # shuffling and teacher forcing replay the same on resume
             start = time.perf_counter()
             loss, tokens = self._train_epoch(epoch, optimizer, scheduler, loss_fn, state, total_steps)
             state["train_time_s"] += time.perf_counter() - start
@@ -250,9 +233,7 @@ class RNNText2Text(Text2TextModel):
 
     def _validate(self, loss_fn) -> dict[str, float]:
         """Validation metrics of greedy decoding, plus the teacher-forced loss."""
-        from pipeline.train.text2text import score_outputs
-
-        fmt, eval_batch = self.fmt, self.params.train.common.eval_batch_size
+        fmt, eval_batch = self.fmt, self.settings.common.eval_batch_size
         sources = self._sources("validation")
         hyps = decode(self.model, sources, fmt.kind, eval_batch, 1, self.gen.max_new_tokens, self.gen.length_penalty,
                       self.device, progress="validation")
@@ -296,22 +277,15 @@ class RNNText2Text(Text2TextModel):
 
     # -------------------------------------------------------- test, latency, attention, registry
     def predict_test(self) -> list[list[str]]:
-        hyps = decode(self.model, self._sources("test"), self.fmt.kind, self.params.train.common.eval_batch_size,
+        hyps = decode(self.model, self._sources("test"), self.fmt.kind, self.settings.common.eval_batch_size,
                       self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device, progress="test")
         return [self.tgt_vocab.decode(h.tokens) for h in hyps]
 
-    def latency_ms(self, n: int) -> float:
-        words = self.words["test"][:n]
-
-        def run(w: list[str]) -> None:  # tokenize + encode + beam search, as a served request
-            decode(self.model, [source_ids(self.src_vocab, w, self.run.max_length)], self.fmt.kind, 1,
-                   self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device)
-
-        run(words[0])  # warm-up
-        start = time.perf_counter()
-        for w in words:
-            run(w)
-        return (time.perf_counter() - start) * 1000 / len(words)
+    def infer_one(self, text: str) -> None:
+        """Tokenize + encode + beam search, as a served request."""
+        words = text.split() if self.fmt.kind == "ner" else word_tokenize(text)
+        decode(self.model, [source_ids(self.src_vocab, words, self.run.max_length)], self.fmt.kind, 1,
+               self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device)
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
         maps = []
@@ -324,7 +298,7 @@ class RNNText2Text(Text2TextModel):
             maps.append(AttentionMap(list(words), output, hyp.attention.numpy()))  # [output_len, src_len]
         return maps
 
-    def register(self, task: str, model: str) -> str:
+    def register(self, export_dir: Path) -> str:
         from pipeline.tracking.registry import register_pyfunc
 
         with tempfile.TemporaryDirectory(prefix="rnn-model-") as tmp:
@@ -337,8 +311,8 @@ class RNNText2Text(Text2TextModel):
                 "max_length": self.run.max_length, "num_beams": self.gen.num_beams,
                 "length_penalty": self.gen.length_penalty, "max_new_tokens": self.gen.max_new_tokens,
             }, ensure_ascii=False))
-            return register_pyfunc(RNNPyfunc(), {"weights": weights, "vocab": meta}, task, model,
-                                   input_example=serving_example(self.fmt, self.data["test"]))
+            return register_pyfunc(RNNPyfunc(), {"weights": weights, "vocab": meta}, self.settings.task,
+                                   self.settings.model, input_example=self.serving_example())
 
 
 class RNNPyfunc(mlflow.pyfunc.PythonModel):

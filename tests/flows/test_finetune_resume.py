@@ -28,10 +28,18 @@ def test_unknown_model_or_task_prints_usage_before_prefect_starts(repo_root, mon
         main(["gpt"])
 
 
+def _written(state_file) -> bool:
+    """trainer_state.json is created empty, then written: only a whole one marks a complete checkpoint."""
+    try:
+        return bool(json.loads(state_file.read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def _wait_for_checkpoint(proc: subprocess.Popen, folder, timeout: float = 300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if list(folder.glob("checkpoint-*/trainer_state.json")):
+        if any(_written(p) for p in folder.glob("checkpoint-*/trainer_state.json")):
             return
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint in {folder} (exit code {proc.poll()})")

@@ -18,7 +18,7 @@ def test_repo_params_load(repo_root):
     assert set(params.prepare.tasks) == set(TASKS)
     assert params.tokenizers.bert_vocab_size >= 256
     assert params.validate_cfg.datasets["wikitext"].max_chars > 0
-    assert params.train.for_run("rnn", "multi30k").learning_rate == 0.001  # override applied
+    assert params.train.overrides["rnn-multi30k"].learning_rate == 0.001
 
 
 def test_params_come_from_the_working_directory(in_tmp_repo, default_params_dict):

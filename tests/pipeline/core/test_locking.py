@@ -30,21 +30,31 @@ def test_second_holder_is_refused_with_the_holder_named(tmp_path):
 
 
 def test_waiter_gets_the_lock_when_the_holder_releases(tmp_path):
+    # Ordered by events, not sleeps: the holder takes the lock, the waiter starts waiting (on_wait), only
+    # then does the holder let go.
     path = tmp_path / "retrain.lock"
-    released = threading.Event()
+    held, waiting, releasing = threading.Event(), threading.Event(), threading.Event()
     waits: list = []
 
     def hold():
         with repo_lock(path, purpose="first"):
-            time.sleep(1.0)
-        released.set()
+            held.set()
+            waiting.wait(timeout=30)
+            releasing.set()  # set before the lock is let go: a waiter that gets it must see this set
+
+    def on_wait(holder):
+        waits.append(holder)
+        waiting.set()
 
     thread = threading.Thread(target=hold)
     thread.start()
-    time.sleep(0.2)
-    with repo_lock(path, timeout_s=10, purpose="second", on_wait=waits.append):
-        assert released.is_set()
-    thread.join()
+    try:
+        assert held.wait(timeout=30), "the holder thread never took the lock"
+        with repo_lock(path, timeout_s=30, purpose="second", on_wait=on_wait):
+            assert releasing.is_set()
+    finally:
+        waiting.set()
+        thread.join(timeout=30)
     assert len(waits) == 1 and waits[0]["purpose"] == "first"
 
 

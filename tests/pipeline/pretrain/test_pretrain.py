@@ -140,10 +140,18 @@ def test_pretraining_runs_are_tracked_in_mlflow(pretrained_models):
         assert "metrics.json" in artifacts and "plots" in artifacts
 
 
+def _written(state_file: Path) -> bool:
+    """trainer_state.json is created empty, then written: only a whole one marks a complete checkpoint."""
+    try:
+        return bool(json.loads(state_file.read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def _wait_for_checkpoint(proc: subprocess.Popen, folder: Path, timeout: float) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = sorted(folder.glob("checkpoint-*/trainer_state.json"))
+        done = sorted(p for p in folder.glob("checkpoint-*/trainer_state.json") if _written(p))
         if done:
             return done[0].parent
         if proc.poll() is not None:

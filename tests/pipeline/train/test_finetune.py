@@ -15,7 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.core.config import TASKS, parse_params
-from pipeline.train.finetune import FinetuneError, checkpoint_dir, finetune
+from pipeline.train.driver import train as finetune
+from pipeline.train.settings import RunSettings, RunSettingsError
 from pipeline.core.metrics import MAIN_METRIC, translation_metrics
 from pipeline.tracking.runs import registered_name, task_experiment
 from tests.fixtures.finetune import finetune_params, memorization_split, tiny_run, write_prepared
@@ -92,7 +93,7 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
         assert [r["actual"] for r in confusion] == [names[y] for y in rows["label"]]
         accuracy = sum(r["actual"] == r["predicted"] for r in confusion) / len(confusion)
         assert accuracy == pytest.approx(summary["test"]["accuracy"])
-    assert not checkpoint_dir(model, task).exists(), "checkpoints are deleted after success"
+    assert not RunSettings.resolve(model, task, params).checkpoint_dir.exists(), "checkpoints are deleted after success"
     assert not list(out.parent.glob(".*tmp*")), "no temp folder left behind"
 
     # ---- MLflow run
@@ -103,8 +104,11 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
     assert tags["task"] == task and tags["model"] == model and tags["seed"] == "42"
     assert tags["model_family"] == params.models[model].family and tags["weight_source"] == summary["weight_source"]
     assert tags["git_commit"]
-    assert run.data.params[f"models.{model}.family"] == params.models[model].family
-    assert float(run.data.params["train.run.learning_rate"]) == tiny_run(model, task)["learning_rate"]
+    assert tags["stage"] == "finetune" and tags["family"] == params.models[model].family
+    assert tags["init"] == RunSettings.resolve(model, task, params).init
+    assert run.data.params["model.family"] == params.models[model].family
+    assert float(run.data.params["train.learning_rate"]) == tiny_run(model, task)["learning_rate"]
+    assert not any(k.startswith("model.hid_dim") for k in run.data.params), "only the family's own params"
     assert run.data.metrics[f"test_{main}"] == pytest.approx(summary["test"][main])
     assert all(run.data.metrics[k] == pytest.approx(summary[k]) for k in TIMING_KEYS)
     history = client.get_metric_history(run.info.run_id, f"val_{main}")
@@ -153,7 +157,7 @@ def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
         finetune(model, task, params)
     client = MlflowClient()
     [failed] = client.search_runs([client.get_experiment_by_name(task_experiment(task)).experiment_id])
-    assert failed.info.status == "FAILED" and checkpoint_dir(model, task).exists()
+    assert failed.info.status == "FAILED" and RunSettings.resolve(model, task, params).checkpoint_dir.exists()
     assert failed.data.tags["registered_model_version"] == "1"
 
     blocker.unlink()
@@ -167,9 +171,9 @@ def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
     assert len(read_csv(root / "data/models/gpt-sst2/plots/learning_curve.csv")) == 3  # epochs 0, 1, 2
 
 
-def test_scratch_families_are_refused_with_a_pointer(default_params_dict):
+def test_an_unknown_model_or_task_is_refused_with_a_pointer(default_params_dict):
     params = parse_params(default_params_dict)
-    with pytest.raises(FinetuneError, match=r"models.rnn: family 'rnn' is trained from scratch"):
-        finetune("rnn", "emotion", params)
-    with pytest.raises(FinetuneError, match=r"models.nope: no such model"):
+    with pytest.raises(RunSettingsError, match=r"models.nope: no such model"):
         finetune("nope", "emotion", params)
+    with pytest.raises(RunSettingsError, match=r"train.tasks.imdb: no such task"):
+        finetune("gpt", "imdb", params)

@@ -9,14 +9,13 @@ from collections import Counter
 import pytest
 
 from pipeline.models.ner_tagger import text_entities
+from pipeline.train.driver import build, train
 from pipeline.train.text2text import (
     INVALID_LABEL,
     TaskFormat,
     Vocab,
-    build_model,
     detokenize,
     score_outputs,
-    train_text2text,
     word_tokenize,
 )
 
@@ -103,9 +102,9 @@ def test_rnn_beats_an_untrained_floor_on_real_data(task, t2t_repo, t2t_params):
     data = load_from_disk("data/prepared/" + task)
     params = t2t_params("rnn", task, rnn={"teacher_forcing_ratio": 1.0},
                         generation={"max_new_tokens": 30}, **FLOOR_SETTINGS[task])
-    trainer = build_model("rnn", task, params, data)
+    trainer = build("rnn", task, params, data)
     untrained, _ = score_outputs(trainer.fmt, data["test"], trainer.predict_test())
-    outcome = trainer.fit()
+    outcome = trainer.fit(None)
     metrics, _ = score_outputs(trainer.fmt, data["test"], trainer.predict_test())
     name, floor = _floor(task, trainer.fmt, data["test"])
     floor = max(floor, untrained[name])
@@ -155,7 +154,7 @@ def _check_stage_outputs(repo, model: str, task: str, summary: dict, main_metric
     assert f"test_{main_metric}" in run.data.metrics and "latency_ms_per_example" in run.data.metrics
     artifacts = _run_artifacts(written["mlflow_run_id"])
     assert {"metrics.json", "plots/attention_0.png", "plots/attention_2.png", "plots/learning_curve.csv"} <= artifacts
-    assert not (repo / "checkpoints" / f"finetune-{model}-{task}").exists()
+    assert not (repo / "checkpoints" / f"train-{model}-{task}").exists()
     return run.data
 
 
@@ -166,7 +165,7 @@ def test_rnn_stage_writes_outputs_and_registers_a_loadable_ner_model(t2t_repo, t
     import pandas as pd
 
     params = t2t_params("rnn", "conll2003", epochs=2, learning_rate=0.005, batch_size=64, max_steps=20)
-    summary = train_text2text("rnn", "conll2003", params)
+    summary = train("rnn", "conll2003", params)
     data = _check_stage_outputs(t2t_repo, "rnn", "conll2003", summary, "entity_f1")
     assert data.params["tokenization"] == "word-level vocab from train"
     assert int(data.params["tgt_vocab_size"]) == 4 + len(NER_TAGS)
@@ -191,7 +190,7 @@ def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
 
     params = t2t_params("encdec", "emotion", epochs=2, learning_rate=0.002, batch_size=64, max_steps=30,
                         max_length=48)
-    summary = train_text2text("encdec", "emotion", params)
+    summary = train("encdec", "emotion", params)
     data = _check_stage_outputs(t2t_repo, "encdec", "emotion", summary, "accuracy")
     assert data.params["tokenization"].startswith("byte-level BPE")
     rows = (t2t_repo / "data" / "models" / "encdec-emotion" / "plots" / "confusion.csv").read_text().splitlines()
@@ -223,14 +222,14 @@ def test_rnn_resumes_after_a_crash_in_the_same_mlflow_run(t2t_repo, t2t_params, 
 
     monkeypatch.setattr(text2text_rnn.RNNText2Text, "_validate", crash_in_second_validation)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_text2text("rnn", "sst2", params)
-    ckpt = t2t_repo / "checkpoints" / "finetune-rnn-sst2"
+        train("rnn", "sst2", params)
+    ckpt = t2t_repo / "checkpoints" / "train-rnn-sst2"
     state = json.loads((ckpt / "rnn" / "state.json").read_text())
     assert state["epoch"] == 1 and not state["finished"]
     first_run = (ckpt / "mlflow_run_id").read_text().strip()
 
     monkeypatch.setattr(text2text_rnn.RNNText2Text, "_validate", real_validate)
-    summary = train_text2text("rnn", "sst2", params)
+    summary = train("rnn", "sst2", params)
     assert summary["mlflow_run_id"] == first_run
     history = mlflow.MlflowClient().get_metric_history(first_run, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]

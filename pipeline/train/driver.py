@@ -1,0 +1,137 @@
+"""The one training driver: any model family on any task.
+
+    train(model, task, params) -> dict   (the summary written to data/models/<model>-<task>/metrics.json)
+
+The same steps for every family (pipeline/train/family.py says what a family provides):
+- settings resolved once (pipeline/train/settings.py); checkpoints in checkpoints/<stage>-<model>-<task>/, resumed
+  when their fingerprint (settings, inputs, the family's own) matches;
+- one MLflow run in experiment task-<task> (a killed run resumes it), the same core params and tags for every
+  family; per-epoch metrics come from the family's fit;
+- the test split scored once by the selected model, batch-1 latency, model logged and registered as
+  <task>-<model>;
+- outputs written atomically: data/models/<model>-<task>/{metrics.json, plots/} (learning curve, confusion matrix,
+  attention heatmaps); the checkpoints are removed after success.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+from pipeline.core import paths
+from pipeline.core.config import Params
+from pipeline.core.io import METRICS_FILE, PLOTS_DIR, atomic_dir, write_json
+from pipeline.data.task_data import load_prepared
+from pipeline.tracking import runs
+from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
+from pipeline.train.attention_plots import save_heatmap
+from pipeline.train.family import (
+    ATTENTION_EXAMPLES,
+    LATENCY_EXAMPLES,
+    AttentionMap,
+    ModelFamily,
+    TestScores,
+    TrainOutcome,
+    measure_latency_ms,
+)
+from pipeline.train.plots import write_confusion, write_learning_curve
+from pipeline.train.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "export"  # inside the checkpoint folder: the selected model saved for MLflow
+
+
+def family_class(family: str) -> type[ModelFamily]:
+    """The family's implementation (imported on demand: an rnn stage never loads transformers' Trainer)."""
+    if family in ("gpt", "bert"):
+        from pipeline.train.finetune import PretrainedTransformer
+
+        return PretrainedTransformer
+    if family == "rnn":
+        from pipeline.train.rnn import RNNText2Text
+
+        return RNNText2Text
+    if family == "encdec":
+        from pipeline.train.encdec import EncDecText2Text
+
+        return EncDecText2Text
+    raise ValueError(f"no trainer for family {family!r}")
+
+
+def build(model: str, task: str, params: Params, data=None) -> ModelFamily:
+    """The family trainer of `model` for `task` (data: the prepared DatasetDict, loaded when not given)."""
+    import torch
+
+    settings = RunSettings.resolve(model, task, params)
+    if params.common.num_threads:
+        torch.set_num_threads(params.common.num_threads)
+    data = data if data is not None else load_prepared(task)
+    return family_class(settings.family)(settings, data, params)
+
+
+def train(model: str, task: str, params: Params) -> dict:
+    """Train `model` on `task` (fine-tune when it starts from pretrained weights); returns the run summary."""
+    import mlflow
+
+    trainer = build(model, task, params)
+    s = trainer.settings
+    log.info("%s %s (%s, %s) on %s", "fine-tuning" if s.stage == "finetune" else "training", model, s.family,
+             s.init, task)
+    inputs = [paths.prepared_dir(task), *trainer.inputs]
+    fingerprint = {**s.as_dict(), "family": trainer.fingerprint(), "inputs": files_digest(inputs)}
+    folder = s.checkpoint_dir
+    resume = prepare_checkpoints(folder, fingerprint, params)
+    tags = runs.base_tags(params, family=s.family, source=s.source, inputs=inputs, extra=s.tags())
+    with runs.stage_run(params, runs.task_experiment(task), s.name, folder, tags) as run:
+        runs.log_params_once({**s.mlflow_params(), "train_examples": len(trainer.data["train"]),
+                              **trainer.describe()})
+        outcome = trainer.fit(resume)
+        scores = trainer.score_test()
+        log.info("%s test: %s", s.name, json.dumps({k: round(v, 4) for k, v in scores.metrics.items()}))
+        latency = measure_latency_ms(trainer.infer_one, trainer.latency_examples(LATENCY_EXAMPLES))
+        summary = run_summary(s, outcome, scores, latency, run.info.run_id)
+        mlflow.log_metrics({f"test_{k}": v for k, v in scores.metrics.items()})
+        mlflow.log_metrics({k: float(summary[k]) for k in
+                            ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")})
+        summary["registered_version"] = trainer.register(folder / EXPORT_DIR)
+        out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES))
+        mlflow.log_artifacts(str(out / PLOTS_DIR), artifact_path="plots")
+        mlflow.log_artifact(str(out / METRICS_FILE))
+    shutil.rmtree(folder, ignore_errors=True)  # finished: the next run of this stage starts fresh
+    log.info("%s done -> %s", s.name, out)
+    return summary
+
+
+def run_summary(s: RunSettings, outcome: TrainOutcome, scores: TestScores, latency_ms: float, run_id: str) -> dict:
+    return {
+        "task": s.task,
+        "model": s.model,
+        "family": s.family,
+        "stage": s.stage,
+        "init": s.init,
+        "weight_source": s.source,
+        "test": scores.metrics,
+        "param_count": outcome.param_count,
+        "train_time_s": round(outcome.train_time_s, 3),
+        "tokens_per_s": round(outcome.tokens_per_s, 2),
+        "latency_ms_per_example": round(latency_ms, 3),
+        "best_epoch": outcome.best_epoch,
+        "mlflow_run_id": run_id,
+    }
+
+
+def write_outputs(s: RunSettings, summary: dict, outcome: TrainOutcome, scores: TestScores,
+                  attention: list[AttentionMap]):
+    """data/models/<model>-<task>/{metrics.json, plots/} built in a temp folder, then swapped in."""
+    with atomic_dir(s.output_dir) as tmp:
+        plots = tmp / PLOTS_DIR
+        write_learning_curve(plots, outcome.curve)
+        if scores.confusion is not None:
+            write_confusion(plots, *scores.confusion)
+        for i, amap in enumerate(attention):
+            save_heatmap(amap.weights, amap.source, amap.output, plots / f"attention_{i}.png",
+                         title=f"{s.model} on {s.task}: validation example {i}")
+        write_json(tmp / METRICS_FILE, summary)
+    return s.output_dir

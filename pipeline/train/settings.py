@@ -1,0 +1,123 @@
+"""The effective settings of one model × task run, resolved once from params.
+
+Everything that reads a run's settings (the driver, the checkpoint fingerprint, MLflow params and tags, the
+family trainers) reads this frozen object, so the override rules live in one place:
+train.tasks.<task> with train.overrides.<model>-<task> applied, and the batch size from the override or
+train.common.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core import paths
+from pipeline.core.config import (
+    PRETRAINED_FAMILIES,
+    TASK_SPECS,
+    GenerationConfig,
+    ModelConfig,
+    Params,
+    TaskTraining,
+    TrainCommon,
+)
+
+
+class RunSettingsError(ValueError):
+    """The model or task is not in params.yaml."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    model: str  # the params.models key, e.g. "minilm"
+    task: str
+    kind: str  # classification | ner | translation
+    model_cfg: ModelConfig
+    training: TaskTraining  # the task's settings with the model-task override applied
+    batch_size: int
+    common: TrainCommon
+    generation: GenerationConfig
+    seed: int
+
+    @classmethod
+    def resolve(cls, model: str, task: str, params: Params) -> RunSettings:
+        if model not in params.models:
+            raise RunSettingsError(f"models.{model}: no such model in params.yaml (have {sorted(params.models)})")
+        if task not in params.train.tasks:
+            raise RunSettingsError(f"train.tasks.{task}: no such task in params.yaml (have {sorted(params.train.tasks)})")
+        training = params.train.tasks[task].model_dump()
+        override = params.train.overrides.get(f"{model}-{task}")
+        changes = {k: v for k, v in (override.model_dump() if override else {}).items() if v is not None}
+        batch_size = changes.pop("batch_size", params.train.common.batch_size)
+        return cls(
+            model=model,
+            task=task,
+            kind=TASK_SPECS[task][1],
+            model_cfg=params.models[model],
+            training=TaskTraining(**{**training, **changes}),
+            batch_size=batch_size,
+            common=params.train.common,
+            generation=params.train.generation,
+            seed=params.common.seed,
+        )
+
+    # ------------------------------------------------------------ derived names
+    @property
+    def family(self) -> str:
+        return self.model_cfg.family
+
+    @property
+    def source(self) -> str:
+        return self.model_cfg.source
+
+    @property
+    def stage(self) -> str:
+        """`finetune` for a model that starts from pretrained weights, `train` for one trained from scratch."""
+        return "train" if self.source == "scratch" else "finetune"
+
+    @property
+    def init(self) -> str:
+        """Where the weights start: pretrained-here (this pipeline's pretraining), pretrained-checkpoint, scratch."""
+        return {"pretrain": "pretrained-here", "pretrained": "pretrained-checkpoint"}.get(self.source, "scratch")
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.task}"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return paths.checkpoint_dir(self.stage, self.name)
+
+    @property
+    def output_dir(self) -> Path:
+        return paths.model_dir(self.model, self.task)
+
+    @property
+    def uses_pretrained_weights(self) -> bool:
+        return self.family in PRETRAINED_FAMILIES
+
+    # ------------------------------------------------------------ what the run records
+    def as_dict(self) -> dict:
+        """Every setting, nested: the checkpoint fingerprint's base."""
+        return {
+            "model": self.model_cfg.model_dump(),
+            "training": self.training.model_dump(),
+            "batch_size": self.batch_size,
+            "common": self.common.model_dump(),
+            "generation": self.generation.model_dump(),
+            "seed": self.seed,
+        }
+
+    def mlflow_params(self) -> dict[str, object]:
+        """The same core params for every family (flat keys; a family adds its own via describe())."""
+        flat: dict[str, object] = {f"model.{k}": v for k, v in self.model_cfg.model_dump().items() if v is not None}
+        flat.update({f"train.{k}": v for k, v in self.training.model_dump().items()})
+        flat["train.batch_size"] = self.batch_size
+        flat.update({f"train.common.{k}": v for k, v in self.common.model_dump().items() if k != "batch_size"})
+        flat.update({f"train.generation.{k}": v for k, v in self.generation.model_dump().items()})
+        flat["seed"] = self.seed
+        return flat
+
+    def tags(self) -> dict[str, str]:
+        return {"task": self.task, "model": self.model, "family": self.family, "stage": self.stage,
+                "init": self.init}

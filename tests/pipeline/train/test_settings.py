@@ -1,0 +1,66 @@
+"""A run's effective settings are resolved once, from params.yaml, with the model-task override applied."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from pipeline.core.config import EncDecModel, GptModel, RnnModel, parse_params
+from pipeline.train.settings import RunSettings, RunSettingsError
+
+
+def _params(raw: dict, **override):
+    raw = copy.deepcopy(raw)
+    raw["train"]["overrides"]["rnn-sst2"] = override
+    return parse_params(raw)
+
+
+def test_override_applies_only_its_fields(default_params_dict):
+    params = _params(default_params_dict, learning_rate=0.01, batch_size=8)
+    s = RunSettings.resolve("rnn", "sst2", params)
+    task = default_params_dict["train"]["tasks"]["sst2"]
+    assert s.training.learning_rate == 0.01 and s.batch_size == 8
+    assert s.training.epochs == task["epochs"] and s.training.max_length == task["max_length"]
+    other = RunSettings.resolve("encdec", "sst2", params)
+    assert other.batch_size == default_params_dict["train"]["common"]["batch_size"]
+    assert other.training.learning_rate == default_params_dict["train"]["overrides"]["encdec-sst2"]["learning_rate"]
+
+
+def test_settings_are_frozen_and_typed_per_family(default_params_dict):
+    params = parse_params(default_params_dict)
+    s = RunSettings.resolve("rnn", "emotion", params)
+    with pytest.raises(AttributeError):
+        s.batch_size = 1
+    assert isinstance(s.model_cfg, RnnModel)
+    assert isinstance(RunSettings.resolve("encdec", "emotion", params).model_cfg, EncDecModel)
+    assert isinstance(RunSettings.resolve("gpt", "emotion", params).model_cfg, GptModel)
+
+
+@pytest.mark.parametrize("model,stage,init", [("rnn", "train", "scratch"), ("gpt", "finetune", "pretrained-here"),
+                                              ("minilm", "finetune", "pretrained-checkpoint")])
+def test_stage_init_and_folders_follow_the_weight_source(default_params_dict, model, stage, init):
+    s = RunSettings.resolve(model, "conll2003", parse_params(default_params_dict))
+    assert (s.stage, s.init, s.kind) == (stage, init, "ner")
+    assert s.checkpoint_dir.as_posix() == f"checkpoints/{stage}-{model}-conll2003"
+    assert s.output_dir.as_posix() == f"data/models/{model}-conll2003"
+    assert s.tags() == {"task": "conll2003", "model": model, "family": s.family, "stage": stage, "init": init}
+
+
+def test_mlflow_params_are_the_same_core_keys_for_every_family(default_params_dict):
+    params = parse_params(default_params_dict)
+    core = {"train.epochs", "train.learning_rate", "train.max_length", "train.max_steps", "train.batch_size",
+            "train.generation.num_beams", "model.family", "model.source", "seed"}
+    for model in params.models:
+        keys = set(RunSettings.resolve(model, "emotion", params).mlflow_params())
+        assert core <= keys, (model, core - keys)
+    gpt = RunSettings.resolve("gpt", "emotion", params).mlflow_params()
+    assert not any(k.startswith(("model.hid_dim", "model.teacher_forcing")) for k in gpt)
+
+
+def test_unknown_model_or_task(default_params_dict):
+    params = parse_params(default_params_dict)
+    with pytest.raises(RunSettingsError, match="models.nope"):
+        RunSettings.resolve("nope", "emotion", params)
+    with pytest.raises(RunSettingsError, match="train.tasks.imdb"):
+        RunSettings.resolve("rnn", "imdb", params)
