@@ -20,9 +20,12 @@ from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV, selected_profile
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.params", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default=None,
-                        help=f"profiles/<name>.yaml to apply; '' for none (default: {PROFILE_ENV}, else the profile "
-                             f"{EFFECTIVE_FILE} records, else none)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help=f"profiles/<name>.yaml to apply; '' for none (default: {PROFILE_ENV}, else the profile "
+        f"{EFFECTIVE_FILE} records, else none)",
+    )
     args = parser.parse_args(argv)
     root = Path.cwd()
     try:

@@ -27,6 +27,7 @@ import yaml
 class ParamsError(ValueError):
     """params.yaml, a profile or the params composed from them are invalid; the message names the file and key."""
 
+
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
 EFFECTIVE_FILE = "params.effective.yaml"
@@ -63,8 +64,10 @@ def profile_path(root: Path, name: str) -> Path:
     path = root / PROFILES_DIR / f"{name}.yaml"
     if "/" in name or "\\" in name or not path.is_file():
         available = available_profiles(root)
-        raise ParamsError(f"unknown profile {name!r}: available profiles are {available or 'none'} "
-                          f"({_shown(root / PROFILES_DIR)}/<name>.yaml); without one, params.yaml applies as it is")
+        raise ParamsError(
+            f"unknown profile {name!r}: available profiles are {available or 'none'} "
+            f"({_shown(root / PROFILES_DIR)}/<name>.yaml); without one, params.yaml applies as it is"
+        )
     return path
 
 
@@ -100,9 +103,11 @@ def read_profile(root: Path, name: str, base: dict) -> dict:
     missing = unknown_keys(base, overlay)
     if missing:
         lines = "\n".join(f"  - {key}" for key in missing)
-        raise ParamsError(f"{_shown(path)}: key(s) not in params.yaml (a profile may only change existing keys; "
-                          f"check the spelling against params.yaml):\n{lines}\nFix {_shown(path)} and run again; "
-                          "nothing was run.")
+        raise ParamsError(
+            f"{_shown(path)}: key(s) not in params.yaml (a profile may only change existing keys; "
+            f"check the spelling against params.yaml):\n{lines}\nFix {_shown(path)} and run again; "
+            "nothing was run."
+        )
     return overlay
 
 
@@ -113,8 +118,10 @@ def recorded_profile(root: Path) -> str | None:
         return None
     recorded = _read_mapping(path).get("profile")
     if recorded is not None and not isinstance(recorded, str):
-        raise ParamsError(f"{_shown(path)}: `profile` must be a profile name or null, got {recorded!r}; "
-                          f"delete the file or set {PROFILE_ENV}")
+        raise ParamsError(
+            f"{_shown(path)}: `profile` must be a profile name or null, got {recorded!r}; "
+            f"delete the file or set {PROFILE_ENV}"
+        )
     return recorded
 
 
@@ -133,8 +140,10 @@ def effective_mapping(root: Path, profile: str | None) -> dict:
     """params.yaml with `profile` applied (None: as it is), plus `profile: <name or null>` first; not validated."""
     base = _read_mapping(root / PARAMS_FILE)
     if "profile" in base:
-        raise ParamsError(f"{_shown(root / PARAMS_FILE)}: `profile` is not a parameter (it records the profile "
-                          f"applied; choose one with {PROFILE_ENV} or `make run PROFILE=<name>`)")
+        raise ParamsError(
+            f"{_shown(root / PARAMS_FILE)}: `profile` is not a parameter (it records the profile "
+            f"applied; choose one with {PROFILE_ENV} or `make run PROFILE=<name>`)"
+        )
     merged = deep_merge(base, read_profile(root, profile, base)) if profile else base
     return {"profile": profile, **merged}
 

@@ -109,7 +109,8 @@ def test_data_stages_run_then_stay_cached_then_rerun_only_what_changed(data_repo
     assert lock_params(repo, "prepare@emotion")["prepare.tasks.emotion"]["max_train"] == 25  # untouched
     assert stale(repo, dvc_env) == set()
     diff, _ = dvc(repo, dvc_env, "params", "diff", "--json")
-    changed = {key: (d["old"], d["new"]) for key, d in json.loads(diff.strip().splitlines()[-1])[EFFECTIVE_FILE].items()}
+    entries = json.loads(diff.strip().splitlines()[-1])[EFFECTIVE_FILE]
+    changed = {key: (d["old"], d["new"]) for key, d in entries.items()}
     assert changed == {"profile": (None, "fewer-sst2"), "prepare.tasks.sst2.max_train": (40, 30)}, changed
     print(f"first repro {first_s:.0f} s, no-op repro {second_s:.1f} s")
 

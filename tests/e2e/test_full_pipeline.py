@@ -1,8 +1,8 @@
 """`make run` end to end: every stage of dvc.yaml on the real mirror, with the smoke profile (profiles/smoke.yaml).
 
 A copy of the repository in tmp runs `python -m flows.run_pipeline` with HT_PROFILE=smoke (what `make run
-PROFILE=smoke` runs) against the shared test Prefect server. Checks: all stages run; the leaderboard covers every task x model; each task has a `champion`;
-every registered model loads through `mlflow.pyfunc` and answers in its task's natural form; the MLflow UI
+PROFILE=smoke` runs) against the shared test Prefect server. Checks: all stages run (dvc.lock holds the smoke
+values); the leaderboard covers every task x model; each task has a `champion`; every registered model loads through `mlflow.pyfunc` and answers in its task's natural form; the MLflow UI
 (`make ui`) over this store lists every model of a task and opens the compare stage's side-by-side view; a second
 `make run` changes nothing. Quality floors live in the per-model tests (tests/pipeline): smoke training is a
 few steps, so here only the plumbing is checked.

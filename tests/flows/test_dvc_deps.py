@@ -98,8 +98,10 @@ def test_stage_deps_cover_every_project_module_its_flow_imports(name):
     deps = code_deps(stage)
     assert module_file(module), f"{name}: {module} not found"
     missing = uncovered(module, deps)
-    assert not missing, (f"dvc.yaml stage {name!r} runs {module}, which imports {missing}; add them (or their "
-                         f"sub-package folder) to its deps, or a change there would not re-run the stage")
+    assert not missing, (
+        f"dvc.yaml stage {name!r} runs {module}, which imports {missing}; add them (or their "
+        f"sub-package folder) to its deps, or a change there would not re-run the stage"
+    )
     code = [d for d in deps if d.startswith(PROJECT_PACKAGES)]
     absent = [d for d in code if not (REPO_ROOT / d).exists()]
     assert not absent, f"{name}: deps {absent} do not exist"
@@ -115,14 +117,20 @@ def test_every_other_stage_reads_its_params_from_the_effective_file():
     for name, stage in stages().items():
         for entry in stage.get("params", []):
             assert isinstance(entry, dict) and list(entry) == ["params.effective.yaml"], (
-                f"{name}: params {entry!r} must name keys of params.effective.yaml (params.yaml + the profile)")
+                f"{name}: params {entry!r} must name keys of params.effective.yaml (params.yaml + the profile)"
+            )
 
 
 def test_the_import_walk_follows_imports_inside_functions_and_reports_gaps():
     # flows.train imports its trainers inside functions; they import plots, the registry and the NER tagger
     found = {p.relative_to(REPO_ROOT).as_posix() for p in project_imports("flows.train").values()}
-    assert {"pipeline/train/plots.py", "pipeline/tracking/registry.py", "pipeline/models/ner_tagger.py",
-            "pipeline/core/profiles.py", "flows/common.py"} <= found
+    assert {
+        "pipeline/train/plots.py",
+        "pipeline/tracking/registry.py",
+        "pipeline/models/ner_tagger.py",
+        "pipeline/core/profiles.py",
+        "flows/common.py",
+    } <= found
     gaps = uncovered("flows.train", ["flows/train.py", "pipeline/train", "pipeline/models/loading.py"])
     assert "pipeline/models/ner_tagger.py" in gaps and "pipeline/tracking/registry.py" in gaps
     assert not any(g.startswith("pipeline/train/") for g in gaps)

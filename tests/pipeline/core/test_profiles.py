@@ -40,8 +40,11 @@ def test_deep_merge_merges_mappings_and_replaces_everything_else():
 
 
 def test_overlay_values_land_and_the_profile_is_recorded(repo):
-    write_profile(repo, "tiny", {"prepare": {"tasks": {"sst2": {"max_train": 7}}},
-                                 "train": {"overrides": {"gpt-emotion": {"epochs": None}}}})
+    write_profile(
+        repo,
+        "tiny",
+        {"prepare": {"tasks": {"sst2": {"max_train": 7}}}, "train": {"overrides": {"gpt-emotion": {"epochs": None}}}},
+    )
     params = load_params(profile="tiny")
     default = load_params(profile=None)
     assert params.profile == "tiny" and default.profile is None
@@ -67,8 +70,11 @@ def test_a_typo_in_a_profile_names_the_file_and_the_dotted_key_and_nothing_is_wr
 
 def test_an_invalid_value_in_a_profile_names_params_yaml_plus_the_profile(repo):
     write_profile(repo, "bad", {"pretrain": {"gpt": {"n_head": 3}}})
-    with pytest.raises(ParamsError, match=r"Invalid params in params.yaml \+ profiles/bad.yaml:\n  - pretrain.gpt: "
-                                          r"n_embd \(128\) must be divisible by n_head \(3\)"):
+    with pytest.raises(
+        ParamsError,
+        match=r"Invalid params in params.yaml \+ profiles/bad.yaml:\n  - pretrain.gpt: "
+        r"n_embd \(128\) must be divisible by n_head \(3\)",
+    ):
         load_params(profile="bad")
 
 
@@ -130,7 +136,8 @@ def test_load_params_composes_in_memory_and_does_not_trust_a_stale_effective_fil
 def test_gpu_profile_only_resizes_pretraining():
     overlay = yaml.safe_load((REPO_ROOT / "profiles" / "gpu.yaml").read_text())
     assert list(overlay) == ["pretrain"]
-    gpu, cpu = load_params(REPO_ROOT / "params.yaml", profile="gpu"), load_params(REPO_ROOT / "params.yaml", profile=None)
+    gpu = load_params(REPO_ROOT / "params.yaml", profile="gpu")
+    cpu = load_params(REPO_ROOT / "params.yaml", profile=None)
     for family in ("gpt", "bert"):
         assert getattr(gpu.pretrain, family).n_embd > getattr(cpu.pretrain, family).n_embd
 
@@ -151,8 +158,10 @@ def test_the_committed_effective_file_is_up_to_date():
     path = REPO_ROOT / profiles.EFFECTIVE_FILE
     recorded = profiles.recorded_profile(REPO_ROOT)
     expected = profiles.render_effective(profiles.effective_mapping(REPO_ROOT, recorded))
-    assert path.read_text() == expected, (f"{path.name} is stale for params.yaml + profile {recorded}: run "
-                                          "`python -m flows.params` (git holds the default, no profile)")
+    assert path.read_text() == expected, (
+        f"{path.name} is stale for params.yaml + profile {recorded}: run "
+        "`python -m flows.params` (git holds the default, no profile)"
+    )
 
 
 def test_the_params_stage_cli_writes_the_file_and_rejects_a_bad_profile_before_anything(repo):
@@ -160,8 +169,14 @@ def test_the_params_stage_cli_writes_the_file_and_rejects_a_bad_profile_before_a
     env.pop(profiles.PROFILE_ENV, None)
 
     def cli(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.params", *args], cwd=repo, env={**env, **extra},
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "flows.params", *args],
+            cwd=repo,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     done = cli(HT_PROFILE="smoke")
     assert done.returncode == 0, done.stderr
