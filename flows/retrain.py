@@ -89,8 +89,9 @@ def lock_entries(repo: Path) -> dict:
 
 @task(name="dvc-status", cache_policy=NO_CACHE, persist_result=False)
 def stale_stages(repo: Path, targets: list[str], env: dict[str, str]) -> dict[str, list]:
-    """Stages whose deps, params, command or outputs changed since dvc.lock (`dvc status --json`)."""
-    result = _dvc(repo, "status", "--json", *targets, env=env)
+    """Stages whose deps, params, command or outputs changed since dvc.lock (`dvc status --json`); with targets, their
+    upstream stages too (`dvc repro` runs those): e.g. `params`, which turns a params.yaml edit into new values."""
+    result = _dvc(repo, "status", "--json", *(["--with-deps", *targets] if targets else []), env=env)
     if result.returncode != 0:
         raise RuntimeError(f"`dvc status` failed in {repo} (exit {result.returncode}):\n{result.stderr.strip()}")
     text = result.stdout.strip()

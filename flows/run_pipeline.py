@@ -55,6 +55,7 @@ def results_text(summary: dict, root: Path, params) -> str:
         f"  MLflow UI   : make ui   -> http://127.0.0.1:5000   (store {uri})",
         f"  Prefect UI  : make serve -> http://127.0.0.1:{DEFAULT_PORT}   (these flow runs + the scheduled retrain)",
         "  DVC metrics : dvc metrics show   (dvc plots show for the curves)",
+        f"  Params      : params.effective.yaml, profile {params.profile or 'none'}   (dvc params diff: vs git)",
         "",
         dvc_metrics(root),
     ]
