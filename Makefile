@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
+# params profile for `make run` (profiles/<name>.yaml, e.g. gpu, smoke); empty: params.yaml's defaults
+PROFILE ?=
 
 .PHONY: help install run lint test test-fast bench ui serve rollback clean-data
 help: ## show this help
@@ -23,8 +25,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install the pinned dependencies
 
-run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are
-	$(PY) -m flows.run_pipeline
+run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are; PROFILE=gpu|smoke
+	$(PY) -m flows.run_pipeline --profile '$(PROFILE)'
 
 lint: $(STAMP) ## ruff check, ruff format --check, lint-imports (architecture contracts); runs all three
 	@rc=0; for cmd in "ruff check ." "ruff format --check ." "lint-imports"; do \

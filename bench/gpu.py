@@ -4,7 +4,7 @@ MFU = 6·N·tokens/s (N incl. the LM head, bench.flops.gpt_flop_params) over the
 the datasheet number for known cards (H100 SXM 989 TFLOP/s, H200 the same chip) and, for reference, the
 bf16 matmul peak measured here. Three measurements: a hand-written loop over the pipeline's configured GPT (tiny:
 a GPU cannot be kept busy by it, so its MFU is reported only) and over GPT-2 small (124M, the size the >= 45 %
-target is about), and the pipeline's own Trainer set-up with params.gpu.yaml (the GPU path users run).
+target is about), and the pipeline's own Trainer set-up with the gpu profile (the GPU path users run).
 """
 
 from __future__ import annotations
@@ -93,10 +93,10 @@ class _StepClock:
         return Clock()
 
 
-def pipeline_trainer_tokens_per_s(params_file: str, steps: int, warmup: int) -> dict:
+def pipeline_trainer_tokens_per_s(profile: str, steps: int, warmup: int) -> dict:
     """The pipeline's own GPT pretraining set-up (pipeline.pretrain.run: model, TrainingArguments with bf16 on CUDA,
-    data blocks, collator) from `params_file`, run by transformers.Trainer for warmup + steps steps, without
-    MLflow, evaluation or checkpoints: what `HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt` trains."""
+    data blocks, collator) with params.yaml + profiles/<profile>.yaml, run by transformers.Trainer for warmup +
+    steps steps, without MLflow, evaluation or checkpoints: what `make run PROFILE=gpu` pretrains."""
     import dataclasses
     import tempfile
 
@@ -107,7 +107,7 @@ def pipeline_trainer_tokens_per_s(params_file: str, steps: int, warmup: int) -> 
     from pipeline.core import paths
     from pipeline.models.loading import load_tokenizer
 
-    params = load_params(params_file)
+    params = load_params(profile=profile)
     cfg = params.pretrain.gpt.model_copy(update={"max_steps": warmup + steps})
     tokenizer = load_tokenizer(paths.tokenizer_dir("gpt"))
     train, _, collator = pretrain._datasets("gpt", cfg, tokenizer, params.common.seed)
@@ -125,7 +125,7 @@ def pipeline_trainer_tokens_per_s(params_file: str, steps: int, warmup: int) -> 
     rates = [tokens / t for t in times]
     del trainer, model
     torch.cuda.empty_cache()
-    return {"config": {"params_file": params_file, "bf16": args.bf16, **cfg.model_dump()}, "n_params_6n": n,
+    return {"config": {"profile": profile, "bf16": args.bf16, **cfg.model_dump()}, "n_params_6n": n,
             "tokens_per_step": tokens, "step_s": times, "tokens_per_s": rates, "stats": summarize(rates)}
 
 
@@ -140,17 +140,18 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     measured = matmul_peak(sizes=(4096, 8192), dtype=torch.bfloat16, device="cuda", reps=opts.pick(5, 3))
     sheet = datasheet_peak(device)
     peak = sheet or measured["peak_flops"]
-    gpt = load_params().pretrain.gpt
+    defaults = load_params(profile=None)  # params.yaml as it is (CPU sizes)
+    gpt = defaults.pretrain.gpt
     configs = {
         "pipeline_gpt": {"n_layer": gpt.n_layer, "n_head": gpt.n_head, "n_embd": gpt.n_embd,
                          "block_size": gpt.block_size, "batch_size": gpt.batch_size,
-                         "vocab_size": load_params().tokenizers.gpt_vocab_size},
+                         "vocab_size": defaults.tokenizers.gpt_vocab_size},
         "gpt2_small": GPT2_SMALL,
     }
     runs, rows = {}, []
     for key, cfg in [*configs.items(), ("pipeline_trainer_gpu_params", None)]:
-        if cfg is None:  # the pipeline's Trainer set-up with params.gpu.yaml (needs the tokenizer and corpus stages)
-            r = pipeline_trainer_tokens_per_s("params.gpu.yaml", steps=opts.size(100, 30), warmup=opts.size(10, 5))
+        if cfg is None:  # the pipeline's Trainer set-up with the gpu profile (needs the tokenizer and corpus stages)
+            r = pipeline_trainer_tokens_per_s("gpu", steps=opts.size(100, 30), warmup=opts.size(10, 5))
         else:
             r = gpt_tokens_per_s(cfg, steps=opts.size(30, 10), warmup=opts.size(10, 5))
         med = r["stats"]["median"]

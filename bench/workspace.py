@@ -30,8 +30,8 @@ DEFAULT_WORKDIR = Path(os.environ.get("HT_BENCH_WORKDIR", "/tmp/ht-bench"))
 # DVC's stage lines, also when a flow re-logs them with a prefix (flows.retrain streams dvc into Prefect logs).
 RUNNING_RE = re.compile(r"(?:^|\s)Running stage '([^']+)':")
 SKIPPED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' didn't change, skipping")
-# Variables that would point a copy at the developer's stores instead of its own.
-ISOLATE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "HT_PARAMS", "PREFECT_API_URL")
+# Variables that would point a copy at the developer's stores (or params profile) instead of its own.
+ISOLATE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "HT_PROFILE", "PREFECT_API_URL")
 
 
 def venv_bin(root: Path = REPO_ROOT) -> Path:

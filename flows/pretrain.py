@@ -4,7 +4,7 @@
     python -m flows.pretrain bert
 
 A killed run resumes from its last checkpoint (checkpoints/pretrain-<family>/) and continues the same MLflow run.
-For GPU-sized models: HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt (see pipeline/pretrain/run.py).
+For GPU-sized models: HT_PROFILE=gpu python -m flows.pretrain gpt (see pipeline/pretrain/run.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
     python -m flows.retrain                      # the repository in the working directory
     python -m flows.retrain --repo-dir PATH [--force] [--lock-timeout SECONDS] [TARGET ...]
 
+The params profile stays the one params.effective.yaml records (like a bare `dvc repro`); `make run` passes
+`profile` to select one (flows.run_pipeline), written under the lock so a running retrain never sees it change.
+
 1. Take the repository's retrain lock (.locks/retrain.lock, fcntl): a second retrain (or `make run`) on the
    same repository waits up to params.orchestration.lock_timeout_seconds, then fails with a message naming
    the holder. One run at a time means outputs are never interleaved; DVC's own repo lock guards dvc.lock.
@@ -36,8 +39,9 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import publish_leaderboard
 from flows.common import setup_logging
-from pipeline.core.config import ParamsError, load_params
+from pipeline.core.config import SELECTED, ParamsError, load_params, write_effective_params
 from pipeline.core.locking import LockBusy, repo_lock
+from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV
 from pipeline.tracking.runs import FLOW_RUN_ENV
 
 LOCK_FILE = Path(".locks") / "retrain.lock"
@@ -85,8 +89,9 @@ def lock_entries(repo: Path) -> dict:
 
 @task(name="dvc-status", cache_policy=NO_CACHE, persist_result=False)
 def stale_stages(repo: Path, targets: list[str], env: dict[str, str]) -> dict[str, list]:
-    """Stages whose deps, params, command or outputs changed since dvc.lock (`dvc status --json`)."""
-    result = _dvc(repo, "status", "--json", *targets, env=env)
+    """Stages whose deps, params, command or outputs changed since dvc.lock (`dvc status --json`); with targets, their
+    upstream stages too (`dvc repro` runs those): e.g. `params`, which turns a params.yaml edit into new values."""
+    result = _dvc(repo, "status", "--json", *(["--with-deps", *targets] if targets else []), env=env)
     if result.returncode != 0:
         raise RuntimeError(f"`dvc status` failed in {repo} (exit {result.returncode}):\n{result.stderr.strip()}")
     text = result.stdout.strip()
@@ -126,14 +131,17 @@ def champions(repo: Path) -> dict:
 
 @flow(name="retrain")
 def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: bool = False,
-                 lock_timeout_seconds: float | None = None) -> dict:
-    """Reproduce what is out of date (compare and champion promotion included), publish the leaderboard."""
+                 lock_timeout_seconds: float | None = None, profile: str | None = None) -> dict:
+    """Reproduce what is out of date (compare and champion promotion included), publish the leaderboard.
+
+    profile: write params.effective.yaml for profiles/<profile>.yaml ('' = no profile) first; None keeps the
+    selected one (HT_PROFILE, else the recorded one)."""
     logger = get_run_logger()
     started = time.monotonic()
     repo = Path(repo_dir).expanduser().resolve()
     if not (repo / "dvc.yaml").is_file():
         raise FileNotFoundError(f"{repo}/dvc.yaml not found: repo_dir must be the root of the DVC repository")
-    params = load_params(repo / "params.yaml")
+    params = load_params(repo / "params.yaml", profile=SELECTED if profile is None else (profile or None))
     timeout = params.orchestration.lock_timeout_seconds if lock_timeout_seconds is None else lock_timeout_seconds
     targets = list(targets or [])
 
@@ -142,6 +150,10 @@ def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: b
 
     with repo_lock(repo / LOCK_FILE, timeout, purpose=f"retrain (flow run {flow_run.id})", on_wait=waiting):
         env = stage_env()
+        if profile is not None:
+            write_effective_params(repo, profile or None)
+            env.pop(PROFILE_ENV, None)  # the stages follow the profile the file now records
+            logger.info("Params profile: %s (%s written)", profile or "none", EFFECTIVE_FILE)
         stale = stale_stages(repo, targets, env)
         if stale or force:
             logger.info("Out of date: %s", ", ".join(sorted(stale)) or "(none; --force)")

@@ -1,6 +1,10 @@
-"""`make run`: reproduce the whole pipeline on params.yaml and print where the results are.
+"""`make run`: reproduce the whole pipeline on params.yaml (+ a profile) and print where the results are.
 
-    python -m flows.run_pipeline [--force] [TARGET ...]
+    python -m flows.run_pipeline [--profile NAME] [--force] [TARGET ...]
+
+The profile (profiles/<name>.yaml; `make run PROFILE=gpu` passes --profile gpu) is --profile, else HT_PROFILE,
+else none: plain `make run` runs on params.yaml's defaults. params.effective.yaml is written for it (under the
+retrain lock) before `dvc repro`, so the stages and dvc.lock see the profile's values.
 
 One Prefect server for all stages (flows/prefect_server.py): PREFECT_API_URL when set, else the one `make
 serve` runs on 127.0.0.1:4200, else a local `prefect server start` kept for the run and stopped at the end
@@ -12,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from flows.common import params_or_exit, setup_logging
+from flows.common import setup_logging
 from flows.prefect_server import DEFAULT_PORT, prefect_api
+from pipeline.core.config import ParamsError, load_params
 from pipeline.core.locking import LockBusy
+from pipeline.core.profiles import PROFILE_ENV
 
 EXIT_BUSY = 75
 
@@ -48,6 +55,7 @@ def results_text(summary: dict, root: Path, params) -> str:
         f"  MLflow UI   : make ui   -> http://127.0.0.1:5000   (store {uri})",
         f"  Prefect UI  : make serve -> http://127.0.0.1:{DEFAULT_PORT}   (these flow runs + the scheduled retrain)",
         "  DVC metrics : dvc metrics show   (dvc plots show for the curves)",
+        f"  Params      : params.effective.yaml, profile {params.profile or 'none'}   (dvc params diff: vs git)",
         "",
         dvc_metrics(root),
     ]
@@ -74,8 +82,19 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.run_pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("targets", nargs="*", help="dvc.yaml stages (default: all)")
     parser.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
+    parser.add_argument("--profile", default=None,
+                        help=f"profiles/<name>.yaml to apply; '' for none (default: {PROFILE_ENV}, else none)")
     args = parser.parse_args(argv)
-    params = params_or_exit()
+    profile = args.profile if args.profile is not None else os.environ.get(PROFILE_ENV, "")
+    if profile:  # this process and the stages it starts all see the same profile
+        os.environ[PROFILE_ENV] = profile
+    else:
+        os.environ.pop(PROFILE_ENV, None)
+    try:
+        params = load_params(profile=profile or None)  # bad params or profile fail before Prefect starts
+    except ParamsError as err:
+        print(str(err), file=sys.stderr)
+        raise SystemExit(2) from None
     setup_logging()
     root = Path.cwd()
     ensure_dvc_repo(root)
@@ -83,7 +102,7 @@ def main(argv: list[str]) -> None:
         with prefect_api(port=None, reuse_port=DEFAULT_PORT):
             from flows.retrain import retrain_flow
 
-            summary = retrain_flow(repo_dir=str(root), targets=args.targets, force=args.force)
+            summary = retrain_flow(repo_dir=str(root), targets=args.targets, force=args.force, profile=profile)
             flush_prefect_queues()
     except LockBusy as err:
         print(f"\nNOT RUN: {err}", file=sys.stderr)

@@ -18,6 +18,7 @@ apply_quiet_env(offline=True)
 # spin against each other and a tiny training step gets ~20x slower (also inherited by subprocesses).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("HT_PROFILE", None)  # tests choose their params profile themselves
 
 pytest_plugins = [
     "tests.fixtures.data",

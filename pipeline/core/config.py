@@ -1,7 +1,9 @@
-"""Typed, validated view of params.yaml.
+"""Typed, validated view of params.yaml (with the selected profile applied: pipeline/core/profiles.py).
 
-Every stage reads its params only through `load_params()`. Unknown keys, wrong types and impossible
-values are rejected before any work starts, with a message naming the key and what is allowed.
+Every stage reads its params only through `load_params()`. Unknown keys, missing keys, wrong types and
+impossible values are rejected before any work starts, with a message naming the key and what is allowed.
+params.yaml is the only place a default lives: fields here have no default values, except those that are
+optional per entry (e.g. a dataset's hub `config`) and then mean "not used here".
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.core import profiles
+from pipeline.core.profiles import ParamsError
 
 DatasetName = Literal["emotion", "sst2", "conll2003", "multi30k", "wikitext"]
 TaskName = Literal["emotion", "sst2", "conll2003", "multi30k"]
@@ -36,7 +40,6 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "multi30k": TaskSpec("multi30k", "translation"),
 }
 MIRROR_ENV = "HT_MIRROR_DIR"
-PARAMS_ENV = "HT_PARAMS"
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -45,32 +48,30 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 OptionalCap = Annotated[int, Field(gt=0)] | None
 
 
-class ParamsError(ValueError):
-    """params.yaml is invalid; the message names each offending key."""
-
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
 # ---------------------------------------------------------------- common
 class CommonConfig(Strict):
-    seed: NonNegInt = 42
-    mlflow_tracking_uri: str = "sqlite:///mlflow/mlflow.db"
-    mlflow_artifact_root: str = "mlflow/artifacts"
-    num_threads: NonNegInt = 0
+    seed: NonNegInt
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    num_threads: NonNegInt
 
 
 # ---------------------------------------------------------------- ingest
 class HubSource(Strict):
     hub_id: str
+    revision: str
+    # optional per dataset: the hub config name (when the dataset has several) and, for a dataset without a
+    # validation split, how many train rows become validation
     config: str | None = None
-    revision: str = "main"
     validation_size: PosInt | None = None
 
 
 class IngestConfig(Strict):
-    mirror_dir: str | None = "../shared/datasets"
+    mirror_dir: str | None  # null: every dataset comes from the hub
     datasets: dict[DatasetName, HubSource]
 
     @model_validator(mode="after")
@@ -93,14 +94,15 @@ class IngestConfig(Strict):
 
 # ---------------------------------------------------------------- validate
 class DatasetChecks(Strict):
-    min_chars: NonNegInt = 1
-    max_chars: PosInt = 1000
-    max_duplicate_fraction: Fraction = 0.01
-    max_leaked_texts: NonNegInt = 0
+    min_chars: NonNegInt
+    max_chars: PosInt
+    max_duplicate_fraction: Fraction
+    max_leaked_texts: NonNegInt
+    # optional per dataset (translation pairs only): bounds of the target/source length ratio, and the fraction
+    # of pairs that must lie within them (GX `mostly`)
     min_length_ratio: PosFloat | None = None
     max_length_ratio: PosFloat | None = None
-    # fraction of translation pairs that must lie within the length-ratio bounds (GX `mostly`)
-    length_ratio_mostly: Fraction = 1.0
+    length_ratio_mostly: Fraction | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> "DatasetChecks":
@@ -108,6 +110,10 @@ class DatasetChecks(Strict):
             raise ValueError(f"min_chars ({self.min_chars}) must be <= max_chars ({self.max_chars})")
         if self.min_length_ratio and self.max_length_ratio and self.min_length_ratio > self.max_length_ratio:
             raise ValueError("min_length_ratio must be <= max_length_ratio")
+        has_bounds = self.min_length_ratio is not None or self.max_length_ratio is not None
+        if has_bounds != (self.length_ratio_mostly is not None):
+            raise ValueError("length_ratio_mostly goes with min_length_ratio/max_length_ratio: set all of them "
+                             "(translation datasets) or none")
         return self
 
 
@@ -117,42 +123,44 @@ class ValidateConfig(Strict):
 
 # ---------------------------------------------------------------- prepare
 class SplitCaps(Strict):
-    max_train: OptionalCap = None
-    max_validation: OptionalCap = None
-    max_test: OptionalCap = None
+    # null = keep the whole split
+    max_train: OptionalCap
+    max_validation: OptionalCap
+    max_test: OptionalCap
 
 
 class CorpusConfig(Strict):
-    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.02
-    min_chars: NonNegInt = 20
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)]
+    min_chars: NonNegInt
 
 
 class PrepareConfig(Strict):
     tasks: dict[TaskName, SplitCaps]
-    corpus: CorpusConfig = CorpusConfig()
+    corpus: CorpusConfig
 
 
 # ---------------------------------------------------------------- tokenizers
 class TokenizersConfig(Strict):
-    bert_vocab_size: Annotated[int, Field(ge=256)] = 12000
-    gpt_vocab_size: Annotated[int, Field(ge=300)] = 12000
-    min_frequency: PosInt = 2
+    bert_vocab_size: Annotated[int, Field(ge=256)]
+    gpt_vocab_size: Annotated[int, Field(ge=300)]
+    min_frequency: PosInt
 
 
 # ---------------------------------------------------------------- pretrain
 class PretrainModelConfig(Strict):
-    n_layer: PosInt = 2
-    n_head: PosInt = 4
-    n_embd: PosInt = 256
-    block_size: Annotated[int, Field(ge=8)] = 128
-    max_steps: PosInt = 600
-    batch_size: PosInt = 16
-    learning_rate: PosFloat = 1e-3
-    warmup_steps: NonNegInt = 0
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    eval_steps: PosInt = 200
-    save_steps: PosInt = 200
-    mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    """One pretrained model (gpt); bert adds its masking rate (BertPretrainConfig)."""
+
+    n_layer: PosInt
+    n_head: PosInt
+    n_embd: PosInt
+    block_size: Annotated[int, Field(ge=8)]
+    max_steps: PosInt
+    batch_size: PosInt
+    learning_rate: PosFloat
+    warmup_steps: NonNegInt
+    weight_decay: Annotated[float, Field(ge=0)]
+    eval_steps: PosInt
+    save_steps: PosInt
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "PretrainModelConfig":
@@ -161,9 +169,13 @@ class PretrainModelConfig(Strict):
         return self
 
 
+class BertPretrainConfig(PretrainModelConfig):
+    mlm_probability: Annotated[float, Field(gt=0, lt=1)]  # masked language modelling: share of tokens masked
+
+
 class PretrainConfig(Strict):
     gpt: PretrainModelConfig
-    bert: PretrainModelConfig
+    bert: BertPretrainConfig
 
 
 # ---------------------------------------------------------------- models
@@ -291,27 +303,29 @@ class TrainConfig(Strict):
 
 # ---------------------------------------------------------------- compare / orchestration
 class CompareConfig(Strict):
-    min_improvement: Annotated[float, Field(ge=0)] = 0.0
+    min_improvement: Annotated[float, Field(ge=0)]
 
 
 class OrchestrationConfig(Strict):
-    retries: NonNegInt = 2
-    retry_delay_seconds: Annotated[float, Field(ge=0)] = 5
-    retrain_cron: str = "0 3 * * *"
-    lock_timeout_seconds: Annotated[float, Field(ge=0)] = 0
+    retries: NonNegInt
+    retry_delay_seconds: Annotated[float, Field(ge=0)]
+    retrain_cron: str
+    lock_timeout_seconds: Annotated[float, Field(ge=0)]
 
 
 class Params(Strict):
-    common: CommonConfig = CommonConfig()
+    # the profile applied to params.yaml (profiles/<name>.yaml); not a parameter: params.yaml itself has none
+    profile: str | None = None
+    common: CommonConfig
     ingest: IngestConfig
     validate_: ValidateConfig = Field(alias="validate")
     prepare: PrepareConfig
-    tokenizers: TokenizersConfig = TokenizersConfig()
+    tokenizers: TokenizersConfig
     pretrain: PretrainConfig
     models: dict[str, ModelConfig]
     train: TrainConfig
-    compare: CompareConfig = CompareConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+    compare: CompareConfig
+    orchestration: OrchestrationConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -360,6 +374,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = f"unknown family (got {ctx.get('tag')!r}); choose one of {ctx.get('expected_tags')}"
         elif e["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here; check the spelling against params.yaml)"
+        elif e["type"] == "missing":
+            msg = "missing key (params.yaml sets every parameter; there are no defaults in the code)"
         elif is_key:
             msg = f"unknown name {e.get('input')!r} here: {msg}"
         elif e["type"] in _SHOW_INPUT:
@@ -379,17 +395,25 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise ParamsError(_format_errors(err, source)) from None
 
 
-def params_path() -> Path:
-    return Path(os.environ.get(PARAMS_ENV, "params.yaml"))
+SELECTED = object()  # load_params' default profile: HT_PROFILE, else the one params.effective.yaml records
 
 
-def load_params(path: str | Path | None = None) -> Params:
-    """Load and validate params.yaml (or HT_PARAMS, or `path`)."""
-    path = Path(path) if path else params_path()
-    if not path.exists():
-        raise ParamsError(f"{path}: params file not found (run from the repository root or set {PARAMS_ENV})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+def load_params(path: str | Path | None = None, *, profile: str | None | object = SELECTED) -> Params:
+    """The validated params of the repository whose params.yaml is `path` (default: ./params.yaml), composed in
+    memory with `profile` (None: no profile; default: HT_PROFILE, else the profile recorded in
+    params.effective.yaml, else none). A stage run by hand, outside DVC, so gets the params DVC would give it."""
+    path = Path(path) if path else Path(profiles.PARAMS_FILE)
+    if path.name != profiles.PARAMS_FILE:
+        raise ParamsError(f"{path}: load_params reads a repository's {profiles.PARAMS_FILE} (+ a profile from "
+                          f"{profiles.PROFILES_DIR}/), not another file")
+    root = path.parent
+    chosen = profiles.selected_profile(root) if profile is SELECTED else profile
+    return parse_params(profiles.effective_mapping(root, chosen), profiles.composed_source(root, chosen))
+
+
+def write_effective_params(root: Path, profile: str | None) -> Path:
+    """Validate params.yaml + `profile` (None: none), then write <root>/params.effective.yaml, the file every DVC
+    stage reads, atomically and deterministically (left untouched when its text is unchanged)."""
+    mapping = profiles.effective_mapping(root, profile)
+    parse_params(mapping, profiles.composed_source(root, profile))
+    return profiles.write_if_changed(root / profiles.EFFECTIVE_FILE, profiles.render_effective(mapping))

@@ -14,9 +14,9 @@ it) every `save_steps`. A run that was killed resumes from its last complete che
 MLflow run; the checkpoints are removed once the outputs are written. A checkpoint made with other params,
 another corpus or another tokenizer is discarded (and its MLflow run marked KILLED) instead of resumed.
 
-Sizes: params.yaml holds CPU-sized models (fp32). params.gpu.yaml (same structure, bigger pretrain sizes and
-more steps) is the GPU-sized alternative: `cp params.gpu.yaml params.yaml && dvc repro`, or for one stage
-`HT_PARAMS=params.gpu.yaml python -m flows.pretrain gpt`. On CUDA, training uses bf16 autocast where the
+Sizes: params.yaml holds CPU-sized models (fp32). The gpu profile (profiles/gpu.yaml: bigger pretrain sizes and
+more steps) is the GPU-sized alternative: `make run PROFILE=gpu`, or for one stage outside DVC
+`HT_PROFILE=gpu python -m flows.pretrain gpt`. On CUDA, training uses bf16 autocast where the
 card supports it (see `device_dtype()`).
 """
 

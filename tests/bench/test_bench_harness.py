@@ -246,15 +246,16 @@ def test_gpu_benchmark_is_skipped_not_failed_without_cuda():
     assert body["rows"][0]["status"] == common.SKIPPED and "no CUDA device" in body["rows"][0]["note"]
 
 
-def test_smoke_params_are_valid_and_only_shrink_sizes(default_params_dict):
-    from bench.smoke import smoke_params
-    from pipeline.core.config import parse_params
+def test_the_smoke_switch_runs_the_pipeline_with_the_smoke_profile_and_otherwise_none(monkeypatch):
+    from bench import whole_pipeline
 
-    small = parse_params(smoke_params(default_params_dict))
-    full = parse_params(default_params_dict)
-    assert small.pretrain.gpt.max_steps < full.pretrain.gpt.max_steps
-    assert all(small.train.tasks[t].max_steps for t in small.train.tasks)
-    assert small.ingest == full.ingest and small.validate_ == full.validate_  # same data, same checks
+    monkeypatch.setenv("HT_PROFILE", "gpu")  # the developer's shell choice never reaches the workspace run
+    monkeypatch.setenv(whole_pipeline.SMOKE_ENV, "1")
+    assert whole_pipeline.smoke_enabled()
+    assert whole_pipeline.run_env(smoke=True)["HT_PROFILE"] == "smoke"
+    assert "HT_PROFILE" not in whole_pipeline.run_env(smoke=False)
+    monkeypatch.setenv(whole_pipeline.SMOKE_ENV, "0")
+    assert not whole_pipeline.smoke_enabled()
 
 
 def test_a_smoke_workspace_is_used_only_when_no_real_run_exists(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
-"""`make run` end to end: every stage of dvc.yaml on the real mirror, shrunk to smoke size (bench/smoke.py).
+"""`make run` end to end: every stage of dvc.yaml on the real mirror, with the smoke profile (profiles/smoke.yaml).
 
-A copy of the repository in tmp runs `python -m flows.run_pipeline` (what `make run` runs) against the shared test
-Prefect server. Checks: all stages run; the leaderboard covers every task x model; each task has a `champion`;
-every registered model loads through `mlflow.pyfunc` and answers in its task's natural form; the MLflow UI
+A copy of the repository in tmp runs `python -m flows.run_pipeline` with HT_PROFILE=smoke (what `make run
+PROFILE=smoke` runs) against the shared test Prefect server. Checks: all stages run (dvc.lock holds the smoke
+values); the leaderboard covers every task x model; each task has a `champion`; every registered model loads through `mlflow.pyfunc` and answers in its task's natural form; the MLflow UI
 (`make ui`) over this store lists every model of a task and opens the compare stage's side-by-side view; a second
 `make run` changes nothing. Quality floors live in the per-model tests (tests/pipeline): smoke training is a
 few steps, so here only the plumbing is checked.
@@ -21,8 +21,8 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from bench.smoke import smoke_params
 from pipeline.core.config import TASK_SPECS, TASKS
+from pipeline.core.profiles import PROFILE_ENV
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 from tests.fixtures.dvc_repo import RAN, copy_repo, git, pipeline_env
 
@@ -42,11 +42,11 @@ def make_run(repo: Path, env: dict, timeout: float = 2400) -> str:
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, repo_root, mirror_dir, prefect_server):
     repo = copy_repo(repo_root, tmp_path_factory.mktemp("full") / "repo")
-    params = smoke_params(yaml.safe_load((repo / "params.yaml").read_text()))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["ingest"]["mirror_dir"] = str(mirror_dir)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(repo, "commit", "-qam", "smoke-size params")
-    env = pipeline_env(prefect_server)
+    git(repo, "commit", "-qam", "the mirror's path")
+    env = {**pipeline_env(prefect_server), PROFILE_ENV: "smoke"}
     output = make_run(repo, env)
     return {"repo": repo, "env": env, "output": output}
 
@@ -76,8 +76,11 @@ def _stages(repo: Path) -> set[str]:
 def test_make_run_reproduces_every_stage_and_fills_the_leaderboard(pipeline_run):
     repo, output = pipeline_run["repo"], pipeline_run["output"]
     ran = set(RAN.findall(output))
-    assert ran == _stages(repo) and len(ran) == 39, sorted(ran)
+    assert ran == _stages(repo) and len(ran) == 40, sorted(ran)  # 39 + params (writes params.effective.yaml)
     assert "Pipeline done in" in output and "Leaderboard :" in output
+    assert yaml.safe_load((repo / "params.effective.yaml").read_text())["profile"] == "smoke"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert lock["prepare@emotion"]["params"]["params.effective.yaml"]["prepare.tasks.emotion"]["max_train"] == 200
 
     board = json.loads((repo / "reports" / "comparison.json").read_text())
     for task in TASKS:

@@ -162,12 +162,11 @@ def _corrupted_emotion(root):
 
 @pytest.mark.integration
 def test_data_validation_failure_fails_the_flow_with_the_gx_summary_in_its_logs(
-    prefect_api, in_tmp_repo, default_params_dict, repo_root, monkeypatch
+    prefect_api, in_tmp_repo, default_params_dict, repo_root
 ):
     from flows.data import validate_flow
 
     (in_tmp_repo / "params.yaml").write_text((repo_root / "params.yaml").read_text())
-    monkeypatch.setenv("HT_PARAMS", str(in_tmp_repo / "params.yaml"))
     _corrupted_emotion(in_tmp_repo)
 
     state = validate_flow("emotion", return_state=True)

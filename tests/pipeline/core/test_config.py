@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline.core.config import PARAMS_ENV, TASKS, ParamsError, load_params, parse_params
+from pipeline.core.config import TASKS, ParamsError, load_params, parse_params
 
 
 def test_repo_params_load(repo_root):
@@ -21,13 +21,12 @@ def test_repo_params_load(repo_root):
     assert params.train.overrides["rnn-multi30k"].learning_rate == 0.001
 
 
-def test_params_path_from_env(tmp_path, monkeypatch, default_params_dict):
-    path = tmp_path / "other.yaml"
+def test_params_come_from_the_working_directory(in_tmp_repo, default_params_dict):
     changed = copy.deepcopy(default_params_dict)
     changed["common"]["seed"] = 7
-    path.write_text(yaml.safe_dump(changed))
-    monkeypatch.setenv(PARAMS_ENV, str(path))
-    assert load_params().common.seed == 7
+    (in_tmp_repo / "params.yaml").write_text(yaml.safe_dump(changed))
+    params = load_params()
+    assert params.common.seed == 7 and params.profile is None
 
 
 def _with(base: dict, dotted: str, value) -> dict:
@@ -62,6 +61,8 @@ INVALID = [
     ("train.overrides.t5-emotion", {"epochs": 1}, "train.overrides.t5-emotion", "keys are '<model>-<task>'"),
     ("train.overrides.gpt-imdb", {}, "train.overrides.gpt-imdb", "keys are '<model>-<task>'"),
     ("pretrain.gpt.n_head", 3, "pretrain.gpt", "divisible by n_head"),
+    ("pretrain.gpt.mlm_probability", 0.15, "pretrain.gpt.mlm_probability", "unknown key"),  # bert only
+    ("validate.datasets.emotion.min_length_ratio", 0.5, "validate.datasets.emotion", "length_ratio_mostly goes with"),
 ]
 
 
@@ -81,14 +82,36 @@ def test_missing_section_and_missing_dataset(default_params_dict):
     del raw["ingest"]["datasets"]["sst2"]
     with pytest.raises(ParamsError) as err:
         parse_params(raw)
-    assert "- prepare: Field required" in str(err.value)
+    assert "- prepare: missing key (params.yaml sets every parameter" in str(err.value)
     assert "- ingest: missing dataset(s) ['sst2']" in str(err.value)
 
 
-def test_unreadable_files(tmp_path):
-    with pytest.raises(ParamsError, match="params file not found"):
-        load_params(tmp_path / "nope.yaml")
-    bad = tmp_path / "bad.yaml"
+# One key per config class whose fields have no code default: leaving it out of params.yaml is an error.
+REQUIRED = ["common.seed", "common.num_threads", "ingest.mirror_dir", "ingest.datasets.emotion.revision",
+            "validate.datasets.emotion.max_leaked_texts", "prepare.tasks.sst2.max_test", "prepare.corpus",
+            "prepare.corpus.min_chars", "tokenizers", "tokenizers.min_frequency", "pretrain.gpt.warmup_steps",
+            "pretrain.bert.mlm_probability", "compare", "compare.min_improvement", "orchestration",
+            "orchestration.retrain_cron", "validate"]
+
+
+@pytest.mark.parametrize("dotted", REQUIRED)
+def test_params_without_a_code_default_are_required(default_params_dict, dotted):
+    raw = copy.deepcopy(default_params_dict)
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    with pytest.raises(ParamsError, match=rf"- {dotted.replace('.', '[.]')}: missing key"):
+        parse_params(raw)
+
+
+def test_unreadable_files(in_tmp_repo):
+    with pytest.raises(ParamsError, match="params.yaml: not found"):
+        load_params()
+    with pytest.raises(ParamsError, match="reads a repository's params.yaml"):
+        load_params(in_tmp_repo / "other.yaml")
+    bad = in_tmp_repo / "params.yaml"
     bad.write_text("prepare: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
@@ -99,9 +122,9 @@ def test_unreadable_files(tmp_path):
 
 @pytest.mark.parametrize("argv", [["flows.data", "prepare", "emotion"], ["flows.tokenizers"]])
 def test_flow_cli_rejects_bad_params_before_any_work(repo_root, tmp_path, default_params_dict, argv):
-    bad = tmp_path / "bad_params.yaml"
+    bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(_with(default_params_dict, "prepare.tasks.emotion.max_train", -5)))
-    env = {**os.environ, PARAMS_ENV: str(bad), "PYTHONPATH": str(repo_root)}
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
     proc = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -109,4 +132,4 @@ def test_flow_cli_rejects_bad_params_before_any_work(repo_root, tmp_path, defaul
     assert "Traceback" not in proc.stderr
     assert "prefect" not in proc.stderr.lower()  # failed before Prefect started
     assert not (tmp_path / "data").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad_params.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -238,13 +238,3 @@ def test_loss_rows_join_eval_loss_on_its_step():
     history = [{"loss": 7.0, "step": 1}, {"loss": 6.5, "step": 5}, {"eval_loss": 6.4, "step": 5},
                {"train_runtime": 3.0, "step": 5}]
     assert pt.loss_rows(history) == [{"step": 1, "loss": 7.0, "eval_loss": ""}, {"step": 5, "loss": 6.5, "eval_loss": 6.4}]
-
-
-def test_gpu_params_file_loads_and_only_resizes_pretraining():
-    gpu = yaml.safe_load((REPO_ROOT / "params.gpu.yaml").read_text())
-    cpu = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params = load_params(REPO_ROOT / "params.gpu.yaml")
-    for family in ("gpt", "bert"):
-        assert getattr(params.pretrain, family).n_embd > getattr(load_params(REPO_ROOT / "params.yaml").pretrain, family).n_embd
-    drifted = sorted(k for k in set(cpu) | set(gpu) if k != "pretrain" and cpu.get(k) != gpu.get(k))
-    assert not drifted, f"params.gpu.yaml differs from params.yaml outside `pretrain` in {drifted}: copy those sections"
