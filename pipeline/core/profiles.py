@@ -16,12 +16,12 @@ write_effective_params) and builds on this one, which therefore also owns Params
 from __future__ import annotations
 
 import copy
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline.core.io import write_text
 
 
 class ParamsError(ValueError):
@@ -162,13 +162,7 @@ def render_effective(mapping: dict[str, Any]) -> str:
 
 
 def write_if_changed(target: Path, text: str) -> Path:
-    """Write `text` to `target` atomically (a sibling temporary file renamed over it); untouched when unchanged."""
+    """Write `text` to `target` atomically; untouched (same mtime) when unchanged."""
     if target.exists() and target.read_text(encoding="utf-8") == text:
         return target
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return write_text(target, text)
