@@ -16,6 +16,7 @@ write_effective_params) and builds on this one, which therefore also owns Params
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
