@@ -18,8 +18,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from pipeline.core.io import write_text
 from pipeline.tracking.runs import git_commit
@@ -35,8 +36,18 @@ MET, MISSED, REPORT, NOT_MEASURED, SKIPPED, ERROR = "met", "missed", "report", "
 STATUSES = (MET, MISSED, REPORT, NOT_MEASURED, SKIPPED, ERROR)
 
 PACKAGES = (
-    "torch", "transformers", "datasets", "tokenizers", "accelerate", "prefect", "mlflow", "dvc",
-    "great_expectations", "pandas", "numpy", "psutil",
+    "torch",
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "accelerate",
+    "prefect",
+    "mlflow",
+    "dvc",
+    "great_expectations",
+    "pandas",
+    "numpy",
+    "psutil",
 )
 
 
@@ -227,7 +238,7 @@ def envelope(name: str, body: dict[str, Any], started: float, finished: float) -
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
-        "started_at": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(finished - started, 3),
         "git_commit": git_commit(REPO_ROOT, mark_dirty=True),
         "machine": machine_info(),
@@ -307,8 +318,11 @@ def summary_markdown(results: Sequence[dict[str, Any]]) -> str:
     ]
     for r in summary_rows(results):
         status = {MET: "met", MISSED: "**missed**"}.get(r["status"], r["status"])
-        lines.append("| " + " | ".join(_cell(x) for x in (
-            r["benchmark"], r["item"], r["target"], r["measured"], status, r["note"])) + " |")
+        lines.append(
+            "| "
+            + " | ".join(_cell(x) for x in (r["benchmark"], r["item"], r["target"], r["measured"], status, r["note"]))
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

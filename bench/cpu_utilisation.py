@@ -50,14 +50,32 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     with_attn = utilisation * (6 * n + attn) / (6 * n)
     best_peak = max(max(peaks), reference["peak_flops"])
     achieved = 6 * n * statistics.median(tok_s)
-    note = (f"{statistics.median(tok_s):,.0f} tok/s x 6 x {n / 1e6:.2f}M params = {achieved / 1e9:.1f} GFLOP/s; "
-            f"paired peak median {statistics.median(peaks) / 1e9:.1f} GFLOP/s (best seen {best_peak / 1e9:.1f}, "
-            f"{torch.get_num_threads()} threads); with attention FLOPs {fmt_pct(with_attn)}; tokens/s from {source}")
+    note = (
+        f"{statistics.median(tok_s):,.0f} tok/s x 6 x {n / 1e6:.2f}M params = {achieved / 1e9:.1f} GFLOP/s; "
+        f"paired peak median {statistics.median(peaks) / 1e9:.1f} GFLOP/s (best seen {best_peak / 1e9:.1f}, "
+        f"{torch.get_num_threads()} threads); with attention FLOPs {fmt_pct(with_attn)}; tokens/s from {source}"
+    )
     return result_body(
-        [row("GPT pretraining FLOP/s vs fp32 matmul peak", f">= {TARGET:.0%}", fmt_pct(utilisation),
-             verdict(utilisation >= TARGET), note)],
-        tokens_per_s=tok_s, paired_matmul_peak=peaks, paired_utilisation=paired, stats=summarize(paired),
-        reference_peak=reference, best_peak_flops=best_peak, utilisation_vs_best_peak=achieved / best_peak,
-        tokens_per_s_source=source, n_params_6n=n, attention_flops_per_token=attn, achieved_flops=achieved,
-        utilisation=utilisation, utilisation_with_attention=with_attn,
+        [
+            row(
+                "GPT pretraining FLOP/s vs fp32 matmul peak",
+                f">= {TARGET:.0%}",
+                fmt_pct(utilisation),
+                verdict(utilisation >= TARGET),
+                note,
+            )
+        ],
+        tokens_per_s=tok_s,
+        paired_matmul_peak=peaks,
+        paired_utilisation=paired,
+        stats=summarize(paired),
+        reference_peak=reference,
+        best_peak_flops=best_peak,
+        utilisation_vs_best_peak=achieved / best_peak,
+        tokens_per_s_source=source,
+        n_params_6n=n,
+        attention_flops_per_token=attn,
+        achieved_flops=achieved,
+        utilisation=utilisation,
+        utilisation_with_attention=with_attn,
     )

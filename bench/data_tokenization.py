@@ -54,8 +54,11 @@ def cases(opts: BenchOptions) -> dict:
     texts = list(emotion["text"])
     raw = raw_encoder(minilm, length)
     out["classification (emotion train, minilm tokenizer)"] = (
-        lambda: task_data.encode_classification(emotion, minilm, length), lambda: raw(texts), texts,
-        "pipeline.data.task_data.encode_classification")
+        lambda: task_data.encode_classification(emotion, minilm, length),
+        lambda: raw(texts),
+        texts,
+        "pipeline.data.task_data.encode_classification",
+    )
 
     conll = fixtures.dataset("conll2003")["train"]
     cap = opts.size(params.prepare.tasks["conll2003"].max_train or len(conll), 1000)
@@ -64,16 +67,22 @@ def cases(opts: BenchOptions) -> dict:
     joined = [" ".join(words) for words in conll["tokens"]]
     raw_ner = raw_encoder(minilm, length)
     out["ner (conll2003 train, minilm tokenizer)"] = (
-        lambda: task_data.encode_ner(conll, minilm, length), lambda: raw_ner(joined), joined,
-        "pipeline.data.task_data.encode_ner")
+        lambda: task_data.encode_ner(conll, minilm, length),
+        lambda: raw_ner(joined),
+        joined,
+        "pipeline.data.task_data.encode_ner",
+    )
 
     gpt = fixtures.tokenizer("gpt")
     docs = list(fixtures.wikitext_docs())[: opts.size(10**9, 1500)]
     block = params.pretrain.gpt.block_size
     raw_gpt = raw_encoder(gpt, None, add_special_tokens=False)
     out["pretraining blocks (WikiText, gpt tokenizer)"] = (
-        lambda: lm_blocks(docs, gpt, block, "bench corpus"), lambda: raw_gpt(docs), docs,
-        "pipeline.pretrain.data.lm_blocks")
+        lambda: lm_blocks(docs, gpt, block, "bench corpus"),
+        lambda: raw_gpt(docs),
+        docs,
+        "pipeline.pretrain.data.lm_blocks",
+    )
     return out
 
 
@@ -91,13 +100,25 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
             b = [tokens / t for t in samples["b"]]
             ratios = paired_ratios(a, b)
             ratio = summarize(a)["median"] / summarize(b)["median"]
-            results[name] = {"function": fn_name, "texts": len(texts), "tokens": tokens, "seconds": samples,
-                             "pipeline_tokens_per_s": a, "raw_tokens_per_s": b, "ratio": ratio,
-                             "paired_ratios": ratios}
-            rows.append(row(name, f"ratio >= {TARGET}",
-                            f"{fmt_ratio(ratio)} ({summarize(a)['median']:,.0f} vs {summarize(b)['median']:,.0f} tok/s)",
-                            verdict(ratio >= TARGET),
-                            f"{fn_name} vs Tokenizer.encode_batch; {len(texts)} texts, {tokens:,} tokens"))
+            results[name] = {
+                "function": fn_name,
+                "texts": len(texts),
+                "tokens": tokens,
+                "seconds": samples,
+                "pipeline_tokens_per_s": a,
+                "raw_tokens_per_s": b,
+                "ratio": ratio,
+                "paired_ratios": ratios,
+            }
+            rows.append(
+                row(
+                    name,
+                    f"ratio >= {TARGET}",
+                    f"{fmt_ratio(ratio)} ({summarize(a)['median']:,.0f} vs {summarize(b)['median']:,.0f} tok/s)",
+                    verdict(ratio >= TARGET),
+                    f"{fn_name} vs Tokenizer.encode_batch; {len(texts)} texts, {tokens:,} tokens",
+                )
+            )
     finally:
         datasets.enable_progress_bars()
         logging.getLogger("pipeline").setLevel(logging.NOTSET)

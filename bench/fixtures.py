@@ -12,8 +12,8 @@ import functools
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from bench.common import REPO_ROOT
 
@@ -34,7 +34,7 @@ def mirror_dir() -> Path:
     return folder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dataset(name: str):
     """The raw DatasetDict of one dataset, read from the mirror (canonical schema)."""
     from pipeline.data.readers import MIRROR_FOLDERS, read_mirror
@@ -62,8 +62,12 @@ def stand_in_root() -> Path:
     (corpus / "train.txt").write_text("\n".join(docs[:cut]) + "\n", encoding="utf-8")
     (corpus / "heldout.txt").write_text("\n".join(docs[cut:]) + "\n", encoding="utf-8")
     cfg = params().tokenizers
-    log.info("training bench tokenizers (vocab %d/%d) on %d WikiText lines", cfg.gpt_vocab_size,
-             cfg.bert_vocab_size, len(docs))
+    log.info(
+        "training bench tokenizers (vocab %d/%d) on %d WikiText lines",
+        cfg.gpt_vocab_size,
+        cfg.bert_vocab_size,
+        len(docs),
+    )
     train_bpe(docs, cfg.gpt_vocab_size, cfg.min_frequency, root / "data" / "tokenizers" / "gpt")
     train_wordpiece(docs, cfg.bert_vocab_size, cfg.min_frequency, root / "data" / "tokenizers" / "bert")
     return root

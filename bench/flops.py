@@ -9,8 +9,9 @@ import torch
 MATMUL_SIZES = (512, 1024, 2048)
 
 
-def matmul_flops(n: int, dtype: torch.dtype = torch.float32, device: str = "cpu", reps: int = 5,
-                 min_time_s: float = 0.2) -> list[float]:
+def matmul_flops(
+    n: int, dtype: torch.dtype = torch.float32, device: str = "cpu", reps: int = 5, min_time_s: float = 0.2
+) -> list[float]:
     """Achieved FLOP/s of an n x n @ n x n matmul (2 n^3 FLOPs), one sample per rep after a warmup.
 
     Each sample loops enough matmuls to last `min_time_s`, so short sizes are not dominated by timer noise.
@@ -36,13 +37,17 @@ def matmul_flops(n: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
     return samples
 
 
-def matmul_peak(sizes=MATMUL_SIZES, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                reps: int = 5) -> dict:
+def matmul_peak(sizes=MATMUL_SIZES, dtype: torch.dtype = torch.float32, device: str = "cpu", reps: int = 5) -> dict:
     """The best achieved matmul FLOP/s over a few square sizes: the machine's practical peak for this dtype."""
     per_size = {str(n): matmul_flops(n, dtype, device, reps) for n in sizes}
     best = max(max(v) for v in per_size.values())
-    return {"peak_flops": best, "samples": per_size, "dtype": str(dtype).replace("torch.", ""),
-            "threads": torch.get_num_threads(), "device": device}
+    return {
+        "peak_flops": best,
+        "samples": per_size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
 
 
 def gpt_flop_params(model: torch.nn.Module) -> int:

@@ -25,8 +25,15 @@ MFU_TARGET = 0.45
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 # Dropout off, as in nanoGPT's MFU runs: with it on, sdpa takes a slower flash kernel and three dropout kernels
 # run per layer (28.3 % -> 31.7 % MFU at batch 32 on an H200, bench/README.md).
-GPT2_SMALL = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "batch_size": 32, "vocab_size": 50304,
-              "dropout": 0.0}
+GPT2_SMALL = {
+    "n_layer": 12,
+    "n_head": 12,
+    "n_embd": 768,
+    "block_size": 1024,
+    "batch_size": 32,
+    "vocab_size": 50304,
+    "dropout": 0.0,
+}
 
 
 def datasheet_peak(device_name: str) -> float | None:
@@ -42,9 +49,18 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
 
     torch.manual_seed(0)
     drop = cfg.get("dropout", 0.1)  # GPT2Config's default
-    config = GPT2Config(vocab_size=cfg["vocab_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                        n_embd=cfg["n_embd"], n_positions=cfg["block_size"], bos_token_id=0, eos_token_id=0,
-                        resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
+    config = GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        n_embd=cfg["n_embd"],
+        n_positions=cfg["block_size"],
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=drop,
+        embd_pdrop=drop,
+        attn_pdrop=drop,
+    )
     model = GPT2LMHeadModel(config).cuda()
     n = gpt_flop_params(model)
     step_model = torch.compile(model) if compile_model else model
@@ -66,8 +82,14 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
     del model, step_model, opt
     torch.cuda.empty_cache()
     rates = [tokens / t for t in times]
-    return {"config": cfg, "n_params_6n": n, "tokens_per_step": tokens, "step_s": times, "tokens_per_s": rates,
-            "stats": summarize(rates)}
+    return {
+        "config": cfg,
+        "n_params_6n": n,
+        "tokens_per_step": tokens,
+        "step_s": times,
+        "tokens_per_s": rates,
+        "stats": summarize(rates),
+    }
 
 
 class _StepClock:
@@ -102,10 +124,10 @@ def pipeline_trainer_tokens_per_s(profile: str, steps: int, warmup: int) -> dict
 
     from transformers import Trainer
 
-    from pipeline.pretrain import run as pretrain
-    from pipeline.core.config import load_params
     from pipeline.core import paths
+    from pipeline.core.config import load_params
     from pipeline.models.loading import load_tokenizer
+    from pipeline.pretrain import run as pretrain
 
     params = load_params(profile=profile)
     cfg = params.pretrain.gpt.model_copy(update={"max_steps": warmup + steps})
@@ -114,25 +136,53 @@ def pipeline_trainer_tokens_per_s(profile: str, steps: int, warmup: int) -> dict
     model = pretrain.build_model("gpt", cfg, tokenizer)
     n = gpt_flop_params(model)
     with tempfile.TemporaryDirectory() as tmp:
-        args = dataclasses.replace(pretrain._training_args("gpt", cfg, params), output_dir=tmp, eval_strategy="no",
-                                   save_strategy="no", logging_steps=10**6, logging_first_step=False)
+        args = dataclasses.replace(
+            pretrain._training_args("gpt", cfg, params),
+            output_dir=tmp,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=10**6,
+            logging_first_step=False,
+        )
         clock = _StepClock()
-        trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=train,
-                          processing_class=tokenizer, callbacks=[clock])
+        trainer = Trainer(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train,
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
         trainer.train()
     times = clock.times[warmup:]
     tokens = cfg.batch_size * cfg.block_size
     rates = [tokens / t for t in times]
     del trainer, model
     torch.cuda.empty_cache()
-    return {"config": {"profile": profile, "bf16": args.bf16, **cfg.model_dump()}, "n_params_6n": n,
-            "tokens_per_step": tokens, "step_s": times, "tokens_per_s": rates, "stats": summarize(rates)}
+    return {
+        "config": {"profile": profile, "bf16": args.bf16, **cfg.model_dump()},
+        "n_params_6n": n,
+        "tokens_per_step": tokens,
+        "step_s": times,
+        "tokens_per_s": rates,
+        "stats": summarize(rates),
+    }
 
 
 def run(opts: BenchOptions, ctx: dict) -> dict:
     if not torch.cuda.is_available():
-        return result_body([row("GPT bf16 tokens/s, MFU", f">= {MFU_TARGET:.0%} MFU on an H100", "-", SKIPPED,
-                                "skipped: no CUDA device")], skipped="no CUDA device")
+        return result_body(
+            [
+                row(
+                    "GPT bf16 tokens/s, MFU",
+                    f">= {MFU_TARGET:.0%} MFU on an H100",
+                    "-",
+                    SKIPPED,
+                    "skipped: no CUDA device",
+                )
+            ],
+            skipped="no CUDA device",
+        )
     from pipeline.core.config import load_params
 
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast (none expected) use tensor cores
@@ -143,9 +193,14 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     defaults = load_params(profile=None)  # params.yaml as it is (CPU sizes)
     gpt = defaults.pretrain.gpt
     configs = {
-        "pipeline_gpt": {"n_layer": gpt.n_layer, "n_head": gpt.n_head, "n_embd": gpt.n_embd,
-                         "block_size": gpt.block_size, "batch_size": gpt.batch_size,
-                         "vocab_size": defaults.tokenizers.gpt_vocab_size},
+        "pipeline_gpt": {
+            "n_layer": gpt.n_layer,
+            "n_head": gpt.n_head,
+            "n_embd": gpt.n_embd,
+            "block_size": gpt.block_size,
+            "batch_size": gpt.batch_size,
+            "vocab_size": defaults.tokenizers.gpt_vocab_size,
+        },
         "gpt2_small": GPT2_SMALL,
     }
     runs, rows = {}, []
@@ -160,12 +215,14 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         runs[key] = r
         mfu = 6 * r["n_params_6n"] * med / peak
         target_applies = key == "gpt2_small" and "H100" in device
-        rows.append(row(
-            f"{key} bf16 ({device})",
-            f">= {MFU_TARGET:.0%} MFU on an H100" if target_applies else "report",
-            f"{med:,.0f} tok/s, MFU {fmt_pct(mfu)}",
-            verdict(mfu >= MFU_TARGET) if target_applies else REPORT,
-            f"peak {'datasheet' if sheet else 'measured'} {peak / 1e12:.0f} TFLOP/s; measured bf16 matmul "
-            f"{measured['peak_flops'] / 1e12:.0f} TFLOP/s",
-        ))
+        rows.append(
+            row(
+                f"{key} bf16 ({device})",
+                f">= {MFU_TARGET:.0%} MFU on an H100" if target_applies else "report",
+                f"{med:,.0f} tok/s, MFU {fmt_pct(mfu)}",
+                verdict(mfu >= MFU_TARGET) if target_applies else REPORT,
+                f"peak {'datasheet' if sheet else 'measured'} {peak / 1e12:.0f} TFLOP/s; measured bf16 matmul "
+                f"{measured['peak_flops'] / 1e12:.0f} TFLOP/s",
+            )
+        )
     return result_body(rows, device=device, bf16_matmul=measured, datasheet_peak=sheet, runs=runs)

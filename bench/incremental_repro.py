@@ -55,20 +55,42 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     for folder in (copy / "data" / "models" / model_task, copy / "reports"):
         if folder.exists():
             break_links(folder)
-    tracked = run_tracked(["dvc", "repro"], copy, bench_env(), timeout=TIMEOUT_S,
-                          log_file=copy.parent / "repro.log")
-    data = {"source": str(src), "copy": str(copy), "override": {model_task: override}, "run": tracked.to_dict(),
-            "expected": sorted(expected)}
+    tracked = run_tracked(["dvc", "repro"], copy, bench_env(), timeout=TIMEOUT_S, log_file=copy.parent / "repro.log")
+    data = {
+        "source": str(src),
+        "copy": str(copy),
+        "override": {model_task: override},
+        "run": tracked.to_dict(),
+        "expected": sorted(expected),
+    }
     if tracked.rc != 0:
-        return result_body([row(item, target, f"ran {tracked.ran}", ERROR,
-                                f"dvc repro exited {tracked.rc}: {' / '.join(tracked.tail[-3:])}")], **data)
+        return result_body(
+            [
+                row(
+                    item,
+                    target,
+                    f"ran {tracked.ran}",
+                    ERROR,
+                    f"dvc repro exited {tracked.rc}: {' / '.join(tracked.tail[-3:])}",
+                )
+            ],
+            **data,
+        )
     ran = set(tracked.ran)
     extra, missing = sorted(ran - expected), sorted(expected - ran)
     note = f"{len(tracked.skipped)} stages skipped; " + "; ".join(
-        x for x in (f"also ran {extra}" if extra else "", f"did not run {missing}" if missing else "") if x)
+        x for x in (f"also ran {extra}" if extra else "", f"did not run {missing}" if missing else "") if x
+    )
     per_stage = ", ".join(f"{s.name} {fmt_s(s.wall_s)}" for s in tracked.stages)
     return result_body(
-        [row(item, target, f"ran {len(ran)} stage(s) in {fmt_s(tracked.wall_s)}: {per_stage}",
-             verdict(ran == expected), note.rstrip("; "))],
+        [
+            row(
+                item,
+                target,
+                f"ran {len(ran)} stage(s) in {fmt_s(tracked.wall_s)}: {per_stage}",
+                verdict(ran == expected),
+                note.rstrip("; "),
+            )
+        ],
         **data,
     )

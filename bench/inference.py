@@ -105,8 +105,17 @@ def measure_model(name: str, texts: list[str], opts: BenchOptions) -> dict:
 def run(opts: BenchOptions, ctx: dict) -> dict:
     root, why = find_finished_workspace(opts.workspace, check_status=False)
     if root is None:
-        return result_body([row("registered models, p50 at batch 1", f"classification <= {CLASSIFICATION_P50_MS:g} ms",
-                                "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")])
+        return result_body(
+            [
+                row(
+                    "registered models, p50 at batch 1",
+                    f"classification <= {CLASSIFICATION_P50_MS:g} ms",
+                    "-",
+                    NOT_MEASURED,
+                    f"{NOT_RUN_HINT} ({why})",
+                )
+            ]
+        )
     from mlflow import MlflowClient
 
     results, rows = {}, []
@@ -125,19 +134,28 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     for task, kind in TASK_KINDS.items():
         models = {n: r for n, r in results.items() if n.startswith(f"{task}-")}
         if not models:
-            rows.append(row(f"{task}: registered models", "report", "-", NOT_MEASURED,
-                            f"no registered {task}-<model> in {uri}"))
+            rows.append(
+                row(f"{task}: registered models", "report", "-", NOT_MEASURED, f"no registered {task}-<model> in {uri}")
+            )
             continue
         for name, r in sorted(models.items()):
             if "error" in r:
                 rows.append(row(name, "-", "-", "error", r["error"]))
                 continue
             b1, b32 = r["batch_1"], r["batch_32"]
-            measured = (f"b1 p50 {b1['p50']:.1f} / p95 {b1['p95']:.1f} ms; "
-                        f"b32 p50 {b32['p50']:.0f} / p95 {b32['p95']:.0f} ms")
+            measured = (
+                f"b1 p50 {b1['p50']:.1f} / p95 {b1['p95']:.1f} ms; b32 p50 {b32['p50']:.0f} / p95 {b32['p95']:.0f} ms"
+            )
             if kind == "classification":
-                rows.append(row(name, f"p50 <= {CLASSIFICATION_P50_MS:g} ms at batch 1", measured,
-                                verdict(b1["p50"] <= CLASSIFICATION_P50_MS), f"load {r['load_s']:.1f} s"))
+                rows.append(
+                    row(
+                        name,
+                        f"p50 <= {CLASSIFICATION_P50_MS:g} ms at batch 1",
+                        measured,
+                        verdict(b1["p50"] <= CLASSIFICATION_P50_MS),
+                        f"load {r['load_s']:.1f} s",
+                    )
+                )
             else:
                 rows.append(row(name, "report", measured, REPORT, f"{kind}; load {r['load_s']:.1f} s"))
     return result_body(rows, workspace=str(root), tracking_uri=uri, models=results)

@@ -37,8 +37,9 @@ TARGET_S = 3.0
 def run(opts: BenchOptions, ctx: dict) -> dict:
     src, copy, why = measurement_copy(opts.workspace, NAME)
     if copy is None:
-        return result_body([row("dvc repro, nothing changed", f"<= {TARGET_S:g} s", "-", NOT_MEASURED,
-                                f"{NOT_RUN_HINT} ({why})")])
+        return result_body(
+            [row("dvc repro, nothing changed", f"<= {TARGET_S:g} s", "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")]
+        )
     env = bench_env()
     ran: list[list[str]] = []
     skipped = []
@@ -58,26 +59,60 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
 
     samples = interleave(repro, startup, reps=opts.pick(5, 3), warmup=1, measure=lambda fn: fn())
     if any(ran):
-        return result_body([row("dvc repro, nothing changed", f"<= {TARGET_S:g} s", "-", ERROR,
-                                f"stages ran although the copy was up to date: {sorted({s for r in ran for s in r})}")],
-                           samples=samples)
+        return result_body(
+            [
+                row(
+                    "dvc repro, nothing changed",
+                    f"<= {TARGET_S:g} s",
+                    "-",
+                    ERROR,
+                    f"stages ran although the copy was up to date: {sorted({s for r in ran for s in r})}",
+                )
+            ],
+            samples=samples,
+        )
     # What a user waits for: `make run` with nothing to do (Prefect server start + retrain flow + dvc status),
     # with the profile the run in the copy was made with (a smoke workspace's: smoke), so nothing is out of date.
     profile = recorded_profile(copy) or ""
-    make_run = run_tracked([str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "flows.run_pipeline", "--profile",
-                            profile], copy, env, timeout=900)
+    make_run = run_tracked(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "flows.run_pipeline", "--profile", profile],
+        copy,
+        env,
+        timeout=900,
+    )
     noop, start = summarize(samples["a"]), summarize(samples["b"])
     share = paired_ratios(samples["b"], samples["a"])
-    note = (f"{skipped[-1]} stages checked; DVC CLI start-up alone {fmt_s(start['median'])} "
-            f"({summarize(share)['median']:.0%} of it)")
+    note = (
+        f"{skipped[-1]} stages checked; DVC CLI start-up alone {fmt_s(start['median'])} "
+        f"({summarize(share)['median']:.0%} of it)"
+    )
     return result_body(
-        [row("dvc repro, nothing changed", f"<= {TARGET_S:g} s", fmt_s(noop["median"]),
-             verdict(noop["median"] <= TARGET_S), note),
-         row("make run, nothing changed", "report", fmt_s(make_run.wall_s) if make_run.rc == 0 else "-",
-             REPORT if make_run.rc == 0 else ERROR,
-             f"ran {make_run.ran}" if make_run.ran else
-             ("one sample: Prefect server start + retrain flow + dvc status" if make_run.rc == 0
-              else f"exited {make_run.rc}: {' / '.join(make_run.tail[-3:])}"))],
-        source=str(src), copy=str(copy), samples=samples, stats={"noop": noop, "cli_startup": start},
-        stages_checked=skipped[-1], make_run=make_run.to_dict(),
+        [
+            row(
+                "dvc repro, nothing changed",
+                f"<= {TARGET_S:g} s",
+                fmt_s(noop["median"]),
+                verdict(noop["median"] <= TARGET_S),
+                note,
+            ),
+            row(
+                "make run, nothing changed",
+                "report",
+                fmt_s(make_run.wall_s) if make_run.rc == 0 else "-",
+                REPORT if make_run.rc == 0 else ERROR,
+                f"ran {make_run.ran}"
+                if make_run.ran
+                else (
+                    "one sample: Prefect server start + retrain flow + dvc status"
+                    if make_run.rc == 0
+                    else f"exited {make_run.rc}: {' / '.join(make_run.tail[-3:])}"
+                ),
+            ),
+        ],
+        source=str(src),
+        copy=str(copy),
+        samples=samples,
+        stats={"noop": noop, "cli_startup": start},
+        stages_checked=skipped[-1],
+        make_run=make_run.to_dict(),
     )

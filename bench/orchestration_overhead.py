@@ -110,8 +110,17 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     item = f"{stage}: dvc repro vs direct call"
     target = f"<= {FRACTION:.0%} of the stage or <= {SHORT_STAGE_S:g} s"
     if kind not in STAGES or not name:
-        return result_body([row(item, target, "-", ERROR, f"HT_BENCH_ORCH_STAGE must be one of "
-                                f"{sorted(STAGES)}@<name>, got {stage!r}")])
+        return result_body(
+            [
+                row(
+                    item,
+                    target,
+                    "-",
+                    ERROR,
+                    f"HT_BENCH_ORCH_STAGE must be one of {sorted(STAGES)}@<name>, got {stage!r}",
+                )
+            ]
+        )
     flow_args, function, out = STAGES[kind]
     module, fn = function.split(":")
     env = bench_env()
@@ -140,6 +149,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
                 if line.startswith("BENCH "):
                     inner.append(json.loads(line[6:]))
             return elapsed
+
         return go
 
     arms = {
@@ -160,15 +170,27 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     med = statistics.median(overhead)
     direct = statistics.median(samples["direct"])
     call_s = statistics.median(i["call_s"] for i in inner) if inner else None
-    stats = {k: summarize(v) for k, v in (("dvc", samples["dvc"]), ("flow", samples["flow"]),
-                                          ("direct", samples["direct"]), ("overhead", overhead),
-                                          ("dvc_part", dvc_part), ("prefect_part", prefect_part),
-                                          ("dvc_cli", samples["dvc_cli"]), ("per_stage_in_repro", in_repro))}
-    note = (f"DVC {fmt_s(statistics.median(dvc_part))} + Prefect flow {fmt_s(statistics.median(prefect_part))}; "
-            f"direct process {fmt_s(direct)}" + (f" (function itself {fmt_s(call_s)})" if call_s else "")
-            + f"; inside one whole `dvc repro` ~{fmt_s(statistics.median(in_repro))} per stage (DVC CLI start-up "
-            f"{fmt_s(statistics.median(samples['dvc_cli']))} paid once); Prefect server start {fmt_s(server_start_s)} "
-            f"once per make run; {origin}")
+    stats = {
+        k: summarize(v)
+        for k, v in (
+            ("dvc", samples["dvc"]),
+            ("flow", samples["flow"]),
+            ("direct", samples["direct"]),
+            ("overhead", overhead),
+            ("dvc_part", dvc_part),
+            ("prefect_part", prefect_part),
+            ("dvc_cli", samples["dvc_cli"]),
+            ("per_stage_in_repro", in_repro),
+        )
+    }
+    note = (
+        f"DVC {fmt_s(statistics.median(dvc_part))} + Prefect flow {fmt_s(statistics.median(prefect_part))}; "
+        f"direct process {fmt_s(direct)}"
+        + (f" (function itself {fmt_s(call_s)})" if call_s else "")
+        + f"; inside one whole `dvc repro` ~{fmt_s(statistics.median(in_repro))} per stage (DVC CLI start-up "
+        f"{fmt_s(statistics.median(samples['dvc_cli']))} paid once); Prefect server start {fmt_s(server_start_s)} "
+        f"once per make run; {origin}"
+    )
     rows = [row(item, target, f"+{fmt_s(med)} ({fmt_pct(med / direct)})", verdict(budget_ok(med, direct)), note)]
 
     whole = ctx.get("whole_pipeline") or read_result("whole_pipeline") or {}
@@ -178,15 +200,36 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         per_stage = statistics.median(in_repro)
         total = per_stage * len(stages) + statistics.median(samples["dvc_cli"]) + server_start_s
         over = [s["name"] for s in stages if not budget_ok(per_stage, max(s["wall_s"] - per_stage, 0.0))]
-        rows.append(row("whole default pipeline (estimate)", f"<= {FRACTION:.0%}",
-                        f"{fmt_s(total)} of {fmt_s(run_data['wall_s'])} ({fmt_pct(total / run_data['wall_s'])})",
-                        verdict(total <= FRACTION * run_data["wall_s"]),
-                        f"{len(stages)} stages x {fmt_s(per_stage)} (the per-stage overhead less the DVC CLI "
-                        f"start-up, paid once) + one DVC start-up + one Prefect server start; stages over the "
-                        f"per-stage budget: {over or 'none'}"))
+        rows.append(
+            row(
+                "whole default pipeline (estimate)",
+                f"<= {FRACTION:.0%}",
+                f"{fmt_s(total)} of {fmt_s(run_data['wall_s'])} ({fmt_pct(total / run_data['wall_s'])})",
+                verdict(total <= FRACTION * run_data["wall_s"]),
+                f"{len(stages)} stages x {fmt_s(per_stage)} (the per-stage overhead less the DVC CLI "
+                f"start-up, paid once) + one DVC start-up + one Prefect server start; stages over the "
+                f"per-stage budget: {over or 'none'}",
+            )
+        )
     else:
-        rows.append(row("whole default pipeline", f"<= {FRACTION:.0%}", "-", NOT_MEASURED,
-                        "not measured: needs a full run's per-stage times (`make bench FULL=1`)"))
+        rows.append(
+            row(
+                "whole default pipeline",
+                f"<= {FRACTION:.0%}",
+                "-",
+                NOT_MEASURED,
+                "not measured: needs a full run's per-stage times (`make bench FULL=1`)",
+            )
+        )
     shutil.rmtree(DEFAULT_WORKDIR / NAME, ignore_errors=True)
-    return result_body(rows, stage=stage, workspace=origin, samples=samples, inner=inner, stats=stats,
-                       server_start_s=server_start_s, overhead_s=med, per_stage_in_repro_s=statistics.median(in_repro))
+    return result_body(
+        rows,
+        stage=stage,
+        workspace=origin,
+        samples=samples,
+        inner=inner,
+        stats=stats,
+        server_start_s=server_start_s,
+        overhead_s=med,
+        per_stage_in_repro_s=statistics.median(in_repro),
+    )

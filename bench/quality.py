@@ -20,8 +20,10 @@ log = logging.getLogger("bench")
 
 NAME = "quality"
 # task -> (main metric, target); BLEU is sacrebleu's 0-100 scale.
-TARGETS = {task: (main_metric(task), target)
-           for task, target in {"emotion": 0.92, "sst2": 0.85, "conll2003": 0.85, "multi30k": 28.0}.items()}
+TARGETS = {
+    task: (main_metric(task), target)
+    for task, target in {"emotion": 0.92, "sst2": 0.85, "conll2003": 0.85, "multi30k": 28.0}.items()
+}
 
 
 def test_metric(metrics: dict, name: str) -> float | None:
@@ -62,8 +64,12 @@ def params_digest(root: Path) -> str:
 def run(opts: BenchOptions, ctx: dict) -> dict:
     root, why = find_finished_workspace(opts.workspace, check_status=False)
     if root is None:
-        return result_body([row(f"{task} best test {metric}", f">= {target:g}", "-", NOT_MEASURED,
-                                f"{NOT_RUN_HINT} ({why})") for task, (metric, target) in TARGETS.items()])
+        return result_body(
+            [
+                row(f"{task} best test {metric}", f">= {target:g}", "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")
+                for task, (metric, target) in TARGETS.items()
+            ]
+        )
     scores = collect(root)
     default_params = params_digest(root) == params_digest(REPO_ROOT)
     caveat = "" if default_params else "; the run's params.yaml differs from the repo's defaults: no verdict"
@@ -71,11 +77,25 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     for task, (metric, target) in TARGETS.items():
         by_model = scores[task]
         if not by_model:
-            rows.append(row(f"{task} best test {metric}", f">= {target:g}", "-", NOT_MEASURED,
-                            f"no data/models/*-{task}/metrics.json with test {metric} in {root}"))
+            rows.append(
+                row(
+                    f"{task} best test {metric}",
+                    f">= {target:g}",
+                    "-",
+                    NOT_MEASURED,
+                    f"no data/models/*-{task}/metrics.json with test {metric} in {root}",
+                )
+            )
             continue
         best_model, best = max(by_model.items(), key=lambda kv: kv[1])
         others = ", ".join(f"{m} {v:.3g}" for m, v in sorted(by_model.items(), key=lambda kv: -kv[1]))
-        rows.append(row(f"{task} best test {metric}", f">= {target:g}", f"{best:.4g} ({best_model})",
-                        verdict(best >= target) if default_params else REPORT, f"all: {others}{caveat}"))
+        rows.append(
+            row(
+                f"{task} best test {metric}",
+                f">= {target:g}",
+                f"{best:.4g} ({best_model})",
+                verdict(best >= target) if default_params else REPORT,
+                f"all: {others}{caveat}",
+            )
+        )
     return result_body(rows, workspace=str(root), scores=scores, default_params=default_params)

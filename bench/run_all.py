@@ -92,10 +92,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", help=f"comma-separated subset of: {','.join(BENCHMARKS)}")
     p.add_argument("--skip", help="comma-separated benchmarks to leave out")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and steps (noisier)")
-    p.add_argument("--full", action="store_true", default=os.environ.get("FULL") in ("1", "true", "yes"),
-                   help="run the whole default pipeline first in a workspace copy (~30 min; env FULL=1)")
-    p.add_argument("--workspace", type=Path, default=os.environ.get("HT_BENCH_WORKSPACE") or None,
-                   help="a repo copy holding a finished pipeline run to measure (default: discover)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        default=os.environ.get("FULL") in ("1", "true", "yes"),
+        help="run the whole default pipeline first in a workspace copy (~30 min; env FULL=1)",
+    )
+    p.add_argument(
+        "--workspace",
+        type=Path,
+        default=os.environ.get("HT_BENCH_WORKSPACE") or None,
+        help="a repo copy holding a finished pipeline run to measure (default: discover)",
+    )
     p.add_argument("--reps", type=int, help="override the repetition count of the interleaved benchmarks")
     p.add_argument("--update-readme", action="store_true", help="copy the summary table into bench/README.md")
     args = p.parse_args(argv)
@@ -111,8 +119,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("HT_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=os.environ.get("HT_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     apply_quiet_env()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     opts = BenchOptions(quick=args.quick, full=args.full, workspace=args.workspace, reps=args.reps)

@@ -24,8 +24,8 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -95,8 +95,9 @@ class RecordingCollator:
         return out
 
 
-def _interleaver_callback(hand: HandLoop, recorder: RecordingCollator, every: int, samples: dict,
-                          extra: dict[str, Callable[[], float]]):
+def _interleaver_callback(
+    hand: HandLoop, recorder: RecordingCollator, every: int, samples: dict, extra: dict[str, Callable[[], float]]
+):
     from transformers import TrainerCallback
 
     class Interleaver(TrainerCallback):
@@ -143,14 +144,28 @@ def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[]
         hand = HandLoop(copy.deepcopy(model), cfg.learning_rate, cfg.weight_decay, fused=fused)
         every = args.logging_steps * math.ceil(opts.size(5, 3) / args.logging_steps)
         reps, warmup = opts.pick(5, 2), 1
-        args = dataclasses.replace(args, output_dir=str(Path(tmp) / "ckpt"), max_steps=every * (reps + warmup),
-                                   eval_strategy="no", save_strategy="no")
+        args = dataclasses.replace(
+            args,
+            output_dir=str(Path(tmp) / "ckpt"),
+            max_steps=every * (reps + warmup),
+            eval_strategy="no",
+            save_strategy="no",
+        )
         recorder = RecordingCollator(collator)
         samples = {"trainer_s": [], "hand_s": [], "tokens": []}
-        callbacks = [pretrain.MlflowStepLogger(), pretrain.ThroughputMeter(),
-                     _interleaver_callback(hand, recorder, every, samples, extra or {})]
-        trainer = Trainer(model=model, args=args, data_collator=recorder, train_dataset=train,
-                          processing_class=tok, callbacks=callbacks)
+        callbacks = [
+            pretrain.MlflowStepLogger(),
+            pretrain.ThroughputMeter(),
+            _interleaver_callback(hand, recorder, every, samples, extra or {}),
+        ]
+        trainer = Trainer(
+            model=model,
+            args=args,
+            data_collator=recorder,
+            train_dataset=train,
+            processing_class=tok,
+            callbacks=callbacks,
+        )
         previous_uri = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         try:
@@ -164,12 +179,21 @@ def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[]
     n_params = sum(p.numel() for p in model.parameters())
     probes = {name: samples[name][keep] for name in (extra or {})}
     return {
-        "engine": "transformers.Trainer (pipeline.pretrain.run config)", "probes": probes,
-        "model": type(model).__name__, "param_count": n_params, "steps_per_segment": every,
-        "warmup_segments": warmup, "logging_steps": args.logging_steps, "optim": str(args.optim), "hand_optim": f"torch.optim.AdamW(fused={fused})",
-        "batch_size": cfg.batch_size, "block_size": cfg.block_size,
+        "engine": "transformers.Trainer (pipeline.pretrain.run config)",
+        "probes": probes,
+        "model": type(model).__name__,
+        "param_count": n_params,
+        "steps_per_segment": every,
+        "warmup_segments": warmup,
+        "logging_steps": args.logging_steps,
+        "optim": str(args.optim),
+        "hand_optim": f"torch.optim.AdamW(fused={fused})",
+        "batch_size": cfg.batch_size,
+        "block_size": cfg.block_size,
         "changed_from_pipeline": {"eval_strategy": "no", "save_strategy": "no", "max_steps": args.max_steps},
-        "raw": samples, "pipeline_tokens_per_s": a, "hand_tokens_per_s": b,
+        "raw": samples,
+        "pipeline_tokens_per_s": a,
+        "hand_tokens_per_s": b,
         "flop_model": model,  # removed before writing; cpu_utilisation needs it for N
     }
 
@@ -186,7 +210,9 @@ def rnn_family(opts: BenchOptions) -> dict:
     steps = opts.size(8, 4)
     raw = base.model_dump(by_alias=True)
     raw["train"]["overrides"][f"rnn-{RNN_TASK}"] = {
-        **(raw["train"]["overrides"].get(f"rnn-{RNN_TASK}") or {}), "max_steps": steps}
+        **(raw["train"]["overrides"].get(f"rnn-{RNN_TASK}") or {}),
+        "max_steps": steps,
+    }
     params = parse_params(raw, "bench params")
     data = fixtures.dataset(RNN_TASK)
     cap = params.prepare.tasks[RNN_TASK].max_train
@@ -198,12 +224,14 @@ def rnn_family(opts: BenchOptions) -> dict:
         model, run = rnn.model, rnn.run
         hand_model = copy.deepcopy(model)
         hand_model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=run.learning_rate,
-                                      weight_decay=params.train.common.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=run.learning_rate, weight_decay=params.train.common.weight_decay
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         loss_fn = nn.CrossEntropyLoss(ignore_index=0)
-        hand_opt = torch.optim.AdamW(hand_model.parameters(), lr=run.learning_rate,
-                                     weight_decay=params.train.common.weight_decay)
+        hand_opt = torch.optim.AdamW(
+            hand_model.parameters(), lr=run.learning_rate, weight_decay=params.train.common.weight_decay
+        )
         hand_loss = nn.CrossEntropyLoss(ignore_index=0)
         tf_ratio = rnn.cfg.teacher_forcing_ratio
         calls = {"a": 0, "b": 0}
@@ -214,7 +242,7 @@ def rnn_family(opts: BenchOptions) -> dict:
             order = torch.randperm(len(rnn.train_pairs)).tolist()
             out = []
             for i in range(0, steps * rnn.batch_size, rnn.batch_size):
-                idx = order[i: i + rnn.batch_size]
+                idx = order[i : i + rnn.batch_size]
                 src, src_len = pad_batch([rnn.train_pairs[j][0] for j in idx], rnn.device)
                 tgt, _ = pad_batch([rnn.train_pairs[j][1] for j in idx], rnn.device)
                 out.append((src, src_len, tgt))
@@ -255,10 +283,15 @@ def rnn_family(opts: BenchOptions) -> dict:
 
         samples = interleave(pipeline_side, hand_side, reps=opts.pick(5, 2), warmup=1, measure=lambda fn: fn())
     return {
-        "engine": "pipeline.train.rnn.RNNText2Text._train_epoch", "task": RNN_TASK,
-        "model": type(model).__name__, "param_count": sum(p.numel() for p in model.parameters()),
-        "steps_per_segment": steps, "batch_size": rnn.batch_size, "order": samples["order"],
-        "pipeline_tokens_per_s": samples["a"], "hand_tokens_per_s": samples["b"],
+        "engine": "pipeline.train.rnn.RNNText2Text._train_epoch",
+        "task": RNN_TASK,
+        "model": type(model).__name__,
+        "param_count": sum(p.numel() for p in model.parameters()),
+        "steps_per_segment": steps,
+        "batch_size": rnn.batch_size,
+        "order": samples["order"],
+        "pipeline_tokens_per_s": samples["a"],
+        "hand_tokens_per_s": samples["b"],
     }
 
 
@@ -291,9 +324,11 @@ def finish(family: str, data: dict) -> tuple[dict, dict]:
 def run(opts: BenchOptions, ctx: dict) -> dict:
     torch.manual_seed(0)
     results, rows = {}, []
-    jobs = {"gpt": lambda: trainer_family("gpt", opts, extra={"matmul_flops": matmul_probe}),
-            "bert": lambda: trainer_family("bert", opts),
-            "rnn": lambda: rnn_family(opts)}
+    jobs = {
+        "gpt": lambda: trainer_family("gpt", opts, extra={"matmul_flops": matmul_probe}),
+        "bert": lambda: trainer_family("bert", opts),
+        "rnn": lambda: rnn_family(opts),
+    }
     for family, job in jobs.items():
         log.info("training engine: %s", family)
         try:
@@ -301,8 +336,15 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         except Exception as err:  # one family failing must not hide the others
             log.exception("training engine %s failed", family)
             results[family] = {"error": f"{type(err).__name__}: {err}"}
-            rows.append(row(f"{family}: pipeline step vs hand loop", f"ratio >= {TARGET}", "-", "error",
-                            f"{type(err).__name__}: {err}"))
+            rows.append(
+                row(
+                    f"{family}: pipeline step vs hand loop",
+                    f"ratio >= {TARGET}",
+                    "-",
+                    "error",
+                    f"{type(err).__name__}: {err}",
+                )
+            )
             continue
         flop_model = data.pop("flop_model", None)
         if flop_model is not None and family == "gpt":

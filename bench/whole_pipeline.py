@@ -19,8 +19,8 @@ from pathlib import Path
 from bench.common import (
     ERROR,
     NOT_MEASURED,
-    REPORT,
     REPO_ROOT,
+    REPORT,
     BenchOptions,
     fmt_s,
     read_result,
@@ -62,18 +62,34 @@ def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
         suffix += f"; profile {SMOKE_PROFILE} ({SMOKE_ENV}=1), not the default run: no verdict"
     if run["rc"] != 0:
         tail = " / ".join(run.get("log_tail", [])[-3:])
-        return [row("make run (default params)", "<= 30 min on 2 cores", fmt_s(run["wall_s"]), ERROR,
-                    f"exited {run['rc']}{suffix}: {tail}")]
+        return [
+            row(
+                "make run (default params)",
+                "<= 30 min on 2 cores",
+                fmt_s(run["wall_s"]),
+                ERROR,
+                f"exited {run['rc']}{suffix}: {tail}",
+            )
+        ]
     stages = sorted(run["stages"], key=lambda s: -s["wall_s"])
     top = ", ".join(f"{s['name']} {fmt_s(s['wall_s'])}" for s in stages[:5])
     heaviest = max(stages, key=lambda s: s["peak_rss_gib"], default=None)
     judge = (lambda ok: REPORT) if smoke else verdict
     return [
-        row("make run wall time (default params)", "<= 30 min on 2 cores", fmt_s(run["wall_s"]),
-            judge(run["wall_s"] <= WALL_TARGET_S), f"{len(stages)} stages{suffix}"),
-        row("make run peak memory (process tree RSS)", f"<= {RSS_TARGET_GIB:.0f} GiB",
-            f"{run['peak_rss_gib']:.2f} GiB", judge(run["peak_rss_gib"] <= RSS_TARGET_GIB),
-            f"heaviest stage {heaviest['name']} {heaviest['peak_rss_gib']:.2f} GiB" if heaviest else ""),
+        row(
+            "make run wall time (default params)",
+            "<= 30 min on 2 cores",
+            fmt_s(run["wall_s"]),
+            judge(run["wall_s"] <= WALL_TARGET_S),
+            f"{len(stages)} stages{suffix}",
+        ),
+        row(
+            "make run peak memory (process tree RSS)",
+            f"<= {RSS_TARGET_GIB:.0f} GiB",
+            f"{run['peak_rss_gib']:.2f} GiB",
+            judge(run["peak_rss_gib"] <= RSS_TARGET_GIB),
+            f"heaviest stage {heaviest['name']} {heaviest['peak_rss_gib']:.2f} GiB" if heaviest else "",
+        ),
         row("slowest stages", "report", top or "-", REPORT, "all stages in whole_pipeline.json"),
     ]
 
@@ -86,11 +102,23 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         elif previous and previous.get("reused_from"):
             previous_when = previous["reused_from"]
         else:
-            return result_body([row("make run (default params)", "<= 30 min on 2 cores, <= 8 GiB", "-",
-                                    NOT_MEASURED, "not measured: opt-in, run `make bench FULL=1` (~30 min)")])
+            return result_body(
+                [
+                    row(
+                        "make run (default params)",
+                        "<= 30 min on 2 cores, <= 8 GiB",
+                        "-",
+                        NOT_MEASURED,
+                        "not measured: opt-in, run `make bench FULL=1` (~30 min)",
+                    )
+                ]
+            )
         body = {k: previous[k] for k in ("run", "workspace", "command", "smoke") if k in previous}
-        return result_body(rows_for(previous["run"], previous_when, smoke=bool(previous.get("smoke"))),
-                           reused_from=previous_when, **body)
+        return result_body(
+            rows_for(previous["run"], previous_when, smoke=bool(previous.get("smoke"))),
+            reused_from=previous_when,
+            **body,
+        )
 
     workdir = DEFAULT_WORKDIR / "full"
     if workdir.exists():
@@ -101,5 +129,11 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     log.info("whole pipeline: %s in %s (log: %s)", " ".join(cmd), repo, workdir / "run.log")
     tracked = run_tracked(cmd, repo, run_env(smoke), timeout=TIMEOUT_S, log_file=workdir / "run.log")
     result = tracked.to_dict()
-    return result_body(rows_for(result, smoke=smoke), run=result, workspace=str(repo), command=cmd,
-                       log_file=str(workdir / "run.log"), smoke=smoke)
+    return result_body(
+        rows_for(result, smoke=smoke),
+        run=result,
+        workspace=str(repo),
+        command=cmd,
+        log_file=str(workdir / "run.log"),
+        smoke=smoke,
+    )

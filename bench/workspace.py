@@ -10,6 +10,7 @@ so params.yaml's `ingest.mirror_dir: ../shared/datasets` resolves unchanged (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,8 +54,13 @@ def bench_env(extra: dict[str, str] | None = None, isolate: bool = True) -> dict
 # ---------------------------------------------------------------- copies
 def repo_files(src: Path) -> list[str]:
     """Tracked and untracked-but-not-ignored files of the repo (what a fresh clone plus the work in progress has)."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=src,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sorted({f for f in out.split("\0") if f and (src / f).is_file()})
 
 
@@ -116,8 +122,9 @@ def break_links(folder: Path) -> None:
 def dvc_status(root: Path, timeout: float = 600) -> dict | None:
     """`dvc status --json` of a workspace ({} = up to date); None when it cannot tell."""
     try:
-        out = subprocess.run(["dvc", "status", "--json"], cwd=root, env=bench_env(), capture_output=True,
-                             text=True, timeout=timeout)
+        out = subprocess.run(
+            ["dvc", "status", "--json"], cwd=root, env=bench_env(), capture_output=True, text=True, timeout=timeout
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         log.warning("dvc status in %s failed: %s", root, err)
         return None
@@ -206,11 +213,21 @@ class TrackedRun:
 
     def to_dict(self) -> dict:
         return {
-            "cmd": self.cmd, "rc": self.rc, "wall_s": round(self.wall_s, 3),
+            "cmd": self.cmd,
+            "rc": self.rc,
+            "wall_s": round(self.wall_s, 3),
             "peak_rss_gib": round(self.peak_rss_gib, 3),
-            "stages": [{"name": s.name, "start_s": round(s.start_s, 3), "wall_s": round(s.wall_s, 3),
-                        "peak_rss_gib": round(s.peak_rss_gib, 3)} for s in self.stages],
-            "skipped": self.skipped, "log_tail": self.tail[-40:],
+            "stages": [
+                {
+                    "name": s.name,
+                    "start_s": round(s.start_s, 3),
+                    "wall_s": round(s.wall_s, 3),
+                    "peak_rss_gib": round(s.peak_rss_gib, 3),
+                }
+                for s in self.stages
+            ],
+            "skipped": self.skipped,
+            "log_tail": self.tail[-40:],
         }
 
 
@@ -224,15 +241,19 @@ def tree_rss(proc) -> int:
     except psutil.Error:
         return 0
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
-def run_tracked(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float | None = None,
-                sample_every: float = 0.5, log_file: Path | None = None) -> TrackedRun:
+def run_tracked(
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    sample_every: float = 0.5,
+    log_file: Path | None = None,
+) -> TrackedRun:
     """Run a command, timestamp DVC's 'Running stage' lines, sample the process tree's RSS.
 
     Each stage lasts from its 'Running stage' line to the next one (or the end); its peak is the largest
@@ -241,8 +262,9 @@ def run_tracked(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, ti
     import psutil
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env or bench_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env or bench_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     ps = psutil.Process(proc.pid)
     run = TrackedRun(cmd=cmd, rc=-1, wall_s=0.0, peak_rss_gib=0.0)
     lock = threading.Lock()
@@ -259,7 +281,7 @@ def run_tracked(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, ti
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    sink = open(log_file, "w", encoding="utf-8") if log_file else None
+    sink = open(log_file, "w", encoding="utf-8") if log_file else None  # noqa: SIM115 (closed in finally)
     deadline = t0 + timeout if timeout else None
     try:
         for line in proc.stdout:  # type: ignore[union-attr]

@@ -43,15 +43,17 @@ def validation_rows(report: dict) -> list[dict]:
     rows = []
     for split, split_report in (report.get("splits") or {}).items():
         for result in split_report.get("results", []):
-            rows.append({
-                "split": split,
-                "expectation": result.get("expectation"),
-                "column": result.get("column"),
-                "success": bool(result.get("success")),
-                "unexpected_count": result.get("unexpected_count"),
-                "observed_value": _cell(result.get("observed_value")),
-                "error": _cell(result.get("error")),
-            })
+            rows.append(
+                {
+                    "split": split,
+                    "expectation": result.get("expectation"),
+                    "column": result.get("column"),
+                    "success": bool(result.get("success")),
+                    "unexpected_count": result.get("unexpected_count"),
+                    "observed_value": _cell(result.get("observed_value")),
+                    "error": _cell(result.get("error")),
+                }
+            )
     return rows
 
 
@@ -62,8 +64,10 @@ def _validation_markdown(dataset: str, report: dict | None, failure: str | None)
         for split, split_report in (report.get("splits") or {}).items():
             results = split_report.get("results", [])
             failed = sum(1 for r in results if not r.get("success"))
-            lines.append(f"- split `{split}`: {split_report.get('rows')} rows, "
-                         f"{len(results) - failed}/{len(results)} expectations met")
+            lines.append(
+                f"- split `{split}`: {split_report.get('rows')} rows, "
+                f"{len(results) - failed}/{len(results)} expectations met"
+            )
         if report.get("docs"):
             lines.append(f"- Great Expectations Data Docs: `{report['docs']}`")
     if failure:
@@ -80,8 +84,11 @@ def publish_validation(dataset: str, report: dict | None, failure: str | None = 
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     key = validation_key(dataset)
-    create_markdown_artifact(_validation_markdown(dataset, report, failure), key=key,
-                             description=f"Great Expectations validation of {dataset}")
+    create_markdown_artifact(
+        _validation_markdown(dataset, report, failure),
+        key=key,
+        description=f"Great Expectations validation of {dataset}",
+    )
     rows = validation_rows(report or {})
     if rows:
         create_table_artifact(rows, key=f"{key}-results", description=f"Expectations on {dataset}, per split")
@@ -107,8 +114,7 @@ def leaderboard_rows(comparison: dict) -> list[dict]:
         for model, cell in models.items():
             if not isinstance(cell, dict):
                 continue
-            row = {"task": task, "model": model,
-                   "champion": (champions.get(task) or {}).get("model") == model}
+            row = {"task": task, "model": model, "champion": (champions.get(task) or {}).get("model") == model}
             row.update({k: _cell(v) for k, v in cell.items()})
             rows.append(row)
     return rows

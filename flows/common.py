@@ -33,7 +33,8 @@ import logging
 import os
 import socket
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.core.config import Params, ParamsError, load_params
 from pipeline.tracking.runs import FLOW_RUN_ENV
@@ -95,20 +96,42 @@ def run_cli(flow: Callable, *args) -> None:
 TRANSIENT_HTTP_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 TRANSIENT_ERRNOS = frozenset(
     getattr(errno, name)
-    for name in ("ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH",
-                 "ENETDOWN", "ENETRESET", "EPIPE", "EAGAIN")
+    for name in (
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ECONNABORTED",
+        "ETIMEDOUT",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "ENETRESET",
+        "EPIPE",
+        "EAGAIN",
+    )
     if hasattr(errno, name)
 )
 TRANSIENT_MLFLOW_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"})
 # Network errors of the HTTP clients the hub and MLflow use (matched by name: no need to import them all).
-NETWORK_ERRORS = frozenset({
-    "requests.exceptions.ConnectionError", "requests.exceptions.Timeout", "requests.exceptions.ChunkedEncodingError",
-    "urllib3.exceptions.NewConnectionError", "urllib3.exceptions.MaxRetryError", "urllib3.exceptions.ProtocolError",
-    "urllib3.exceptions.TimeoutError", "http.client.RemoteDisconnected", "http.client.IncompleteRead",
-    "httpx.TimeoutException", "httpx.NetworkError", "httpx.RemoteProtocolError",
-    # huggingface_hub 2.x talks through httpx2
-    "httpx2.TimeoutException", "httpx2.NetworkError", "httpx2.RemoteProtocolError",
-})
+NETWORK_ERRORS = frozenset(
+    {
+        "requests.exceptions.ConnectionError",
+        "requests.exceptions.Timeout",
+        "requests.exceptions.ChunkedEncodingError",
+        "urllib3.exceptions.NewConnectionError",
+        "urllib3.exceptions.MaxRetryError",
+        "urllib3.exceptions.ProtocolError",
+        "urllib3.exceptions.TimeoutError",
+        "http.client.RemoteDisconnected",
+        "http.client.IncompleteRead",
+        "httpx.TimeoutException",
+        "httpx.NetworkError",
+        "httpx.RemoteProtocolError",
+        # huggingface_hub 2.x talks through httpx2
+        "httpx2.TimeoutException",
+        "httpx2.NetworkError",
+        "httpx2.RemoteProtocolError",
+    }
+)
 # Connection errors that no retry can fix.
 PERMANENT_NAMES = frozenset({"OfflineModeIsEnabled", "InvalidURL", "InvalidUrlException", "SSLError"})
 

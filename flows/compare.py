@@ -1,9 +1,9 @@
 """Compare flow: leaderboard of every model on every task, champion aliases, reports, MLflow parent run.
 
-    python -m flows.compare                      # the DVC compare stage
-    python -m flows.compare rollback emotion     # undo the last champion move of a task ...
-    python -m flows.compare rollback emotion-bert   # ... or of one registered model (also: make rollback TASK=...)
-    python -m flows.compare history [TARGET]     # print the champion history (all, a task or a registered model)
+python -m flows.compare                      # the DVC compare stage
+python -m flows.compare rollback emotion     # undo the last champion move of a task ...
+python -m flows.compare rollback emotion-bert   # ... or of one registered model (also: make rollback TASK=...)
+python -m flows.compare history [TARGET]     # print the champion history (all, a task or a registered model)
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from prefect import flow
 from flows.artifacts import publish_leaderboard
 from flows.common import external_task, mark_flow_run, params_or_exit, run_cli, setup_logging
 
-USAGE = ("usage: python -m flows.compare                  (the compare stage)\n"
-         "       python -m flows.compare rollback TARGET  (a task, e.g. emotion, or a model, e.g. emotion-bert)\n"
-         "       python -m flows.compare history [TARGET]")
+USAGE = (
+    "usage: python -m flows.compare                  (the compare stage)\n"
+    "       python -m flows.compare rollback TARGET  (a task, e.g. emotion, or a model, e.g. emotion-bert)\n"
+    "       python -m flows.compare history [TARGET]"
+)
 
 
 @flow(name="compare", log_prints=True)
@@ -41,8 +43,10 @@ def rollback_flow(target: str) -> dict:
     params = params_or_exit()
     mark_flow_run()
     event = rollback(target, params)
-    print(f"{event['registered_model']}: alias {event['alias']!r} moved back from version {event['old_version']} "
-          f"to {event['new_version'] or '(none)'}; version {event['old_version']} is blocked from promotion")
+    print(
+        f"{event['registered_model']}: alias {event['alias']!r} moved back from version {event['old_version']} "
+        f"to {event['new_version'] or '(none)'}; version {event['old_version']} is blocked from promotion"
+    )
     return event
 
 

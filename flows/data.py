@@ -1,9 +1,9 @@
 """Data flows: ingest, validate, prepare (per task) and the pretraining corpus.
 
-    python -m flows.data ingest emotion
-    python -m flows.data validate emotion
-    python -m flows.data prepare emotion
-    python -m flows.data corpus
+python -m flows.data ingest emotion
+python -m flows.data validate emotion
+python -m flows.data prepare emotion
+python -m flows.data corpus
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from flows.artifacts import publish_validation, publish_validation_failure
 from flows.common import external_task, mark_flow_run, params_or_exit, run_cli
 from pipeline.core.config import DATASETS, TASKS
 
-USAGE = f"usage: python -m flows.data ingest|validate DATASET ({'|'.join(DATASETS)}) | prepare TASK ({'|'.join(TASKS)}) | corpus"
+USAGE = (
+    f"usage: python -m flows.data ingest|validate DATASET ({'|'.join(DATASETS)})"
+    f" | prepare TASK ({'|'.join(TASKS)}) | corpus"
+)
 
 
 # log_prints stays off for ingest/validate: Prefect's print patch breaks dill's stdout capture (dill.detect),

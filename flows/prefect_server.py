@@ -22,8 +22,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,14 @@ def healthy(api_url: str, timeout_s: float = 2.0) -> bool:
 class LocalServer:
     """`prefect server start --host 127.0.0.1 --port PORT` as a child process (its own process group)."""
 
-    def __init__(self, port: int | None = None, home: Path | None = None, env: dict[str, str] | None = None,
-                 ui: bool = True, services: bool = True):
+    def __init__(
+        self,
+        port: int | None = None,
+        home: Path | None = None,
+        env: dict[str, str] | None = None,
+        ui: bool = True,
+        services: bool = True,
+    ):
         self.port = port or free_port()
         self.api_url = api_url_for(self.port)
         self.home, self.extra_env, self.ui, self.services = home, env or {}, ui, services
@@ -64,7 +70,7 @@ class LocalServer:
         os.close(fd)
         self.log_path = Path(name)
 
-    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "LocalServer":
+    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> LocalServer:
         env = {**os.environ, **self.extra_env}  # telemetry off: flows/__init__.py (pipeline.core.env)
         env.pop(API_ENV, None)
         # The UI's pages call the API at PREFECT_UI_API_URL, which otherwise stays http://127.0.0.1:4200/api
@@ -73,14 +79,26 @@ class LocalServer:
         env["PREFECT_UI_URL"] = self.api_url.removesuffix("/api")
         if self.home:
             env["PREFECT_HOME"] = str(self.home)
-        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.port),
-               "--analytics-off", "--ui" if self.ui else "--no-ui"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--analytics-off",
+            "--ui" if self.ui else "--no-ui",
+        ]
         if not self.services:
             cmd.append("--no-services")
         started = time.monotonic()
         with self.log_path.open("wb") as out:
-            self.process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         while not healthy(self.api_url, timeout_s=1.0):
             if self.process.poll() is not None or time.monotonic() - started > timeout_s:
                 tail = self.log_tail()
@@ -90,8 +108,7 @@ class LocalServer:
                     f"(log {self.log_path}):\n{tail}\nSet {API_ENV} to use a running server instead."
                 )
             time.sleep(0.5)
-        log.info("Prefect server up on %s in %.1f s (log %s)", self.api_url, time.monotonic() - started,
-                 self.log_path)
+        log.info("Prefect server up on %s in %.1f s (log %s)", self.api_url, time.monotonic() - started, self.log_path)
         return self
 
     def log_tail(self, lines: int = 30) -> str:
@@ -115,7 +132,7 @@ class LocalServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -12,9 +12,9 @@ The params profile stays the one params.effective.yaml records (like a bare `dvc
 2. `dvc status`: the stages out of date (changed data, code or params). None -> "nothing changed", no repro.
 3. Otherwise `dvc repro` (only the out-of-date stages and what depends on them run; each is its own flow
    run, reporting to the same Prefect server), its output streamed into this flow run's logs.
-4. Compare and champion promotion are the last DVC stage (pipeline.compare.stage calls pipeline.compare.champion), so they
-   run whenever a model's metrics changed. To re-apply the champion gate alone (e.g. after unblocking a
-   version in the MLflow UI): `dvc repro --force --single-item compare`.
+4. Compare and champion promotion are the last DVC stage (pipeline.compare.stage calls
+   pipeline.compare.champion), so they run whenever a model's metrics changed. To re-apply the champion gate
+   alone (e.g. after unblocking a version in the MLflow UI): `dvc repro --force --single-item compare`.
 5. The leaderboard (reports/comparison.md/json) is published as Prefect artifacts `leaderboard[-table]`,
    also when nothing changed, so each retrain run shows the leaderboard it leaves in place.
 
@@ -76,8 +76,7 @@ def stage_env() -> dict[str, str]:
 
 
 def _dvc(repo: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
-                          text=True)
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
 def lock_entries(repo: Path) -> dict:
@@ -95,7 +94,7 @@ def stale_stages(repo: Path, targets: list[str], env: dict[str, str]) -> dict[st
     if result.returncode != 0:
         raise RuntimeError(f"`dvc status` failed in {repo} (exit {result.returncode}):\n{result.stderr.strip()}")
     text = result.stdout.strip()
-    return json.loads(text[text.find("{"):]) if "{" in text else {}
+    return json.loads(text[text.find("{") :]) if "{" in text else {}
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE, persist_result=False)
@@ -106,8 +105,16 @@ def reproduce(repo: Path, targets: list[str], force: bool, env: dict[str, str]) 
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
     logger.info("$ %s  (in %s)", " ".join(["dvc", *cmd[3:]]), repo)
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    with subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1, stdin=subprocess.DEVNULL) as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        stdin=subprocess.DEVNULL,
+    ) as proc:
         for line in proc.stdout:
             line = line.rstrip()
             if line:
@@ -130,8 +137,13 @@ def champions(repo: Path) -> dict:
 
 
 @flow(name="retrain")
-def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: bool = False,
-                 lock_timeout_seconds: float | None = None, profile: str | None = None) -> dict:
+def retrain_flow(
+    repo_dir: str = ".",
+    targets: list[str] | None = None,
+    force: bool = False,
+    lock_timeout_seconds: float | None = None,
+    profile: str | None = None,
+) -> dict:
     """Reproduce what is out of date (compare and champion promotion included), publish the leaderboard.
 
     profile: write params.effective.yaml for profiles/<profile>.yaml ('' = no profile) first; None keeps the
@@ -159,8 +171,9 @@ def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: b
             logger.info("Out of date: %s", ", ".join(sorted(stale)) or "(none; --force)")
             rerun = reproduce(repo, targets, force, env)
         else:
-            logger.info("%s: every stage of %s/dvc.yaml is up to date, nothing to reproduce",
-                        NOTHING_CHANGED.capitalize(), repo)
+            logger.info(
+                "%s: every stage of %s/dvc.yaml is up to date, nothing to reproduce", NOTHING_CHANGED.capitalize(), repo
+            )
             rerun = []
         leaders = champions(repo)
         if leaders:
@@ -179,8 +192,7 @@ def retrain_flow(repo_dir: str = ".", targets: list[str] | None = None, force: b
         "leaderboard": published["markdown"],
         "duration_s": round(time.monotonic() - started, 1),
     }
-    logger.info("Retrain done in %.1f s: %s%s", summary["duration_s"], note,
-                f" ({', '.join(rerun)})" if rerun else "")
+    logger.info("Retrain done in %.1f s: %s%s", summary["duration_s"], note, f" ({', '.join(rerun)})" if rerun else "")
     return summary
 
 
@@ -189,8 +201,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("targets", nargs="*", help="dvc.yaml stages to reproduce (default: all)")
     parser.add_argument("--repo-dir", default=".", help="root of the DVC repository (default: .)")
     parser.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
-    parser.add_argument("--lock-timeout", type=float, default=None,
-                        help="seconds to wait for a running retrain (default: params.orchestration)")
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for a running retrain (default: params.orchestration)",
+    )
     return parser.parse_args(argv)
 
 
@@ -203,8 +219,9 @@ def main(argv: list[str]) -> None:
         raise SystemExit(2) from None
     setup_logging()
     try:
-        retrain_flow(repo_dir=args.repo_dir, targets=args.targets, force=args.force,
-                     lock_timeout_seconds=args.lock_timeout)
+        retrain_flow(
+            repo_dir=args.repo_dir, targets=args.targets, force=args.force, lock_timeout_seconds=args.lock_timeout
+        )
     except LockBusy as err:
         print(f"\nNOT RUN: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BUSY) from None

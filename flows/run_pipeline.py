@@ -38,8 +38,7 @@ def ensure_dvc_repo(root: Path) -> None:
 
 
 def dvc_metrics(root: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=root, capture_output=True,
-                            text=True)
+    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=root, capture_output=True, text=True)
     return (result.stdout or result.stderr).rstrip()
 
 
@@ -82,8 +81,11 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.run_pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("targets", nargs="*", help="dvc.yaml stages (default: all)")
     parser.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
-    parser.add_argument("--profile", default=None,
-                        help=f"profiles/<name>.yaml to apply; '' for none (default: {PROFILE_ENV}, else none)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help=f"profiles/<name>.yaml to apply; '' for none (default: {PROFILE_ENV}, else none)",
+    )
     args = parser.parse_args(argv)
     profile = args.profile if args.profile is not None else os.environ.get(PROFILE_ENV, "")
     if profile:  # this process and the stages it starts all see the same profile

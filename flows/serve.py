@@ -33,12 +33,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="local Prefect server port (default 4200)")
     parser.add_argument("--repo-dir", default=".", help="the DVC repository the retrain runs in (default: .)")
     parser.add_argument("--name", default=DEPLOYMENT_NAME, help=f"deployment name (default {DEPLOYMENT_NAME})")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="run every N seconds instead of params.orchestration.retrain_cron")
-    parser.add_argument("--work-pool", default=None,
-                        help="register the deployment with this work pool (needs PREFECT_API_URL) and exit")
-    parser.add_argument("--source", default=str(CODE_ROOT),
-                        help="where a worker gets the code (a git URL or a folder; default: this checkout)")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="run every N seconds instead of params.orchestration.retrain_cron"
+    )
+    parser.add_argument(
+        "--work-pool", default=None, help="register the deployment with this work pool (needs PREFECT_API_URL) and exit"
+    )
+    parser.add_argument(
+        "--source",
+        default=str(CODE_ROOT),
+        help="where a worker gets the code (a git URL or a folder; default: this checkout)",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,9 +64,14 @@ def serve(args: argparse.Namespace, repo: Path, params: Params) -> None:
         from flows.retrain import retrain_flow
 
         when = schedule_kwargs(args, params)
-        log.info("Serving deployment retrain/%s (%s) for %s on %s; Prefect UI: %s", args.name,
-                 f"every {args.interval:g} s" if args.interval else f"cron {when['cron']!r}", repo, api_url,
-                 api_url.removesuffix("/api"))
+        log.info(
+            "Serving deployment retrain/%s (%s) for %s on %s; Prefect UI: %s",
+            args.name,
+            f"every {args.interval:g} s" if args.interval else f"cron {when['cron']!r}",
+            repo,
+            api_url,
+            api_url.removesuffix("/api"),
+        )
         retrain_flow.serve(
             name=args.name,
             parameters=deployment_parameters(repo, params),
@@ -90,8 +100,13 @@ def deploy_to_pool(args: argparse.Namespace, repo: Path, params: Params) -> str:
         print_next_steps=False,
         **schedule_kwargs(args, params),
     )
-    log.info("Deployment retrain/%s registered with work pool %r (id %s); start a worker: "
-             "prefect worker start --pool %s", args.name, args.work_pool, deployment_id, args.work_pool)
+    log.info(
+        "Deployment retrain/%s registered with work pool %r (id %s); start a worker: prefect worker start --pool %s",
+        args.name,
+        args.work_pool,
+        deployment_id,
+        args.work_pool,
+    )
     return str(deployment_id)
 
 
@@ -110,8 +125,10 @@ def main(argv: list[str]) -> None:
     setup_logging()
     if args.work_pool:
         if not os.environ.get(API_ENV):
-            raise SystemExit(f"--work-pool registers with a running server: set {API_ENV} "
-                             "(e.g. http://prefect.example:4200/api) first")
+            raise SystemExit(
+                f"--work-pool registers with a running server: set {API_ENV} "
+                "(e.g. http://prefect.example:4200/api) first"
+            )
         deploy_to_pool(args, repo, params)
         return
     try:

@@ -1,6 +1,6 @@
 """Tokenizers flow: train the BERT WordPiece and GPT byte-level BPE tokenizers on the pretraining corpus.
 
-    python -m flows.tokenizers
+python -m flows.tokenizers
 """
 
 from __future__ import annotations

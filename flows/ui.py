@@ -19,8 +19,20 @@ HOST = "127.0.0.1"
 
 
 def server_command(tracking_uri: str, artifact_root: str | None, port: int, workers: int = 1) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-           "--host", HOST, "--port", str(port), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     if artifact_root:
         cmd += ["--default-artifact-root", artifact_root]
     return cmd

@@ -32,10 +32,10 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.core.config import TASKS, Params
 from pipeline.core.metrics import main_metric
@@ -85,12 +85,18 @@ def read_history(params: Params, root: Path | None = None) -> list[dict]:
 
 
 def _append(path: Path, event: dict) -> dict:
-    event = {"id": uuid.uuid4().hex[:12], "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event}
+    event = {"id": uuid.uuid4().hex[:12], "time": datetime.now(UTC).isoformat(timespec="seconds"), **event}
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(event, sort_keys=True) + "\n")
         fh.flush()
-    log.info("Champion history: %s %s %s -> %s (%s)", event["event"], event.get("registered_model"),
-             event.get("old_version"), event.get("new_version"), event.get("reason"))
+    log.info(
+        "Champion history: %s %s %s -> %s (%s)",
+        event["event"],
+        event.get("registered_model"),
+        event.get("old_version"),
+        event.get("new_version"),
+        event.get("reason"),
+    )
     return event
 
 
@@ -225,12 +231,21 @@ def _promote(client, name, task, candidates, split, params, history, runs) -> di
             reason = f"version {best.version} does not beat the champion by more than {gate}"
     if moved:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, best.version)
-        _append(history, {
-            "event": "promote", "task": task, "registered_model": name, "alias": CHAMPION_ALIAS,
-            "old_version": current.version if current else None, "new_version": best.version,
-            "metric": main_metric(task), "old_metric": current.metric if current else None,
-            "new_metric": best.metric, "reason": reason,
-        })
+        _append(
+            history,
+            {
+                "event": "promote",
+                "task": task,
+                "registered_model": name,
+                "alias": CHAMPION_ALIAS,
+                "old_version": current.version if current else None,
+                "new_version": best.version,
+                "metric": main_metric(task),
+                "old_metric": current.metric if current else None,
+                "new_metric": best.metric,
+                "reason": reason,
+            },
+        )
         current = best
     return {
         "champion_version": current.version if current else None,
@@ -264,17 +279,31 @@ def _update_leader(client, task, names, split, params, history, runs) -> dict | 
         if new is not None:
             client.set_registered_model_tag(new, LEADER_TAG, "true")
         old, won = champions.get(leader), contenders.get(new)
-        _append(history, {
-            "event": "leader", "task": task, "registered_model": new, "old_registered_model": leader,
-            "alias": CHAMPION_ALIAS, "old_version": old.version if old else None,
-            "new_version": won.version if won else None, "metric": main_metric(task),
-            "old_metric": old.metric if old else None, "new_metric": won.metric if won else None, "reason": reason,
-        })
+        _append(
+            history,
+            {
+                "event": "leader",
+                "task": task,
+                "registered_model": new,
+                "old_registered_model": leader,
+                "alias": CHAMPION_ALIAS,
+                "old_version": old.version if old else None,
+                "new_version": won.version if won else None,
+                "metric": main_metric(task),
+                "old_metric": old.metric if old else None,
+                "new_metric": won.metric if won else None,
+                "reason": reason,
+            },
+        )
     if new is None:
         return None
     held = champions.get(new)
-    return {"registered_model": new, "model": new[len(task) + 1:], "version": held.version if held else None,
-            "metric_value": held.metric if held else None}
+    return {
+        "registered_model": new,
+        "model": new[len(task) + 1 :],
+        "version": held.version if held else None,
+        "metric_value": held.metric if held else None,
+    }
 
 
 # ---------------------------------------------------------------- rollback
@@ -290,8 +319,9 @@ def resolve_target(target: str, params: Params) -> tuple[str, set[str]]:
         return target, {registered_name(target, m) for m in params.models}
     names = {registered_name(t, m): t for t in TASKS for m in params.models}
     if target not in names:
-        raise ChampionError(f"rollback target {target!r} is neither a task nor a registered model; use one of "
-                            f"{[*TASKS, *names]}")
+        raise ChampionError(
+            f"rollback target {target!r} is neither a task nor a registered model; use one of {[*TASKS, *names]}"
+        )
     return names[target], {target}
 
 
@@ -310,22 +340,38 @@ def rollback(target: str, params: Params, root: Path | None = None) -> dict:
         name, restored = move["registered_model"], move["old_version"]
         current = _current(client, name, task, {})
         if current is None or current.version != move["new_version"]:
-            log.warning("%s: alias %r is at version %s, not %s as the history says (moved by hand?); restoring %s",
-                        name, CHAMPION_ALIAS, current.version if current else None, move["new_version"], restored)
+            log.warning(
+                "%s: alias %r is at version %s, not %s as the history says (moved by hand?); restoring %s",
+                name,
+                CHAMPION_ALIAS,
+                current.version if current else None,
+                move["new_version"],
+                restored,
+            )
         if restored is None:
             client.delete_registered_model_alias(name, CHAMPION_ALIAS)
         else:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, restored)
         if current is not None:
-            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
             client.set_model_version_tag(name, current.version, BLOCKED_TAG, f"rolled back at {stamp}")
         back = _current(client, name, task, {}) if restored else None
-        event = _append(history, {
-            "event": "rollback", "task": task, "registered_model": name, "alias": CHAMPION_ALIAS,
-            "old_version": current.version if current else None, "new_version": restored,
-            "metric": main_metric(task), "old_metric": current.metric if current else None,
-            "new_metric": back.metric if back else None, "reason": f"rollback of {target}", "undoes": move["id"],
-        })
+        event = _append(
+            history,
+            {
+                "event": "rollback",
+                "task": task,
+                "registered_model": name,
+                "alias": CHAMPION_ALIAS,
+                "old_version": current.version if current else None,
+                "new_version": restored,
+                "metric": main_metric(task),
+                "old_metric": current.metric if current else None,
+                "new_metric": back.metric if back else None,
+                "reason": f"rollback of {target}",
+                "undoes": move["id"],
+            },
+        )
         runs: dict = {}
         task_names = _task_models(client, task, params)
         split = _latest_split(_pool(client, task, task_names, runs))

@@ -69,16 +69,31 @@ def metrics_json(rows: list[Row], champions: dict) -> dict:
     for task, state in champions.items():
         leader = state.get("leader")
         if leader and leader.get("metric_value") is not None:
-            out["champion"][task] = {"model": leader["model"], "version": leader["version"],
-                                     state["metric"]: leader["metric_value"]}
+            out["champion"][task] = {
+                "model": leader["model"],
+                "version": leader["version"],
+                state["metric"]: leader["metric_value"],
+            }
     return out
 
 
 # ---------------------------------------------------------------- comparison.md
 def _table(rows: list[Row], task: str) -> list[str]:
     main, extra = main_metric(task), secondary_metrics(task)
-    head = ["model", "family", "weights", f"**{main}**", *extra, "params", "train time", "tokens/s",
-            "latency ms/example", "MLflow run", "registered", "status"]
+    head = [
+        "model",
+        "family",
+        "weights",
+        f"**{main}**",
+        *extra,
+        "params",
+        "train time",
+        "tokens/s",
+        "latency ms/example",
+        "MLflow run",
+        "registered",
+        "status",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows_for(rows, task):
         if r.status != OK:
@@ -88,11 +103,20 @@ def _table(rows: list[Row], task: str) -> list[str]:
             version = r.registered_version or NOT_AVAILABLE
             if r.champion:
                 version += " (champion)"
-            cells = [r.model, r.family or NOT_AVAILABLE, r.weight_source or NOT_AVAILABLE,
-                     f"**{fmt_metric(main, r.main_value)}**", *(fmt_metric(m, r.test.get(m)) for m in extra),
-                     fmt_count(r.param_count), fmt_seconds(r.train_time_s), fmt_number(r.tokens_per_s, 0),
-                     fmt_number(r.latency_ms_per_example, 2), f"`{r.mlflow_run_id}`" if r.mlflow_run_id else "",
-                     version, "; ".join(r.notes) or OK]
+            cells = [
+                r.model,
+                r.family or NOT_AVAILABLE,
+                r.weight_source or NOT_AVAILABLE,
+                f"**{fmt_metric(main, r.main_value)}**",
+                *(fmt_metric(m, r.test.get(m)) for m in extra),
+                fmt_count(r.param_count),
+                fmt_seconds(r.train_time_s),
+                fmt_number(r.tokens_per_s, 0),
+                fmt_number(r.latency_ms_per_example, 2),
+                f"`{r.mlflow_run_id}`" if r.mlflow_run_id else "",
+                version,
+                "; ".join(r.notes) or OK,
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -100,11 +124,17 @@ def _table(rows: list[Row], task: str) -> list[str]:
 def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: str = "plots") -> str:
     best = best_per_task(rows)
     done = sum(r.status == OK for r in rows)
-    lines = ["# Model comparison", "",
-             f"Test-set results of {len({r.model for r in rows})} models on {len(TASKS)} tasks "
-             f"({done} of {len(rows)} combinations run). Higher is better for every quality metric.", "",
-             "## Best model per task", "", "| task | metric | best model (this run) | value | champion (registry) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# Model comparison",
+        "",
+        f"Test-set results of {len({r.model for r in rows})} models on {len(TASKS)} tasks "
+        f"({done} of {len(rows)} combinations run). Higher is better for every quality metric.",
+        "",
+        "## Best model per task",
+        "",
+        "| task | metric | best model (this run) | value | champion (registry) |",
+        "|---|---|---|---|---|",
+    ]
     for task in TASKS:
         b = best.get(task)
         leader = (champions.get(task) or {}).get("leader")
@@ -115,16 +145,31 @@ def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: s
             lines.append(f"| {task} | {main_metric(task)} | {NOT_RUN} | {NOT_AVAILABLE} | {champ} |")
     for task in TASKS:
         lines += ["", f"## {task} (main metric: {main_metric(task)})", "", *_table(rows, task)]
-    lines += ["", "## Plots", "", f"![main metric per model and task]({plots_rel}/{MAIN_PLOT})", "",
-              f"![quality vs train time]({plots_rel}/{SCATTER_PLOT})", ""]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"![main metric per model and task]({plots_rel}/{MAIN_PLOT})",
+        "",
+        f"![quality vs train time]({plots_rel}/{SCATTER_PLOT})",
+        "",
+    ]
     if history:
-        lines += ["## Recent champion changes", "", "| time | event | registered model | version | metric |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Recent champion changes",
+            "",
+            "| time | event | registered model | version | metric |",
+            "|---|---|---|---|---|",
+        ]
         for e in history[-HISTORY_SHOWN:][::-1]:
-            metric = f"{e.get('metric')}: {fmt_metric(e.get('metric', ''), e.get('old_metric'))} -> " \
-                     f"{fmt_metric(e.get('metric', ''), e.get('new_metric'))}"
-            lines.append(f"| {e.get('time')} | {e.get('event')} | {e.get('registered_model')} | "
-                         f"{e.get('old_version') or 'none'} -> {e.get('new_version') or 'none'} | {metric} |")
+            metric = (
+                f"{e.get('metric')}: {fmt_metric(e.get('metric', ''), e.get('old_metric'))} -> "
+                f"{fmt_metric(e.get('metric', ''), e.get('new_metric'))}"
+            )
+            lines.append(
+                f"| {e.get('time')} | {e.get('event')} | {e.get('registered_model')} | "
+                f"{e.get('old_version') or 'none'} -> {e.get('new_version') or 'none'} | {metric} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -154,8 +199,14 @@ def _plot_main(rows: list[Row], target: Path) -> None:
         bars = ax.bar([r.model for r in mine], values, color=["#4c72b0" if r.status == OK else "#cccccc" for r in mine])
         for bar, r in zip(bars, mine):
             label = fmt_metric(main_metric(task), r.main_value) if r.status == OK else NOT_RUN
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=7, rotation=90 if r.status != OK else 0)
+            ax.annotate(
+                label,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90 if r.status != OK else 0,
+            )
         ax.set_ylim(0, max(values + [1e-9]) * 1.15)
 
     _task_panels(target, "Test main metric per model and task", draw)
@@ -191,8 +242,9 @@ def write_plots(rows: list[Row], target: Path) -> Path:
 
 
 # ---------------------------------------------------------------- all reports
-def write_reports(rows: list[Row], champions: dict, history: list[dict], root: Path | None = None
-                  ) -> tuple[dict[str, Path], str]:
+def write_reports(
+    rows: list[Row], champions: dict, history: list[dict], root: Path | None = None
+) -> tuple[dict[str, Path], str]:
     """Write comparison.md/.json and plots/ under reports/; returns ({artifact name: path}, the markdown)."""
     reports = (root or Path.cwd()) / paths.REPORTS
     plots = write_plots(rows, reports / "plots")
@@ -200,5 +252,8 @@ def write_reports(rows: list[Row], champions: dict, history: list[dict], root: P
     write_text(reports / "comparison.md", text)
     write_json(reports / "comparison.json", metrics_json(rows, champions))
     log.info("Wrote %s, %s and %s", reports / "comparison.md", reports / "comparison.json", plots)
-    return {"comparison.md": reports / "comparison.md", "comparison.json": reports / "comparison.json",
-            "plots": plots}, text
+    return {
+        "comparison.md": reports / "comparison.md",
+        "comparison.json": reports / "comparison.json",
+        "plots": plots,
+    }, text

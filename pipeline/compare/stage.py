@@ -78,11 +78,12 @@ def _client():
 # ---------------------------------------------------------------- MLflow parent run
 def compare_ui_link(run_ids: list[str], experiment_id: str) -> str:
     """The MLflow UI route comparing these runs (append to the server's base URL)."""
-    return f"#/compare-runs?runs={json.dumps(run_ids, separators=(',', ':'))}&experiments=[\"{experiment_id}\"]"
+    return f'#/compare-runs?runs={json.dumps(run_ids, separators=(",", ":"))}&experiments=["{experiment_id}"]'
 
 
-def log_comparison(rows: list[Row], outputs: dict[str, Path], markdown: str, params: Params,
-                   root: Path | None = None) -> str:
+def log_comparison(
+    rows: list[Row], outputs: dict[str, Path], markdown: str, params: Params, root: Path | None = None
+) -> str:
     """Log the leaderboard to a parent run in `comparison`; link it with the fine-tune runs. Returns its id."""
     import mlflow
     import pandas as pd
@@ -127,8 +128,12 @@ def log_comparison(rows: list[Row], outputs: dict[str, Path], markdown: str, par
             client.set_tag(r.mlflow_run_id, PARENT_TAG, parent_id)
         except MlflowException as err:  # a deleted run: the leaderboard still holds its numbers
             log.warning("Could not tag run %s with %s: %s", r.mlflow_run_id, PARENT_TAG, err)
-    log.info("Comparison logged to MLflow run %s (experiment %r), linked to %d runs", parent_id,
-             COMPARE_EXPERIMENT, len(linked))
+    log.info(
+        "Comparison logged to MLflow run %s (experiment %r), linked to %d runs",
+        parent_id,
+        COMPARE_EXPERIMENT,
+        len(linked),
+    )
     return parent_id
 
 
@@ -148,13 +153,23 @@ def _missing_run(row: Row) -> bool:
 
 def _flat(row: Row) -> dict:
     """A leaderboard row as one flat record (for the MLflow table); metrics a task lacks are n/a."""
-    out = {"task": row.task, "model": row.model, "status": row.status, "family": row.family or NOT_AVAILABLE,
-           "weight_source": row.weight_source or NOT_AVAILABLE, "main_metric": main_metric(row.task),
-           "main_value": row.main_value}
+    out = {
+        "task": row.task,
+        "model": row.model,
+        "status": row.status,
+        "family": row.family or NOT_AVAILABLE,
+        "weight_source": row.weight_source or NOT_AVAILABLE,
+        "main_metric": main_metric(row.task),
+        "main_value": row.main_value,
+    }
     for name in (main_metric(row.task), *secondary_metrics(row.task)):
         out[f"test_{name}"] = row.test.get(name)
     for key in COST_FIELDS:
         out[key] = getattr(row, key)
-    out.update(mlflow_run_id=row.mlflow_run_id or "", registered_version=row.registered_version or "",
-               champion=row.champion, notes="; ".join(row.notes))
+    out.update(
+        mlflow_run_id=row.mlflow_run_id or "",
+        registered_version=row.registered_version or "",
+        champion=row.champion,
+        notes="; ".join(row.notes),
+    )
     return out

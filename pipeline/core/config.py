@@ -75,7 +75,7 @@ class IngestConfig(Strict):
     datasets: dict[DatasetName, HubSource]
 
     @model_validator(mode="after")
-    def _all_datasets(self) -> "IngestConfig":
+    def _all_datasets(self) -> IngestConfig:
         missing = sorted(set(DATASETS) - set(self.datasets))
         if missing:
             raise ValueError(f"missing dataset(s) {missing}; every one of {list(DATASETS)} needs an entry")
@@ -105,15 +105,17 @@ class DatasetChecks(Strict):
     length_ratio_mostly: Fraction | None = None
 
     @model_validator(mode="after")
-    def _bounds(self) -> "DatasetChecks":
+    def _bounds(self) -> DatasetChecks:
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars ({self.min_chars}) must be <= max_chars ({self.max_chars})")
         if self.min_length_ratio and self.max_length_ratio and self.min_length_ratio > self.max_length_ratio:
             raise ValueError("min_length_ratio must be <= max_length_ratio")
         has_bounds = self.min_length_ratio is not None or self.max_length_ratio is not None
         if has_bounds != (self.length_ratio_mostly is not None):
-            raise ValueError("length_ratio_mostly goes with min_length_ratio/max_length_ratio: set all of them "
-                             "(translation datasets) or none")
+            raise ValueError(
+                "length_ratio_mostly goes with min_length_ratio/max_length_ratio: set all of them "
+                "(translation datasets) or none"
+            )
         return self
 
 
@@ -163,7 +165,7 @@ class PretrainModelConfig(Strict):
     save_steps: PosInt
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "PretrainModelConfig":
+    def _heads_divide(self) -> PretrainModelConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         return self
@@ -190,9 +192,11 @@ class _ModelBase(Strict):
     name_or_path: str | None = None  # only with source 'pretrained'
 
     @model_validator(mode="after")
-    def _source_fits(self) -> "_ModelBase":
+    def _source_fits(self) -> _ModelBase:
         if self.source == "pretrained" and not self.name_or_path:
-            raise ValueError("source 'pretrained' needs name_or_path (a hub id, a local folder or package:<module>/<folder>)")
+            raise ValueError(
+                "source 'pretrained' needs name_or_path (a hub id, a local folder or package:<module>/<folder>)"
+            )
         if self.source != "pretrained" and self.name_or_path:
             raise ValueError(f"name_or_path is only used with source 'pretrained', not {self.source!r}")
         return self
@@ -200,7 +204,7 @@ class _ModelBase(Strict):
 
 class _ScratchOnly(_ModelBase):
     @model_validator(mode="after")
-    def _scratch(self) -> "_ScratchOnly":
+    def _scratch(self) -> _ScratchOnly:
         if self.source != "scratch":
             raise ValueError(f"family {self.family!r} is trained from scratch: source must be 'scratch'")
         return self
@@ -227,7 +231,7 @@ class EncDecModel(_ScratchOnly):
     dropout: Dropout
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "EncDecModel":
+    def _heads_divide(self) -> EncDecModel:
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         return self
@@ -235,7 +239,7 @@ class EncDecModel(_ScratchOnly):
 
 class _PretrainedOnly(_ModelBase):
     @model_validator(mode="after")
-    def _pretrained(self) -> "_PretrainedOnly":
+    def _pretrained(self) -> _PretrainedOnly:
         if self.source == "scratch":
             raise ValueError(f"family {self.family!r} needs source 'pretrain' or 'pretrained'")
         return self
@@ -330,7 +334,7 @@ class Params(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Params":
+    def _cross_checks(self) -> Params:
         for name in self.models:
             if not name.replace("_", "").isalnum() or "-" in name:
                 raise ValueError(f"models.{name}: model names use letters, digits and '_' only")
@@ -354,9 +358,23 @@ class Params(Strict):
         return self.validate_
 
 
-_SHOW_INPUT = {"literal_error", "dict_type", "model_type", "int_parsing", "float_parsing", "string_type", "int_type",
-               "float_type", "bool_type", "bool_parsing", "int_from_float", "greater_than", "greater_than_equal",
-               "less_than", "less_than_equal"}
+_SHOW_INPUT = {
+    "literal_error",
+    "dict_type",
+    "model_type",
+    "int_parsing",
+    "float_parsing",
+    "string_type",
+    "int_type",
+    "float_type",
+    "bool_type",
+    "bool_parsing",
+    "int_from_float",
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+}
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -404,8 +422,10 @@ def load_params(path: str | Path | None = None, *, profile: str | None | object 
     params.effective.yaml, else none). A stage run by hand, outside DVC, so gets the params DVC would give it."""
     path = Path(path) if path else Path(profiles.PARAMS_FILE)
     if path.name != profiles.PARAMS_FILE:
-        raise ParamsError(f"{path}: load_params reads a repository's {profiles.PARAMS_FILE} (+ a profile from "
-                          f"{profiles.PROFILES_DIR}/), not another file")
+        raise ParamsError(
+            f"{path}: load_params reads a repository's {profiles.PARAMS_FILE} (+ a profile from "
+            f"{profiles.PROFILES_DIR}/), not another file"
+        )
     root = path.parent
     chosen = profiles.selected_profile(root) if profile is SELECTED else profile
     return parse_params(profiles.effective_mapping(root, chosen), profiles.composed_source(root, chosen))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import MutableMapping
+from collections.abc import MutableMapping
 
 QUIET_ENV = {
     "DVC_NO_ANALYTICS": "1",

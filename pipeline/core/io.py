@@ -16,8 +16,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
@@ -76,9 +77,8 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
 def write_bytes(target: str | Path, data: bytes) -> Path:
     """Write `data` to `target` atomically (temporary file in the same folder, fsync, rename)."""
     target = Path(target)
-    with atomic_file(target) as tmp:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
+    with atomic_file(target) as tmp, open(tmp, "xb") as fh:
+        fh.write(data)
     return target
 
 

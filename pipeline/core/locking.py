@@ -15,9 +15,9 @@ import json
 import os
 import socket
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 POLL_SECONDS = 0.5
 
@@ -78,7 +78,7 @@ def repo_lock(
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "purpose": purpose,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)

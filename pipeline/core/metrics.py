@@ -5,13 +5,17 @@ Every model family scores its predictions through these functions, so the compar
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pipeline.core.config import TASK_SPECS
 
 # Main metric per task kind, as shown on the leaderboard (higher is better for all).
 MAIN_METRIC = {"classification": "accuracy", "ner": "entity_f1", "translation": "bleu"}
-SECONDARY_METRICS = {"classification": ("macro_f1",), "ner": ("entity_precision", "entity_recall"), "translation": ("chrf",)}
+SECONDARY_METRICS = {
+    "classification": ("macro_f1",),
+    "ner": ("entity_precision", "entity_recall"),
+    "translation": ("chrf",),
+}
 
 
 def main_metric(task: str) -> str:
@@ -49,7 +53,7 @@ def ner_metrics(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence
     if len(true_tags) != len(pred_tags):
         raise ValueError(f"{len(true_tags)} sentences but {len(pred_tags)} predictions")
     fixed = []
-    for i, (t, p) in enumerate(zip(true_tags, pred_tags)):
+    for t, p in zip(true_tags, pred_tags):
         p = list(p)[: len(t)] + ["O"] * max(0, len(t) - len(p))  # a too-short prediction counts as O
         fixed.append(p)
     true_tags = [list(t) for t in true_tags]

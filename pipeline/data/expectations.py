@@ -74,7 +74,9 @@ def _base_frame(name: str, ds: datasets.Dataset) -> pd.DataFrame:
         frame["n_tokens"] = tokens.map(len)
         frame["n_tags"] = tags.map(len)
         frame["tags_known"] = tags.map(lambda ids: all(0 <= i < len(NER_TAGS) for i in ids))
-        frame["bio_valid"] = tags.map(lambda ids: bio_valid([NER_TAGS[i] if 0 <= i < len(NER_TAGS) else "O" for i in ids]))
+        frame["bio_valid"] = tags.map(
+            lambda ids: bio_valid([NER_TAGS[i] if 0 <= i < len(NER_TAGS) else "O" for i in ids])
+        )
         frame["_key"] = frame["text"]
     elif name == "multi30k":
         frame["en"] = raw["en"]
@@ -136,7 +138,9 @@ def _text_expectations(name: str, checks: DatasetChecks) -> list:
         out += [
             gxe.ExpectColumnValuesToNotBeNull(column=column),
             gxe.ExpectColumnValuesToBeOfType(column=column, type_="str"),
-            gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=checks.min_chars, max_value=checks.max_chars),
+            gxe.ExpectColumnValueLengthsToBeBetween(
+                column=column, min_value=checks.min_chars, max_value=checks.max_chars
+            ),
             # whitespace-only text is empty text in disguise (wikitext stores its blank lines as "")
             gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=r"^\s+$"),
         ]

@@ -38,12 +38,16 @@ def ingest_dataset(name: str, params: Params) -> Path:
         if name == "wikitext" and "train" not in dsdict:
             log.warning(
                 "ingest wikitext: the mirror %s has no wiki.train.raw; using the splits present: %s",
-                folder, ", ".join(dsdict),
+                folder,
+                ", ".join(dsdict),
             )
     else:
         log.info(
             "ingest %s: no mirror folder %s (mirror_dir / %s); loading %s from the hub",
-            name, (mirror / MIRROR_FOLDERS[name]) if mirror else "<none>", MIRROR_ENV, source.hub_id,
+            name,
+            (mirror / MIRROR_FOLDERS[name]) if mirror else "<none>",
+            MIRROR_ENV,
+            source.hub_id,
         )
         dsdict = load_from_hub(name, source, seed=params.common.seed)
         fingerprint = hub_fingerprint(source)
@@ -89,14 +93,22 @@ def canonical_from_hub(
         ds = hub[split]
         missing = [c for c in features if c not in ds.column_names]
         if missing:
-            raise ValueError(f"hub dataset for {name}, split {split}: missing column(s) {missing} (has {ds.column_names})")
+            raise ValueError(
+                f"hub dataset for {name}, split {split}: missing column(s) {missing} (has {ds.column_names})"
+            )
         ds = ds.select_columns(list(features))
         out[split] = ds.cast(features)
     return datasets.DatasetDict(out)
 
 
 def hub_fingerprint(source: HubSource) -> dict:
-    fp = {"source": "hub", "hub_id": source.hub_id, "config": source.config, "revision": source.revision, "commit": None}
+    fp = {
+        "source": "hub",
+        "hub_id": source.hub_id,
+        "config": source.config,
+        "revision": source.revision,
+        "commit": None,
+    }
     try:
         from huggingface_hub import HfApi
 

@@ -16,8 +16,8 @@ import logging
 import random
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 
@@ -78,12 +78,15 @@ def load_raw(dataset: str, splits: Iterable[str] | None = None) -> DatasetDict:
     for split, ds in data.items():
         missing = [c for c in CANONICAL_COLUMNS[dataset] if c not in ds.column_names]
         if missing:
-            raise PrepareError(f"{folder} split {split!r}: missing column(s) {missing} (has {ds.column_names}); "
-                               f"rerun ingest")
+            raise PrepareError(
+                f"{folder} split {split!r}: missing column(s) {missing} (has {ds.column_names}); rerun ingest"
+            )
         for column in CANONICAL_COLUMNS[dataset]:
             if ds.features[column] != FEATURES[dataset][column]:
-                raise PrepareError(f"{folder} split {split!r}: column {column!r} has type {ds.features[column]}, "
-                                   f"expected {FEATURES[dataset][column]}; rerun ingest")
+                raise PrepareError(
+                    f"{folder} split {split!r}: column {column!r} has type {ds.features[column]}, "
+                    f"expected {FEATURES[dataset][column]}; rerun ingest"
+                )
     return data
 
 
@@ -94,8 +97,11 @@ def cap_split(ds: Dataset, cap: int | None, seed: int) -> Dataset:
         return ds
     # keep_in_memory: datasets would otherwise write cache-*.arrow files into data/raw/<dataset>/, which
     # changes the ingest stage's DVC output and makes every downstream stage look stale.
-    return ds.shuffle(seed=seed, keep_in_memory=True).select(range(cap), keep_in_memory=True).flatten_indices(
-        keep_in_memory=True)
+    return (
+        ds.shuffle(seed=seed, keep_in_memory=True)
+        .select(range(cap), keep_in_memory=True)
+        .flatten_indices(keep_in_memory=True)
+    )
 
 
 def label_names(ds: Dataset) -> list[str] | None:
@@ -119,10 +125,9 @@ def prepare_task(task: str, params: Params) -> Path:
     caps = params.prepare.tasks[task]
     seed = params.common.seed
     columns = list(CANONICAL_COLUMNS[dataset])
-    prepared = DatasetDict({
-        split: cap_split(raw[split].select_columns(columns), getattr(caps, f"max_{split}"), seed)
-        for split in SPLITS
-    })
+    prepared = DatasetDict(
+        {split: cap_split(raw[split].select_columns(columns), getattr(caps, f"max_{split}"), seed) for split in SPLITS}
+    )
     sizes = {split: len(ds) for split, ds in prepared.items()}
     empty = [split for split, n in sizes.items() if n == 0]
     if empty:
@@ -142,8 +147,13 @@ def prepare_task(task: str, params: Params) -> Path:
     with atomic_dir(target) as tmp:
         prepared.save_to_disk(str(tmp))
         write_json(tmp / META_FILE, meta)
-    log.info("prepared %s (%s from %s): %s", task, kind, dataset,
-             ", ".join(f"{s} {sizes[s]}/{meta['raw_sizes'][s]}" for s in SPLITS))
+    log.info(
+        "prepared %s (%s from %s): %s",
+        task,
+        kind,
+        dataset,
+        ", ".join(f"{s} {sizes[s]}/{meta['raw_sizes'][s]}" for s in SPLITS),
+    )
     return target
 
 
@@ -238,8 +248,9 @@ def _collect_groups(min_chars: int) -> tuple[dict[str, list[list[str]]], dict[st
             if kept:
                 kept_groups.append(kept)
         kept_sources[source] = kept_groups
-        stats[source] = {k: counts[k] for k in ("candidates", "dropped_short", "dropped_duplicate",
-                                                "dropped_evaluation_text")}
+        stats[source] = {
+            k: counts[k] for k in ("candidates", "dropped_short", "dropped_duplicate", "dropped_evaluation_text")
+        }
     return kept_sources, stats, blocked
 
 
@@ -272,18 +283,22 @@ def build_corpus(params: Params) -> Path:
     heldout: list[str] = []
     for source, groups in sources.items():
         if not groups:
-            raise PrepareError(f"corpus source {source!r} has no text left after filtering (min_chars "
-                               f"{cfg.min_chars}): check data/raw and prepare.corpus.min_chars")
+            raise PrepareError(
+                f"corpus source {source!r} has no text left after filtering (min_chars "
+                f"{cfg.min_chars}): check data/raw and prepare.corpus.min_chars"
+            )
         # one generator per source so adding a source does not reshuffle the others
         src_train, src_heldout = split_heldout(groups, cfg.heldout_fraction, random.Random(f"{seed}:{source}"))
         train.extend(src_train)
         heldout.extend(src_heldout)
-        stats[source].update({
-            "groups": len(groups),
-            "train_lines": len(src_train),
-            "heldout_lines": len(src_heldout),
-            "chars": sum(len(line) for line in src_train) + sum(len(line) for line in src_heldout),
-        })
+        stats[source].update(
+            {
+                "groups": len(groups),
+                "train_lines": len(src_train),
+                "heldout_lines": len(src_heldout),
+                "chars": sum(len(line) for line in src_train) + sum(len(line) for line in src_heldout),
+            }
+        )
     rng = random.Random(seed)
     rng.shuffle(train)
     rng.shuffle(heldout)
@@ -303,8 +318,12 @@ def build_corpus(params: Params) -> Path:
         _write_lines(tmp / CORPUS_TRAIN, train)
         _write_lines(tmp / CORPUS_HELDOUT, heldout)
         write_json(tmp / CORPUS_STATS, summary)
-    log.info("corpus: %d train / %d held-out lines (%s)", len(train), len(heldout),
-             ", ".join(f"{s} {v['train_lines'] + v['heldout_lines']}" for s, v in stats.items()))
+    log.info(
+        "corpus: %d train / %d held-out lines (%s)",
+        len(train),
+        len(heldout),
+        ", ".join(f"{s} {v['train_lines'] + v['heldout_lines']}" for s, v in stats.items()),
+    )
     return target
 
 

@@ -30,7 +30,9 @@ SST2_LABELS = ["negative", "positive"]
 NER_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
 FEATURES: dict[str, datasets.Features] = {
-    "emotion": datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=EMOTION_LABELS)}),
+    "emotion": datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=EMOTION_LABELS)}
+    ),
     "sst2": datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=SST2_LABELS)}),
     "conll2003": datasets.Features(
         {
@@ -168,7 +170,9 @@ def _read_sst2(path: Path) -> dict[str, list]:
     header = lines[0].text.split("\t")
     for column in ("sentence", "label"):
         if column not in header:
-            raise _fail(path, lines[0], column, f"missing column in the header (expected 'sentence<TAB>label', got {header})")
+            raise _fail(
+                path, lines[0], column, f"missing column in the header (expected 'sentence<TAB>label', got {header})"
+            )
     i_text, i_label = header.index("sentence"), header.index("label")
     texts, labels = [], []
     for line in lines[1:]:
@@ -195,7 +199,9 @@ def _read_conll(path: Path) -> dict[str, list]:
         fields = line.text.split(" ")
         if len(fields) != 4:
             field = ["token", "pos", "chunk", "ner"][min(len(fields), 3)] if len(fields) < 4 else "<extra>"
-            raise _fail(path, line, field, f"expected 4 space-separated columns 'token POS chunk NER', got {len(fields)}")
+            raise _fail(
+                path, line, field, f"expected 4 space-separated columns 'token POS chunk NER', got {len(fields)}"
+            )
         tokens.append(fields[0])
         ner.append(_label(path, line, fields[3], NER_TAGS, field="ner"))
     if tokens:
@@ -232,7 +238,9 @@ def _read_wikitext(path: Path) -> dict[str, list]:
 def carve_validation(train: datasets.Dataset, size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Split `size` rows off train as validation, chosen by `seed`; both keep the original row order."""
     if not 0 < size < len(train):
-        raise ValueError(f"validation_size must be between 1 and {len(train) - 1} (train has {len(train)} rows), got {size}")
+        raise ValueError(
+            f"validation_size must be between 1 and {len(train) - 1} (train has {len(train)} rows), got {size}"
+        )
     order = np.random.default_rng(seed).permutation(len(train))
     validation_idx = np.sort(order[:size])
     train_idx = np.sort(order[size:])

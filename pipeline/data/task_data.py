@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import datasets
 import torch
@@ -191,7 +191,9 @@ def encode_causal_translation(split: datasets.Dataset, tokenizer, max_length: in
     return tokenize_split(split, encode)
 
 
-def encode_seq2seq_translation(split: datasets.Dataset, src_tokenizer, tgt_tokenizer, max_length: int) -> datasets.Dataset:
+def encode_seq2seq_translation(
+    split: datasets.Dataset, src_tokenizer, tgt_tokenizer, max_length: int
+) -> datasets.Dataset:
     """Encoder-decoder: en -> input_ids (encoder tokenizer); de + eos -> labels (decoder tokenizer)."""
     eos = tgt_tokenizer.eos_token_id
 
@@ -223,4 +225,3 @@ class PaddingCollator:
             width = max(len(v) for v in values)
             batch[key] = torch.tensor([list(v) + [fill] * (width - len(v)) for v in values])  # [batch, width]
         return batch
-

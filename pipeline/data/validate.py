@@ -17,8 +17,8 @@ import pandas as pd
 
 from pipeline.core.config import DATASETS, Params
 from pipeline.core.io import atomic_dir, write_json
-from pipeline.data.expectations import DISPLAY_COLUMNS, ROW, build_frames, build_suite
 from pipeline.core.paths import raw_dir, validation_docs, validation_report
+from pipeline.data.expectations import DISPLAY_COLUMNS, ROW, build_frames, build_suite
 from pipeline.data.readers import FEATURES
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ def validate_dataset(name: str, params: Params) -> dict:
         report["success"] = False
         write_json(validation_report(name), report)
         raise DataValidationError(
-            summarize_failures(report)
-            + "\nMissing columns: " + "; ".join(f"{s}: {m}" for s, m in missing.items() if m)
+            summarize_failures(report) + "\nMissing columns: " + "; ".join(f"{s}: {m}" for s, m in missing.items() if m)
         )
     docs_target = validation_docs(name)
     with atomic_dir(docs_target) as docs_tmp:
@@ -108,7 +107,9 @@ def run_suite(name: str, checks, frames: dict[str, pd.DataFrame], docs_dir: Path
     out = {}
     for split, frame in frames.items():
         batch = source.add_dataframe_asset(split).add_batch_definition_whole_dataframe(split)
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{name}-{split}", data=batch, suite=suite))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{name}-{split}", data=batch, suite=suite)
+        )
         checkpoint = context.checkpoints.add(
             gx.Checkpoint(
                 name=f"{name}-{split}",
@@ -131,7 +132,8 @@ def _result_entry(result, frame: pd.DataFrame, name: str) -> dict:
     details = result.result or {}
     entry = {
         "expectation": config.type,
-        "column": kwargs.get("column") or (f"{kwargs['column_A']},{kwargs['column_B']}" if "column_A" in kwargs else None),
+        "column": kwargs.get("column")
+        or (f"{kwargs['column_A']},{kwargs['column_B']}" if "column_A" in kwargs else None),
         "kwargs": _jsonable(kwargs),
         "success": bool(result.success),
     }
@@ -197,7 +199,9 @@ def summarize_failures(report: dict) -> str:
                 continue
             args = ", ".join(f"{k}={v}" for k, v in r["kwargs"].items() if k not in ("column", "column_A", "column_B"))
             where = f"column {r['column']!r}" if r["column"] else "table"
-            what = f"{r['unexpected_count']} unexpected of {split_report['rows']} rows" if "unexpected_count" in r else ""
+            what = (
+                f"{r['unexpected_count']} unexpected of {split_report['rows']} rows" if "unexpected_count" in r else ""
+            )
             observed = f"observed {r['observed_value']}" if "observed_value" in r else ""
             detail = "; ".join(x for x in (what, observed, r.get("error", "")) if x)
             lines.append(f"  - split {split!r}: {r['expectation']} on {where} ({args}) failed: {detail}")

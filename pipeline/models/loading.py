@@ -29,8 +29,14 @@ PACKAGE_PREFIX = "package:"
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Any one of these sets is a usable tokenizer: fast tokenizer, WordPiece vocab, BPE vocab + merges, sentencepiece.
-TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"), ("spiece.model",),
-                       ("sentencepiece.bpe.model",), ("tokenizer.model",))
+TOKENIZER_FILE_SETS = (
+    ("tokenizer.json",),
+    ("vocab.txt",),
+    ("vocab.json", "merges.txt"),
+    ("spiece.model",),
+    ("sentencepiece.bpe.model",),
+    ("tokenizer.model",),
+)
 
 
 class CheckpointError(ValueError):
@@ -44,7 +50,7 @@ def _model_config(model_name: str, params: Params):
 
 
 def _package_folder(spec: str, model_name: str) -> Path:
-    module, _, folder = spec[len(PACKAGE_PREFIX):].partition("/")
+    module, _, folder = spec[len(PACKAGE_PREFIX) :].partition("/")
     if not module or not folder:
         raise CheckpointError(
             f"models.{model_name}.name_or_path {spec!r}: write it as package:<module>/<folder>, "
@@ -58,7 +64,9 @@ def _package_folder(spec: str, model_name: str) -> Path:
         )
     path = Path(next(iter(found.submodule_search_locations))) / folder
     if not path.is_dir():
-        raise CheckpointError(f"models.{model_name}.name_or_path {spec!r}: package {module!r} has no folder {folder!r} ({path})")
+        raise CheckpointError(
+            f"models.{model_name}.name_or_path {spec!r}: package {module!r} has no folder {folder!r} ({path})"
+        )
     return path
 
 
@@ -70,7 +78,9 @@ def resolve_model_path(model_name: str, params: Params) -> str:
     """The folder (or hub id) that from_pretrained loads model `model_name` from."""
     cfg = _model_config(model_name, params)
     if cfg.source == "scratch":
-        raise CheckpointError(f"models.{model_name} is trained from scratch (source: scratch): it has no weights to load")
+        raise CheckpointError(
+            f"models.{model_name} is trained from scratch (source: scratch): it has no weights to load"
+        )
     if cfg.source == "pretrain":
         path = paths.pretrain_dir(cfg.family) / "model"
         if not path.is_dir():
@@ -97,13 +107,15 @@ def check_checkpoint_folder(path: str | Path) -> Path:
         raise CheckpointError(f"{folder}: checkpoint folder not found")
     names = {p.name for p in folder.iterdir()}
     if "config.json" not in names:
-        raise CheckpointError(f"{folder}: no config.json, so this is not a transformers checkpoint folder "
-                              "(save it with model.save_pretrained(folder))")
+        raise CheckpointError(
+            f"{folder}: no config.json, so this is not a transformers checkpoint folder "
+            "(save it with model.save_pretrained(folder))"
+        )
     if not names & set(SAFETENSORS_FILES):
         if names & set(PICKLE_FILES):
             raise CheckpointError(
                 f"{folder}: only pickle weights (pytorch_model.bin); this pipeline loads safetensors only "
-                "(pickle files can run code when loaded): convert with `python -c \"from transformers import AutoModel; "
+                '(pickle files can run code when loaded): convert with `python -c "from transformers import AutoModel; '
                 "AutoModel.from_pretrained('<folder>', use_safetensors=False).save_pretrained('<new folder>')\"` "
                 "in a trusted environment, or use a safetensors checkpoint (model.safetensors)"
             )
@@ -115,7 +127,7 @@ def check_checkpoint_folder(path: str | Path) -> Path:
 def check_tokenizer_folder(path: str | Path) -> Path:
     """Refuse a folder that holds no tokenizer files; the message says which stage writes it, where one does."""
     folder = Path(path)
-    if paths.TOKENIZERS.parts == folder.absolute().parent.parts[-len(paths.TOKENIZERS.parts):]:
+    if paths.TOKENIZERS.parts == folder.absolute().parent.parts[-len(paths.TOKENIZERS.parts) :]:
         fix = "run the tokenizers stage first (python -m flows.tokenizers)"
     else:
         fix = "save it with tokenizer.save_pretrained(folder)"

@@ -6,8 +6,8 @@ exactly as in training and evaluation (pipeline.data.task_data), and B-/I- tags 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -38,8 +38,9 @@ def text_entities(text: str, tags: Sequence[str]) -> list[dict]:
     entities = []
     for kind, first, last in tags_to_entities(tags[: len(spans)]):
         start, end = spans[first][0], spans[last - 1][1]
-        entities.append({"entity": kind, "word": text[start:end], "start": start, "end": end,
-                         "word_start": first, "word_end": last})
+        entities.append(
+            {"entity": kind, "word": text[start:end], "start": start, "end": end, "word_start": first, "word_end": last}
+        )
     return entities
 
 
@@ -48,12 +49,14 @@ class NerTagger:
         self.model = model
         self.tokenizer = tokenizer
         # the model has no position embeddings beyond this
-        self.max_length = min(max_length, getattr(model.config, "max_position_embeddings", None)
-                              or getattr(model.config, "n_positions", max_length))
+        self.max_length = min(
+            max_length,
+            getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length),
+        )
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
 
     @classmethod
-    def load(cls, folder: str | Path, max_length: int = 512) -> "NerTagger":
+    def load(cls, folder: str | Path, max_length: int = 512) -> NerTagger:
         from transformers import AutoModelForTokenClassification
 
         model = AutoModelForTokenClassification.from_pretrained(str(folder), use_safetensors=True)
@@ -83,5 +86,6 @@ class NerTagger:
         return out
 
     def entities(self, texts: Sequence[str]) -> list[list[dict]]:
-        """Per text: [{'entity': 'PER', 'word': 'John Smith', 'start': 0, 'end': 10, 'word_start': 0, 'word_end': 2}]."""
+        """Per text, its entities:
+        [{'entity': 'PER', 'word': 'John Smith', 'start': 0, 'end': 10, 'word_start': 0, 'word_end': 2}]."""
         return [text_entities(text, tags) for text, tags in zip(texts, self.word_tags(texts))]

@@ -11,8 +11,8 @@ Token ids 0-3 are reserved: <pad>, <unk>, <sos>, <eos> (see pipeline.train.text2
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ class EncoderState:
     mask: torch.Tensor  # [batch, src_len] bool, True on real tokens
     hidden: torch.Tensor  # [batch, hid]; initial decoder state
 
-    def index_select(self, index: torch.Tensor) -> "EncoderState":
+    def index_select(self, index: torch.Tensor) -> EncoderState:
         return EncoderState(self.outputs[index], self.keys[index], self.mask[index], self.hidden[index])
 
 
@@ -152,7 +152,9 @@ class Seq2Seq(nn.Module):
             all_attn.append(attn)
             teacher = teacher_forcing_ratio >= 1.0 or bool(torch.rand(()) < teacher_forcing_ratio)
             token = tgt[:, t] if teacher else logits.argmax(dim=1)
-        return torch.stack(all_logits, dim=1), torch.stack(all_attn, dim=1)  # [batch, tgt_len-1, vocab], [batch, tgt_len-1, src_len]
+        return torch.stack(all_logits, dim=1), torch.stack(
+            all_attn, dim=1
+        )  # [batch, tgt_len-1, vocab], [batch, tgt_len-1, src_len]
 
 
 def step_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -210,7 +212,9 @@ def greedy_decode(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_
     for b in range(batch):
         n = int(lengths[b])
         seq = tokens[b][:n]
-        out.append(Hypothesis(seq[:-1] if seq and seq[-1] == EOS_IDX else seq, float(log_prob[b]), n, attention[b, :n].cpu()))
+        out.append(
+            Hypothesis(seq[:-1] if seq and seq[-1] == EOS_IDX else seq, float(log_prob[b]), n, attention[b, :n].cpu())
+        )
     return out
 
 
@@ -246,7 +250,9 @@ def beam_search(
         finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
         done = [False] * batch
         for step in range(max_len):
-            logits, hidden, attn = model.decoder(token, hidden, enc)  # [batch*k, vocab], [batch*k, hid], [batch*k, src_len]
+            logits, hidden, attn = model.decoder(
+                token, hidden, enc
+            )  # [batch*k, vocab], [batch*k, hid], [batch*k, src_len]
             logp = step_log_probs(logits)  # [batch*k, vocab]
             vocab = logp.size(1)
             candidates = (beam_scores.view(-1, 1) + logp).view(batch, k * vocab)  # [batch, k*vocab]
@@ -266,7 +272,9 @@ def beam_search(
                     if tok == EOS_IDX:
                         if rank < k:
                             row = b * k + beam
-                            att = torch.cat((attn_history[row], attn[row].unsqueeze(0)), dim=0).cpu()  # [step+1, src_len]
+                            att = torch.cat(
+                                (attn_history[row], attn[row].unsqueeze(0)), dim=0
+                            ).cpu()  # [step+1, src_len]
                             finished[b].append(Hypothesis(history[row].tolist(), score, step + 1, att))
                     else:
                         next_beam[b, n], next_token[b, n], next_scores[b, n] = beam, tok, score
@@ -294,7 +302,9 @@ def beam_search(
                         score = float(beam_scores[b, beam])
                         if score > float("-inf"):
                             row = b * k + beam
-                            finished[b].append(Hypothesis(history[row].tolist(), score, max_len, attn_history[row].cpu()))
+                            finished[b].append(
+                                Hypothesis(history[row].tolist(), score, max_len, attn_history[row].cpu())
+                            )
     results = []
     for b in range(batch):
         candidates = [*finished[b], *([greedy[b]] if greedy[b] is not None else [])]

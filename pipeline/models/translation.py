@@ -11,8 +11,8 @@ Both save to / load from one folder (weights + tokenizer(s)), so the MLflow wrap
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -46,7 +46,9 @@ def build_encoder_decoder(encoder_path: str | Path, decoder_path: str | Path, de
 
 def set_decoder_special_tokens(model, decoder_tokenizer) -> None:
     """Decoding starts with the GPT bos token, stops at eos, pads with its own pad token."""
-    bos = decoder_tokenizer.bos_token_id if decoder_tokenizer.bos_token_id is not None else decoder_tokenizer.eos_token_id
+    bos = (
+        decoder_tokenizer.bos_token_id if decoder_tokenizer.bos_token_id is not None else decoder_tokenizer.eos_token_id
+    )
     for cfg in (model.config, model.generation_config):
         cfg.decoder_start_token_id = bos
         cfg.bos_token_id = bos
@@ -66,7 +68,7 @@ class GptTranslator:
         self.tokenizer = tokenizer
 
     @classmethod
-    def load(cls, folder: str | Path) -> "GptTranslator":
+    def load(cls, folder: str | Path) -> GptTranslator:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
@@ -81,8 +83,16 @@ class GptTranslator:
         return max(8, self.model.config.n_positions - max_new_tokens)
 
     @torch.no_grad()
-    def translate(self, sources: Sequence[str], *, num_beams: int = 1, max_new_tokens: int = 64,
-                  length_penalty: float = 1.0, batch_size: int = 32, progress: bool = False) -> list[str]:
+    def translate(
+        self,
+        sources: Sequence[str],
+        *,
+        num_beams: int = 1,
+        max_new_tokens: int = 64,
+        length_penalty: float = 1.0,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> list[str]:
         tok, model = self.tokenizer, self.model
         model.eval()
         side = tok.padding_side
@@ -102,7 +112,7 @@ class GptTranslator:
                     eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id,
                 )  # [batch, prompt_len + new]
-                new_tokens = generated[:, enc["input_ids"].shape[1]:]
+                new_tokens = generated[:, enc["input_ids"].shape[1] :]
                 out.extend(t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True))
         finally:
             tok.padding_side = side
@@ -116,7 +126,7 @@ class EncoderDecoderTranslator:
         self.decoder_tokenizer = decoder_tokenizer
 
     @classmethod
-    def load(cls, folder: str | Path) -> "EncoderDecoderTranslator":
+    def load(cls, folder: str | Path) -> EncoderDecoderTranslator:
         from transformers import EncoderDecoderModel
 
         folder = Path(folder)
@@ -134,15 +144,28 @@ class EncoderDecoderTranslator:
         self.decoder_tokenizer.save_pretrained(str(folder / DECODER_TOKENIZER))
 
     @torch.no_grad()
-    def translate(self, sources: Sequence[str], *, num_beams: int = 1, max_new_tokens: int = 64,
-                  length_penalty: float = 1.0, batch_size: int = 32, progress: bool = False) -> list[str]:
+    def translate(
+        self,
+        sources: Sequence[str],
+        *,
+        num_beams: int = 1,
+        max_new_tokens: int = 64,
+        length_penalty: float = 1.0,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> list[str]:
         self.model.eval()
         out: list[str] = []
         dec = self.decoder_tokenizer
         for batch in tqdm(list(_batches(list(sources), batch_size)), desc="translate", disable=not progress):
-            enc = self.encoder_tokenizer(list(batch), return_tensors="pt", padding=True, truncation=True,
-                                         max_length=self.model.config.encoder.max_position_embeddings,
-                                         return_token_type_ids=False).to(self.model.device)
+            enc = self.encoder_tokenizer(
+                list(batch),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.model.config.encoder.max_position_embeddings,
+                return_token_type_ids=False,
+            ).to(self.model.device)
             generated = self.model.generate(
                 **enc,  # input_ids [batch, src_len]
                 max_new_tokens=max_new_tokens,

@@ -57,8 +57,13 @@ def lm_blocks(docs: list[str], tokenizer, block_size: int, what: str = "corpus")
             "use a bigger corpus or a smaller pretrain.gpt.block_size"
         )
     blocks = torch.tensor(flat[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
-    log.info("%s: %d GPT blocks of %d tokens (%d tokens dropped)", what, n_blocks, block_size,
-             len(flat) - n_blocks * block_size)
+    log.info(
+        "%s: %d GPT blocks of %d tokens (%d tokens dropped)",
+        what,
+        n_blocks,
+        block_size,
+        len(flat) - n_blocks * block_size,
+    )
     return BlockDataset(blocks)
 
 
@@ -129,7 +134,7 @@ def nsp_pairs(docs: list[str], tokenizer, block_size: int, seed: int, what: str 
     tokenized: list[list[list[int]]] = []
     pos = 0
     for doc in sentences:
-        tokenized.append([ids for ids in flat_ids[pos: pos + len(doc)] if ids])
+        tokenized.append([ids for ids in flat_ids[pos : pos + len(doc)] if ids])
         pos += len(doc)
     tokenized = [doc for doc in tokenized if doc]
     if len(tokenized) < 2:

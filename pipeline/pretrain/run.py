@@ -46,14 +46,13 @@ from transformers import (
 )
 
 from pipeline.core import paths
-
-from pipeline.tracking import runs as tracking
-from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 from pipeline.core.config import PRETRAINED_FAMILIES, Params, PretrainModelConfig
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.data.corpus import read_corpus
 from pipeline.models.loading import load_tokenizer
 from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, nsp_pairs
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,12 @@ INITIAL_METRICS_FILE = "initial_heldout.json"
 # Evaluation runs on at most this many held-out examples (blocks / sentence pairs), to bound its time.
 MAX_EVAL_EXAMPLES = 2000
 # Trainer log keys -> MLflow metric names (the final summary keys such as train_runtime are not per-step).
-STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "eval_loss": "eval_loss"}
+STEP_METRICS = {
+    "loss": "train_loss",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "eval_loss": "eval_loss",
+}
 
 
 def checkpoint_dir(family: str) -> Path:
@@ -179,7 +183,9 @@ class MlflowStepLogger(TrainerCallback):
 
         if not logs or state.global_step <= self.skip_until:
             return
-        values = {STEP_METRICS[k]: float(v) for k, v in logs.items() if k in STEP_METRICS and isinstance(v, (int, float))}
+        values = {
+            STEP_METRICS[k]: float(v) for k, v in logs.items() if k in STEP_METRICS and isinstance(v, (int, float))
+        }
         if values:
             mlflow.log_metrics(values, step=state.global_step)
 
@@ -228,7 +234,11 @@ def loss_rows(log_history: list[dict]) -> list[dict]:
     """step, loss, eval_loss (blank where no eval ran at that step) from the Trainer's log history."""
     evals = {e["step"]: e["eval_loss"] for e in log_history if "eval_loss" in e}
     return [
-        {"step": e["step"], "loss": round(e["loss"], 5), "eval_loss": round(evals[e["step"]], 5) if e["step"] in evals else ""}
+        {
+            "step": e["step"],
+            "loss": round(e["loss"], 5),
+            "eval_loss": round(evals[e["step"]], 5) if e["step"] in evals else "",
+        }
         for e in log_history
         if "loss" in e and "step" in e
     ]
@@ -312,28 +322,38 @@ def pretrain(family: str, params: Params) -> dict:
     model = build_model(family, cfg, tokenizer)
     device, dtype = device_dtype()
     n_params = param_count(model)
-    log.info("%s: %.2fM parameters, %d train / %d held-out examples, %s %s", family, n_params / 1e6, len(train),
-             len(heldout), device, dtype)
+    log.info(
+        "%s: %.2fM parameters, %d train / %d held-out examples, %s %s",
+        family,
+        n_params / 1e6,
+        len(train),
+        len(heldout),
+        device,
+        dtype,
+    )
 
     folder = checkpoint_dir(family)
     resume_from = prepare_checkpoints(folder, _fingerprint(family, params), params)
     tags = tracking.base_tags(
         params, family=family, source="scratch", inputs=[str(paths.CORPUS), str(paths.tokenizer_dir(family))]
     )
-    with tracking.stage_run(params, tracking.PRETRAIN_EXPERIMENT, f"pretrain-{family}", state_dir=folder,
-                            tags=tags) as run:
+    with tracking.stage_run(
+        params, tracking.PRETRAIN_EXPERIMENT, f"pretrain-{family}", state_dir=folder, tags=tags
+    ) as run:
         import mlflow
 
-        tracking.log_params_once({
-            **tracking.flatten(f"pretrain.{family}", cfg),
-            "common.seed": seed,
-            "family": family,
-            "vocab_size": len(tokenizer),
-            "train_examples": len(train),
-            "heldout_examples": len(heldout),
-            "device": device.type,
-            "dtype": str(dtype).removeprefix("torch."),
-        })
+        tracking.log_params_once(
+            {
+                **tracking.flatten(f"pretrain.{family}", cfg),
+                "common.seed": seed,
+                "family": family,
+                "vocab_size": len(tokenizer),
+                "train_examples": len(train),
+                "heldout_examples": len(heldout),
+                "device": device.type,
+                "dtype": str(dtype).removeprefix("torch."),
+            }
+        )
         initial_file = folder / INITIAL_METRICS_FILE
         if initial_file.exists():
             initial = json.loads(initial_file.read_text())
@@ -373,12 +393,14 @@ def pretrain(family: str, params: Params) -> dict:
         }
         trainer.model.config.use_cache = True  # the Trainer turns the KV cache off; generation wants it
         target = _publish(family, trainer.model, tokenizer, metrics, loss_rows(trainer.state.log_history))
-        mlflow.log_metrics({
-            **{f"heldout_{k}": v for k, v in final.items()},
-            "train_time_s": meter.seconds,
-            "param_count": n_params,
-            "tokens_per_s": tokens_per_s,
-        })
+        mlflow.log_metrics(
+            {
+                **{f"heldout_{k}": v for k, v in final.items()},
+                "train_time_s": meter.seconds,
+                "param_count": n_params,
+                "tokens_per_s": tokens_per_s,
+            }
+        )
         mlflow.log_artifact(str(target / "metrics.json"))
         mlflow.log_artifact(str(target / "plots" / "loss.csv"), artifact_path="plots")
     shutil.rmtree(folder, ignore_errors=True)

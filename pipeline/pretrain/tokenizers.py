@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -25,8 +25,13 @@ from pipeline.data.corpus import read_corpus
 
 log = logging.getLogger(__name__)
 
-BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                 "mask_token": "[MASK]"}
+BERT_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 GPT_EOS = "<|endoftext|>"
 GPT_PAD = "<|pad|>"
 GPT_SPECIALS = {"bos_token": GPT_EOS, "eos_token": GPT_EOS, "unk_token": GPT_EOS, "pad_token": GPT_PAD}
@@ -47,8 +52,9 @@ def wordpiece_alphabet_limit(vocab_size: int) -> int:
     return max(1, min(WORDPIECE_ALPHABET_LIMIT, (vocab_size - len(BERT_SPECIALS)) // 3))
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path,
-                    show_progress: bool = False) -> PreTrainedTokenizerFast:
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path, show_progress: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a cased BERT WordPiece tokenizer on `texts` and save it to `out_dir`."""
     specials = list(BERT_SPECIALS.values())  # ids 0..4 in this order: [PAD] [UNK] [CLS] [SEP] [MASK]
     tok = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk_token"], continuing_subword_prefix="##"))
@@ -79,8 +85,9 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, o
     return wrapped
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path,
-              show_progress: bool = False) -> PreTrainedTokenizerFast:
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path, show_progress: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a GPT-2 style byte-level BPE tokenizer on `texts` and save it to `out_dir`."""
     tok = Tokenizer(models.BPE())  # byte-level: every byte is in the alphabet, so no unk token is needed
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -95,8 +102,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir
     )
     tok.train_from_iterator(_non_blank(texts), trainer=trainer)
     # GPT-2 takes no token_type_ids (it would add them through its word embeddings).
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=["input_ids", "attention_mask"],
-                                      **GPT_SPECIALS)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_input_names=["input_ids", "attention_mask"], **GPT_SPECIALS
+    )
     _save(wrapped, out_dir)
     return wrapped
 
@@ -147,4 +155,3 @@ def train_tokenizers(params: Params) -> dict[str, Path]:
         write_json(tmp / STATS_FILE, stats)
     log.info("tokenizers written to %s: %s", target, json.dumps({k: stats[k] for k in ("bert", "gpt")}))
     return {"bert": paths.tokenizer_dir("bert"), "gpt": paths.tokenizer_dir("gpt")}
-

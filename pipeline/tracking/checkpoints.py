@@ -9,9 +9,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipeline.tracking import runs as tracking
 from pipeline.core.config import Params
 from pipeline.core.io import write_json
+from pipeline.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 

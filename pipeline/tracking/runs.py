@@ -14,8 +14,8 @@ import contextlib
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
@@ -47,7 +47,7 @@ def tracking_uri(params: Params, root: Path | None = None) -> str:
         return env
     uri = params.common.mlflow_tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        db = (root or Path.cwd()) / uri[len("sqlite:///"):]
+        db = (root or Path.cwd()) / uri[len("sqlite:///") :]
         db.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{db.resolve()}"
     return uri
@@ -98,8 +98,13 @@ def git_commit(root: Path | None = None, mark_dirty: bool = False) -> str:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip() or "unknown"
         if mark_dirty and commit != "unknown":
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                   capture_output=True, text=True, timeout=30).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
             commit += "-dirty" if dirty else ""
         return commit
     except (OSError, subprocess.TimeoutExpired):
@@ -154,7 +159,7 @@ def stage_run(
     state_dir: Path,
     tags: dict[str, str],
     root: Path | None = None,
-) -> Iterator["mlflow.ActiveRun"]:  # noqa: F821
+) -> Iterator[mlflow.ActiveRun]:  # noqa: F821
     """Start (or resume) the MLflow run of a stage.
 
     The run id is kept in `state_dir/mlflow_run_id`. When that file exists and its run did not finish

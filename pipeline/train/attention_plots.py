@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -23,7 +23,9 @@ def save_heatmap(weights, source: Sequence[str], output: Sequence[str], path: st
 
     grid = np.asarray(weights, dtype=float)  # [output_len, source_len]
     if grid.ndim != 2 or grid.shape != (len(output), len(source)):
-        raise ValueError(f"attention weights of shape {grid.shape} do not match {len(output)} outputs x {len(source)} sources")
+        raise ValueError(
+            f"attention weights of shape {grid.shape} do not match {len(output)} outputs x {len(source)} sources"
+        )
     width = min(2 + 0.45 * len(source), 24)
     height = min(1.5 + 0.4 * len(output), 24)
     fig, ax = plt.subplots(figsize=(width, height))

@@ -77,24 +77,25 @@ def train(model: str, task: str, params: Params) -> dict:
 
     trainer = build(model, task, params)
     s = trainer.settings
-    log.info("%s %s (%s, %s) on %s", "fine-tuning" if s.stage == "finetune" else "training", model, s.family,
-             s.init, task)
+    log.info(
+        "%s %s (%s, %s) on %s", "fine-tuning" if s.stage == "finetune" else "training", model, s.family, s.init, task
+    )
     inputs = [paths.prepared_dir(task), *trainer.inputs]
     fingerprint = {**s.as_dict(), "family": trainer.fingerprint(), "inputs": files_digest(inputs)}
     folder = s.checkpoint_dir
     resume = prepare_checkpoints(folder, fingerprint, params)
     tags = runs.base_tags(params, family=s.family, source=s.source, inputs=inputs, extra=s.tags())
     with runs.stage_run(params, runs.task_experiment(task), s.name, folder, tags) as run:
-        runs.log_params_once({**s.mlflow_params(), "train_examples": len(trainer.data["train"]),
-                              **trainer.describe()})
+        runs.log_params_once({**s.mlflow_params(), "train_examples": len(trainer.data["train"]), **trainer.describe()})
         outcome = trainer.fit(resume)
         scores = trainer.score_test()
         log.info("%s test: %s", s.name, json.dumps({k: round(v, 4) for k, v in scores.metrics.items()}))
         latency = measure_latency_ms(trainer.infer_one, trainer.latency_examples(LATENCY_EXAMPLES))
         summary = run_summary(s, outcome, scores, latency, run.info.run_id)
         mlflow.log_metrics({f"test_{k}": v for k, v in scores.metrics.items()})
-        mlflow.log_metrics({k: float(summary[k]) for k in
-                            ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")})
+        mlflow.log_metrics(
+            {k: float(summary[k]) for k in ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")}
+        )
         summary["registered_version"] = trainer.register(folder / EXPORT_DIR)
         out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES))
         mlflow.log_artifacts(str(out / PLOTS_DIR), artifact_path="plots")
@@ -122,8 +123,9 @@ def run_summary(s: RunSettings, outcome: TrainOutcome, scores: TestScores, laten
     }
 
 
-def write_outputs(s: RunSettings, summary: dict, outcome: TrainOutcome, scores: TestScores,
-                  attention: list[AttentionMap]):
+def write_outputs(
+    s: RunSettings, summary: dict, outcome: TrainOutcome, scores: TestScores, attention: list[AttentionMap]
+):
     """data/models/<model>-<task>/{metrics.json, plots/} built in a temp folder, then swapped in."""
     with atomic_dir(s.output_dir) as tmp:
         plots = tmp / PLOTS_DIR
@@ -131,7 +133,12 @@ def write_outputs(s: RunSettings, summary: dict, outcome: TrainOutcome, scores: 
         if scores.confusion is not None:
             write_confusion(plots, *scores.confusion)
         for i, amap in enumerate(attention):
-            save_heatmap(amap.weights, amap.source, amap.output, plots / f"attention_{i}.png",
-                         title=f"{s.model} on {s.task}: validation example {i}")
+            save_heatmap(
+                amap.weights,
+                amap.source,
+                amap.output,
+                plots / f"attention_{i}.png",
+                title=f"{s.model} on {s.task}: validation example {i}",
+            )
         write_json(tmp / METRICS_FILE, summary)
     return s.output_dir

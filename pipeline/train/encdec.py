@@ -22,10 +22,10 @@ import torch
 
 from pipeline.core import paths
 from pipeline.core.config import Params
-from pipeline.train.hf_trainer import best_epoch
 from pipeline.models.loading import load_tokenizer
 from pipeline.models.pyfunc import texts_of
 from pipeline.train.family import AttentionMap, TrainOutcome
+from pipeline.train.hf_trainer import best_epoch
 from pipeline.train.settings import RunSettings
 from pipeline.train.text2text import TaskFormat, Text2TextError, Text2TextModel, score_outputs
 
@@ -43,7 +43,9 @@ def load_bpe_tokenizer(fmt: TaskFormat, folder: Path | None = None):
     folder = folder or paths.tokenizer_dir("gpt")
     tokenizer = load_tokenizer(folder)
     if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-        raise Text2TextError(f"{folder}: the tokenizer needs an eos and a pad token (retrain it with the tokenizers stage)")
+        raise Text2TextError(
+            f"{folder}: the tokenizer needs an eos and a pad token (retrain it with the tokenizers stage)"
+        )
     if fmt.kind == "ner":
         tokenizer.add_tokens([tag_token(t) for t in fmt.label_names])
     return tokenizer
@@ -55,9 +57,12 @@ class TextCodec:
     def __init__(self, tokenizer, fmt: TaskFormat, max_length: int, max_new_tokens: int):
         self.tok, self.fmt, self.max_length = tokenizer, fmt, max_length
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.tag_ids = {tokenizer.convert_tokens_to_ids(tag_token(t)): t for t in fmt.label_names} if fmt.kind == "ner" else {}
+        self.tag_ids = (
+            {tokenizer.convert_tokens_to_ids(tag_token(t)): t for t in fmt.label_names} if fmt.kind == "ner" else {}
+        )
         self.gen_max_new_tokens = {"classification": CLASSIFICATION_MAX_NEW_TOKENS, "ner": max_length + 1}.get(
-            fmt.kind, max_new_tokens)
+            fmt.kind, max_new_tokens
+        )
 
     def source(self, text: str) -> list[int]:
         ids = self.tok(text, add_special_tokens=False, truncation=True, max_length=self.max_length - 1)["input_ids"]
@@ -145,7 +150,8 @@ class EncDecText2Text(Text2TextModel):
     # -------------------------------------------------------- description
     def describe(self) -> dict[str, object]:
         return {
-            "tokenization": "byte-level BPE data/tokenizers/gpt" + (" + one token per NER tag" if self.fmt.kind == "ner" else ""),
+            "tokenization": "byte-level BPE data/tokenizers/gpt"
+            + (" + one token per NER tag" if self.fmt.kind == "ner" else ""),
             "vocab_size": len(self.tokenizer),
             "architecture": "BartForConditionalGeneration (random init)",
             "decoding.validation": "greedy",
@@ -224,8 +230,9 @@ class EncDecText2Text(Text2TextModel):
 
     # -------------------------------------------------------- test, latency, attention, registry
     def predict_test(self) -> list[list[str]]:
-        out = self.trainer.predict(self.encoded["test"], num_beams=self.gen.num_beams,
-                                   length_penalty=self.gen.length_penalty)
+        out = self.trainer.predict(
+            self.encoded["test"], num_beams=self.gen.num_beams, length_penalty=self.gen.length_penalty
+        )
         return [self.codec.output_words(ids) for ids in out.predictions]
 
     @torch.no_grad()
@@ -233,14 +240,19 @@ class EncDecText2Text(Text2TextModel):
         """Tokenize + beam search, as a served request."""
         self.model.eval()
         ids = torch.tensor([self.codec.source(text)], device=self.model.device)  # [1, src_len]
-        self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=self.gen.num_beams,
-                            length_penalty=self.gen.length_penalty)
+        self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=self.gen.num_beams,
+            length_penalty=self.gen.length_penalty,
+        )
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
         validation = self.data["validation"]
         texts = [self.fmt.source_text(validation[i]) for i in range(min(n, len(validation)))]
-        return cross_attention_maps(self.model, self.tokenizer, self.codec, texts, self.gen.num_beams,
-                                    self.gen.length_penalty)
+        return cross_attention_maps(
+            self.model, self.tokenizer, self.codec, texts, self.gen.num_beams, self.gen.length_penalty
+        )
 
     def register(self, export_dir: Path) -> str:
         from pipeline.tracking.registry import register_pyfunc
@@ -250,18 +262,31 @@ class EncDecText2Text(Text2TextModel):
             self.model.save_pretrained(str(folder), safe_serialization=True)
             self.tokenizer.save_pretrained(str(folder))
             meta = Path(tmp) / "task.json"
-            meta.write_text(json.dumps({
-                "task": self.fmt.task, "kind": self.fmt.kind, "label_names": self.fmt.label_names,
-                "max_length": self.run.max_length, "num_beams": self.gen.num_beams,
-                "length_penalty": self.gen.length_penalty, "max_new_tokens": self.gen.max_new_tokens,
-            }))
-            return register_pyfunc(EncDecPyfunc(), {"model": folder, "task": meta}, self.settings.task,
-                                   self.settings.model, input_example=self.serving_example())
+            meta.write_text(
+                json.dumps(
+                    {
+                        "task": self.fmt.task,
+                        "kind": self.fmt.kind,
+                        "label_names": self.fmt.label_names,
+                        "max_length": self.run.max_length,
+                        "num_beams": self.gen.num_beams,
+                        "length_penalty": self.gen.length_penalty,
+                        "max_new_tokens": self.gen.max_new_tokens,
+                    }
+                )
+            )
+            return register_pyfunc(
+                EncDecPyfunc(),
+                {"model": folder, "task": meta},
+                self.settings.task,
+                self.settings.model,
+                input_example=self.serving_example(),
+            )
 
 
-
-def cross_attention_maps(model, tokenizer, codec: TextCodec, texts: list[str], num_beams: int,
-                         length_penalty: float) -> list[AttentionMap]:
+def cross_attention_maps(
+    model, tokenizer, codec: TextCodec, texts: list[str], num_beams: int, length_penalty: float
+) -> list[AttentionMap]:
     """Generate for each text, then re-run the generated output through the model for its cross-attention
     (last decoder layer, averaged over heads)."""
     previous = model.config._attn_implementation
@@ -272,18 +297,28 @@ def cross_attention_maps(model, tokenizer, codec: TextCodec, texts: list[str], n
         with torch.no_grad():
             for text in texts:
                 src = torch.tensor([codec.source(text)], device=model.device)  # [1, src_len]
-                generated = model.generate(input_ids=src, attention_mask=torch.ones_like(src), num_beams=num_beams,
-                                           length_penalty=length_penalty)
+                generated = model.generate(
+                    input_ids=src,
+                    attention_mask=torch.ones_like(src),
+                    num_beams=num_beams,
+                    length_penalty=length_penalty,
+                )
                 # generated: [1, out_len], starting with the decoder start token
-                out = model(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=generated[:, :-1],
-                            output_attentions=True)
+                out = model(
+                    input_ids=src,
+                    attention_mask=torch.ones_like(src),
+                    decoder_input_ids=generated[:, :-1],
+                    output_attentions=True,
+                )
                 weights = out.cross_attentions[-1][0].mean(dim=0)  # [out_len-1, src_len]
                 predicted = generated[0, 1:].tolist()
-                maps.append(AttentionMap(
-                    [tokenizer.decode([i]) for i in src[0].tolist()],
-                    [tokenizer.decode([i]) for i in predicted],
-                    weights.float().cpu().numpy(),
-                ))
+                maps.append(
+                    AttentionMap(
+                        [tokenizer.decode([i]) for i in src[0].tolist()],
+                        [tokenizer.decode([i]) for i in predicted],
+                        weights.float().cpu().numpy(),
+                    )
+                )
     finally:
         model.set_attn_implementation(previous)
     return maps
@@ -313,11 +348,17 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
         for start in range(0, len(texts), 32):
             batch = [self.codec.source(t) for t in sources[start : start + 32]]
             width = max(len(b) for b in batch)
-            ids = torch.tensor([b + [self.codec.pad] * (width - len(b)) for b in batch], device=self.model.device)  # [batch, src_len]
+            ids = torch.tensor(
+                [b + [self.codec.pad] * (width - len(b)) for b in batch], device=self.model.device
+            )  # [batch, src_len]
             mask = (ids != self.codec.pad).long()  # [batch, src_len]
             with torch.no_grad():
-                generated = self.model.generate(input_ids=ids, attention_mask=mask, num_beams=self.meta["num_beams"],
-                                                length_penalty=self.meta["length_penalty"])  # [batch, out_len]
+                generated = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    num_beams=self.meta["num_beams"],
+                    length_penalty=self.meta["length_penalty"],
+                )  # [batch, out_len]
             for row, text in zip(generated.tolist(), texts[start : start + 32]):
                 prediction, _ = self.fmt.prediction(self.codec.output_words(row), len(text.split()))
                 results.append(self.fmt.natural(prediction, text))

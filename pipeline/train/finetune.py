@@ -143,8 +143,9 @@ class PretrainedTransformer(ModelFamily):
 
     def fit(self, resume_from: Path | None) -> TrainOutcome:
         speed = TrainingSpeed()
-        self.trainer = trainer = _trainer(self.setup, self.settings, [MlflowEpochLogger(), speed],
-                                          resuming=bool(resume_from))
+        self.trainer = trainer = _trainer(
+            self.setup, self.settings, [MlflowEpochLogger(), speed], resuming=bool(resume_from)
+        )
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - start
@@ -164,8 +165,12 @@ class PretrainedTransformer(ModelFamily):
         setup, test = self.setup, self.setup.data["test"]
         if setup.kind == "translation":
             gen = self.settings.generation
-            options = dict(max_new_tokens=gen.max_new_tokens, length_penalty=gen.length_penalty,
-                           batch_size=self.settings.common.eval_batch_size, progress=True)
+            options = dict(
+                max_new_tokens=gen.max_new_tokens,
+                length_penalty=gen.length_penalty,
+                batch_size=self.settings.common.eval_batch_size,
+                progress=True,
+            )
             greedy = translation_metrics(test["de"], setup.translator.translate(test["en"], num_beams=1, **options))
             hyps = setup.translator.translate(test["en"], num_beams=gen.num_beams, **options)
             beam = translation_metrics(test["de"], hyps)
@@ -180,8 +185,10 @@ class PretrainedTransformer(ModelFamily):
             metrics = classification_metrics(actual, predicted, len(setup.labels))
             return TestScores(metrics, (actual, predicted, list(setup.labels)))
         # ner: truth = every word's tag (words cut off by max_length count as predicted 'O')
-        pred_tags = [[setup.labels[p] for p in word_predictions(pred, [int(x) for x in labels])]
-                     for pred, labels in zip(predictions, output.label_ids)]
+        pred_tags = [
+            [setup.labels[p] for p in word_predictions(pred, [int(x) for x in labels])]
+            for pred, labels in zip(predictions, output.label_ids)
+        ]
         true_tags = [[setup.labels[t] for t in tags] for tags in test["ner_tags"]]
         return TestScores(ner_metrics(true_tags, pred_tags))
 
@@ -196,12 +203,17 @@ class PretrainedTransformer(ModelFamily):
         setup = self.setup
         if setup.kind == "translation":
             gen = self.settings.generation
-            setup.translator.translate([row["en"]], num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens,
-                                       length_penalty=gen.length_penalty)
+            setup.translator.translate(
+                [row["en"]],
+                num_beams=gen.num_beams,
+                max_new_tokens=gen.max_new_tokens,
+                length_penalty=gen.length_penalty,
+            )
             return
         text = row["text"] if setup.kind == "classification" else " ".join(row["tokens"])
-        enc = setup.tokenizer(text, truncation=True, max_length=setup.max_length, return_tensors="pt",
-                              return_token_type_ids=False).to(setup.model.device)
+        enc = setup.tokenizer(
+            text, truncation=True, max_length=setup.max_length, return_tensors="pt", return_token_type_ids=False
+        ).to(setup.model.device)
         setup.model(**enc).logits.argmax(-1)
 
     def register(self, export_dir: Path) -> str:
@@ -214,8 +226,13 @@ class PretrainedTransformer(ModelFamily):
 
             setup.tokenizer.model_max_length = setup.max_length  # served inputs are truncated like training ones
             pipe = hf_pipeline("text-classification", model=setup.model, tokenizer=setup.tokenizer)
-            return registry.register_transformers(pipe, s.task, s.model, input_example=list(test["text"][:2]),
-                                                  model_config={"truncation": True, "batch_size": SERVING_BATCH_SIZE})
+            return registry.register_transformers(
+                pipe,
+                s.task,
+                s.model,
+                input_example=list(test["text"][:2]),
+                model_config={"truncation": True, "batch_size": SERVING_BATCH_SIZE},
+            )
         from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel, TranslationModel
 
         shutil.rmtree(export_dir, ignore_errors=True)

@@ -10,9 +10,10 @@ Weights are read as safetensors only; no remote code.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 import numpy as np
@@ -102,8 +103,18 @@ def _classification(family, weights, task, data, max_length) -> TaskSetup:
     def compute_metrics(pred) -> dict[str, float]:
         return classification_metrics(pred.label_ids.tolist(), np.asarray(pred.predictions).tolist(), len(names))
 
-    return TaskSetup("classification", model, tokenizer, data, encoded, PaddingCollator(tokenizer.pad_token_id),
-                     MAIN_METRIC["classification"], max_length, names, compute_metrics=compute_metrics)
+    return TaskSetup(
+        "classification",
+        model,
+        tokenizer,
+        data,
+        encoded,
+        PaddingCollator(tokenizer.pad_token_id),
+        MAIN_METRIC["classification"],
+        max_length,
+        names,
+        compute_metrics=compute_metrics,
+    )
 
 
 def ner_scores(pred_rows, label_rows, names: list[str]) -> dict[str, float]:
@@ -128,8 +139,18 @@ def _ner(family, weights, task, data, max_length) -> TaskSetup:
     def compute_metrics(pred) -> dict[str, float]:
         return ner_scores(np.asarray(pred.predictions), pred.label_ids, names)
 
-    return TaskSetup("ner", model, tokenizer, data, encoded, PaddingCollator(tokenizer.pad_token_id),
-                     MAIN_METRIC["ner"], max_length, names, compute_metrics=compute_metrics)
+    return TaskSetup(
+        "ner",
+        model,
+        tokenizer,
+        data,
+        encoded,
+        PaddingCollator(tokenizer.pad_token_id),
+        MAIN_METRIC["ner"],
+        max_length,
+        names,
+        compute_metrics=compute_metrics,
+    )
 
 
 def _gpt_translation(weights, data, max_length) -> TaskSetup:
@@ -143,8 +164,17 @@ def _gpt_translation(weights, data, max_length) -> TaskSetup:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     max_length = min(max_length, max_positions(model.config))
     encoded = datasets.DatasetDict({s: encode_causal_translation(data[s], tokenizer, max_length) for s in data})
-    return TaskSetup("translation", model, tokenizer, data, encoded, PaddingCollator(tokenizer.pad_token_id),
-                     MAIN_METRIC["translation"], max_length, translator=GptTranslator(model, tokenizer))
+    return TaskSetup(
+        "translation",
+        model,
+        tokenizer,
+        data,
+        encoded,
+        PaddingCollator(tokenizer.pad_token_id),
+        MAIN_METRIC["translation"],
+        max_length,
+        translator=GptTranslator(model, tokenizer),
+    )
 
 
 def _encoder_decoder_translation(weights, data, max_length) -> TaskSetup:
@@ -162,7 +192,15 @@ def _encoder_decoder_translation(weights, data, max_length) -> TaskSetup:
     encoded = datasets.DatasetDict(
         {s: encode_seq2seq_translation(data[s], encoder_tokenizer, decoder_tokenizer, max_length) for s in data}
     )
-    return TaskSetup("translation", model, encoder_tokenizer, data, encoded, PaddingCollator(encoder_tokenizer.pad_token_id),
-                     MAIN_METRIC["translation"], max_length,
-                     translator=EncoderDecoderTranslator(model, encoder_tokenizer, decoder_tokenizer),
-                     inputs=[GPT_DECODER])
+    return TaskSetup(
+        "translation",
+        model,
+        encoder_tokenizer,
+        data,
+        encoded,
+        PaddingCollator(encoder_tokenizer.pad_token_id),
+        MAIN_METRIC["translation"],
+        max_length,
+        translator=EncoderDecoderTranslator(model, encoder_tokenizer, decoder_tokenizer),
+        inputs=[GPT_DECODER],
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from transformers import Trainer, TrainerCallback
 
@@ -33,7 +33,7 @@ class MlflowEpochLogger(TrainerCallback):
             values["train_loss"] = float(logs["loss"])
         for key, value in logs.items():
             if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(SPEED_SUFFIXES):
-                values["val_" + key[len("eval_"):]] = float(value)
+                values["val_" + key[len("eval_") :]] = float(value)
         if values:
             mlflow.log_metrics(values, step=epoch_of(state))
 
@@ -69,8 +69,16 @@ class TrainingSpeed(TrainerCallback):
 class GenerationEvalTrainer(Trainer):
     """Validation = loss plus corpus BLEU/chrF of greedy translations of the validation sources."""
 
-    def __init__(self, *args, translator, sources: Sequence[str], references: Sequence[str],
-                 max_new_tokens: int, batch_size: int, **kwargs):
+    def __init__(
+        self,
+        *args,
+        translator,
+        sources: Sequence[str],
+        references: Sequence[str],
+        max_new_tokens: int,
+        batch_size: int,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.translator = translator
         self.sources = list(sources)
@@ -78,12 +86,14 @@ class GenerationEvalTrainer(Trainer):
         self.max_new_tokens = max_new_tokens
         self.generation_batch_size = batch_size
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if metric_key_prefix == "eval":
-            hyps = self.translator.translate(self.sources, num_beams=1, max_new_tokens=self.max_new_tokens,
-                                             batch_size=self.generation_batch_size)
+            hyps = self.translator.translate(
+                self.sources, num_beams=1, max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size
+            )
             scores = translation_metrics(self.references, hyps)
             for key, value in scores.items():
                 output.metrics[f"{metric_key_prefix}_{key}"] = value

@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 LEARNING_CURVE = "learning_curve.csv"
 CONFUSION = "confusion.csv"
@@ -37,8 +37,9 @@ def write_learning_curve(folder: Path, rows: list[dict[str, float]]) -> Path:
 def write_confusion(folder: Path, actual: Sequence[int], predicted: Sequence[int], names: Sequence[str]) -> Path:
     if len(actual) != len(predicted):
         raise ValueError(f"{len(actual)} labels but {len(predicted)} predictions")
-    return write_csv(Path(folder) / CONFUSION, ["actual", "predicted"],
-                     ([names[a], names[p]] for a, p in zip(actual, predicted)))
+    return write_csv(
+        Path(folder) / CONFUSION, ["actual", "predicted"], ([names[a], names[p]] for a, p in zip(actual, predicted))
+    )
 
 
 def learning_curve_from_history(log_history: list[dict]) -> list[dict[str, float]]:
@@ -53,7 +54,7 @@ def learning_curve_from_history(log_history: list[dict]) -> list[dict[str, float
             row["train_loss"] = entry["loss"]
         for key, value in entry.items():
             if key.startswith("eval_") and isinstance(value, (int, float)) and not _is_speed(key):
-                row["val_" + key[len("eval_"):]] = value
+                row["val_" + key[len("eval_") :]] = value
     return [rows[e] for e in sorted(rows)]
 
 

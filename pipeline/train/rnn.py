@@ -17,8 +17,9 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
@@ -129,12 +130,15 @@ class RNNText2Text(Text2TextModel):
         else:
             self.tgt_vocab = Vocab([*Vocab.SPECIALS, *fmt.label_names])
         self.train_pairs = [
-            (source_ids(self.src_vocab, w, self.run.max_length),
-             [SOS_IDX, *self.tgt_vocab.encode(t[: self.run.max_length]), EOS_IDX])
+            (
+                source_ids(self.src_vocab, w, self.run.max_length),
+                [SOS_IDX, *self.tgt_vocab.encode(t[: self.run.max_length]), EOS_IDX],
+            )
             for w, t in zip(self.words["train"], train_targets)
         ]
-        self.model_config = RNNConfig(len(self.src_vocab), len(self.tgt_vocab), self.cfg.emb_dim, self.cfg.hid_dim,
-                                      self.cfg.dropout)
+        self.model_config = RNNConfig(
+            len(self.src_vocab), len(self.tgt_vocab), self.cfg.emb_dim, self.cfg.hid_dim, self.cfg.dropout
+        )
         set_seed(params.common.seed)
         self.model = Seq2Seq(self.model_config).to(self.device)
 
@@ -161,8 +165,9 @@ class RNNText2Text(Text2TextModel):
         model, run = self.model, self.run
         steps_per_epoch = math.ceil(len(self.train_pairs) / self.batch_size)
         total_steps = run.max_steps or run.epochs * steps_per_epoch
-        optimizer = torch.optim.AdamW(model.parameters(), lr=run.learning_rate,
-                                      weight_decay=self.settings.common.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=run.learning_rate, weight_decay=self.settings.common.weight_decay
+        )
         warmup = int(self.settings.common.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
         state = self._resume(optimizer, scheduler)
@@ -186,11 +191,21 @@ class RNNText2Text(Text2TextModel):
             else:
                 state["bad_epochs"] += 1
             _log_epoch(row)
-            log.info("epoch %d: train_loss %.4f val_%s %.4f (best %.4f at epoch %d)", epoch, loss, main, val[main],
-                     state["best_metric"], state["best_epoch"])
+            log.info(
+                "epoch %d: train_loss %.4f val_%s %.4f (best %.4f at epoch %d)",
+                epoch,
+                loss,
+                main,
+                val[main],
+                state["best_metric"],
+                state["best_epoch"],
+            )
             state["epoch"] = epoch
-            state["finished"] = (epoch >= run.epochs or state["bad_epochs"] >= patience
-                                 or bool(run.max_steps and state["steps"] >= run.max_steps))
+            state["finished"] = (
+                epoch >= run.epochs
+                or state["bad_epochs"] >= patience
+                or bool(run.max_steps and state["steps"] >= run.max_steps)
+            )
             self._save(optimizer, scheduler, state)
         model.load_state_dict(load_file(str(self.ckpt / "best.safetensors"), device=str(self.device)))
         train_time = state["train_time_s"]
@@ -236,11 +251,22 @@ class RNNText2Text(Text2TextModel):
         """Validation metrics of greedy decoding, plus the teacher-forced loss."""
         fmt, eval_batch = self.fmt, self.settings.common.eval_batch_size
         sources = self._sources("validation")
-        hyps = decode(self.model, sources, fmt.kind, eval_batch, 1, self.gen.max_new_tokens, self.gen.length_penalty,
-                      self.device, progress="validation")
+        hyps = decode(
+            self.model,
+            sources,
+            fmt.kind,
+            eval_batch,
+            1,
+            self.gen.max_new_tokens,
+            self.gen.length_penalty,
+            self.device,
+            progress="validation",
+        )
         metrics, _ = score_outputs(fmt, self.data["validation"], [self.tgt_vocab.decode(h.tokens) for h in hyps])
-        targets = [[SOS_IDX, *self.tgt_vocab.encode(fmt.target_words(ex)[: self.run.max_length]), EOS_IDX]
-                   for ex in self.data["validation"]]
+        targets = [
+            [SOS_IDX, *self.tgt_vocab.encode(fmt.target_words(ex)[: self.run.max_length]), EOS_IDX]
+            for ex in self.data["validation"]
+        ]
         self.model.eval()
         total, count = 0.0, 0
         with torch.no_grad():
@@ -256,8 +282,17 @@ class RNNText2Text(Text2TextModel):
     def _resume(self, optimizer, scheduler) -> dict:
         state_file = self.ckpt / STATE_FILE
         if not state_file.exists():
-            return {"epoch": 0, "steps": 0, "tokens": 0, "train_time_s": 0.0, "curve": [], "best_metric": None,
-                    "best_epoch": None, "bad_epochs": 0, "finished": False}
+            return {
+                "epoch": 0,
+                "steps": 0,
+                "tokens": 0,
+                "train_time_s": 0.0,
+                "curve": [],
+                "best_metric": None,
+                "best_epoch": None,
+                "bad_epochs": 0,
+                "finished": False,
+            }
         state = json.loads(state_file.read_text())
         self.model.load_state_dict(load_file(str(self.ckpt / "last.safetensors"), device=str(self.device)))
         extra = torch.load(self.ckpt / "optimizer.pt", map_location=self.device, weights_only=True)
@@ -278,23 +313,48 @@ class RNNText2Text(Text2TextModel):
 
     # -------------------------------------------------------- test, latency, attention, registry
     def predict_test(self) -> list[list[str]]:
-        hyps = decode(self.model, self._sources("test"), self.fmt.kind, self.settings.common.eval_batch_size,
-                      self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device, progress="test")
+        hyps = decode(
+            self.model,
+            self._sources("test"),
+            self.fmt.kind,
+            self.settings.common.eval_batch_size,
+            self.gen.num_beams,
+            self.gen.max_new_tokens,
+            self.gen.length_penalty,
+            self.device,
+            progress="test",
+        )
         return [self.tgt_vocab.decode(h.tokens) for h in hyps]
 
     def infer_one(self, text: str) -> None:
         """Tokenize + encode + beam search, as a served request."""
         words = text.split() if self.fmt.kind == "ner" else word_tokenize(text)
-        decode(self.model, [source_ids(self.src_vocab, words, self.run.max_length)], self.fmt.kind, 1,
-               self.gen.num_beams, self.gen.max_new_tokens, self.gen.length_penalty, self.device)
+        decode(
+            self.model,
+            [source_ids(self.src_vocab, words, self.run.max_length)],
+            self.fmt.kind,
+            1,
+            self.gen.num_beams,
+            self.gen.max_new_tokens,
+            self.gen.length_penalty,
+            self.device,
+        )
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
         maps = []
         for words in self.words["validation"][:n]:
             words = words[: self.run.max_length] or ["<unk>"]
             src = [source_ids(self.src_vocab, words, self.run.max_length)]
-            hyp = decode(self.model, src, self.fmt.kind, 1, self.gen.num_beams, self.gen.max_new_tokens,
-                         self.gen.length_penalty, self.device)[0]
+            hyp = decode(
+                self.model,
+                src,
+                self.fmt.kind,
+                1,
+                self.gen.num_beams,
+                self.gen.max_new_tokens,
+                self.gen.length_penalty,
+                self.device,
+            )[0]
             output = self.tgt_vocab.decode(hyp.tokens) + (["<eos>"] if hyp.length > len(hyp.tokens) else [])
             maps.append(AttentionMap(list(words), output, hyp.attention.numpy()))  # [output_len, src_len]
         return maps
@@ -306,14 +366,30 @@ class RNNText2Text(Text2TextModel):
             weights = Path(tmp) / "model.safetensors"
             save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(weights))
             meta = Path(tmp) / "vocab.json"
-            meta.write_text(json.dumps({
-                "task": self.fmt.task, "kind": self.fmt.kind, "label_names": self.fmt.label_names,
-                "config": self.model_config.to_dict(), "src_itos": self.src_vocab.itos, "tgt_itos": self.tgt_vocab.itos,
-                "max_length": self.run.max_length, "num_beams": self.gen.num_beams,
-                "length_penalty": self.gen.length_penalty, "max_new_tokens": self.gen.max_new_tokens,
-            }, ensure_ascii=False))
-            return register_pyfunc(RNNPyfunc(), {"weights": weights, "vocab": meta}, self.settings.task,
-                                   self.settings.model, input_example=self.serving_example())
+            meta.write_text(
+                json.dumps(
+                    {
+                        "task": self.fmt.task,
+                        "kind": self.fmt.kind,
+                        "label_names": self.fmt.label_names,
+                        "config": self.model_config.to_dict(),
+                        "src_itos": self.src_vocab.itos,
+                        "tgt_itos": self.tgt_vocab.itos,
+                        "max_length": self.run.max_length,
+                        "num_beams": self.gen.num_beams,
+                        "length_penalty": self.gen.length_penalty,
+                        "max_new_tokens": self.gen.max_new_tokens,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+            return register_pyfunc(
+                RNNPyfunc(),
+                {"weights": weights, "vocab": meta},
+                self.settings.task,
+                self.settings.model,
+                input_example=self.serving_example(),
+            )
 
 
 class RNNPyfunc(mlflow.pyfunc.PythonModel):
@@ -334,8 +410,16 @@ class RNNPyfunc(mlflow.pyfunc.PythonModel):
         texts = texts_of(model_input)
         words = [t.split() if self.fmt.kind == "ner" else word_tokenize(t) for t in texts]
         sources = [source_ids(self.src_vocab, w, self.meta["max_length"]) for w in words]
-        hyps = decode(self.model, sources, self.fmt.kind, 64, self.meta["num_beams"], self.meta["max_new_tokens"],
-                      self.meta["length_penalty"], self.device)
+        hyps = decode(
+            self.model,
+            sources,
+            self.fmt.kind,
+            64,
+            self.meta["num_beams"],
+            self.meta["max_new_tokens"],
+            self.meta["length_penalty"],
+            self.device,
+        )
         out = []
         for text, w, h in zip(texts, words, hyps):
             prediction, _ = self.fmt.prediction(self.tgt_vocab.decode(h.tokens), len(w))

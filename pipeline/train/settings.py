@@ -44,7 +44,9 @@ class RunSettings:
         if model not in params.models:
             raise RunSettingsError(f"models.{model}: no such model in params.yaml (have {sorted(params.models)})")
         if task not in params.train.tasks:
-            raise RunSettingsError(f"train.tasks.{task}: no such task in params.yaml (have {sorted(params.train.tasks)})")
+            raise RunSettingsError(
+                f"train.tasks.{task}: no such task in params.yaml (have {sorted(params.train.tasks)})"
+            )
         training = params.train.tasks[task].model_dump()
         override = params.train.overrides.get(f"{model}-{task}")
         changes = {k: v for k, v in (override.model_dump() if override else {}).items() if v is not None}
@@ -119,5 +121,4 @@ class RunSettings:
         return flat
 
     def tags(self) -> dict[str, str]:
-        return {"task": self.task, "model": self.model, "family": self.family, "stage": self.stage,
-                "init": self.init}
+        return {"task": self.task, "model": self.model, "family": self.family, "stage": self.stage, "init": self.init}

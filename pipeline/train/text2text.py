@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.core.config import TASK_SPECS, Params
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
@@ -57,10 +58,12 @@ class Vocab:
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, sequences: Sequence[Sequence[str]], min_freq: int = 1) -> "Vocab":
+    def build(cls, sequences: Sequence[Sequence[str]], min_freq: int = 1) -> Vocab:
         counts = Counter(w for seq in sequences for w in seq)
         # most frequent first, ties alphabetical: the same data always gives the same ids
-        words = sorted((w for w, c in counts.items() if c >= min_freq and w not in cls.SPECIALS), key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_freq and w not in cls.SPECIALS), key=lambda w: (-counts[w], w)
+        )
         return cls([*cls.SPECIALS, *words])
 
     def __len__(self) -> int:
@@ -199,8 +202,9 @@ class Text2TextModel(ModelFamily):
             return TestScores(metrics)
         invalid = len(self.fmt.label_names)  # an output that is no label gets its own row/column
         golds = [self.fmt.gold(ex) for ex in test_split]
-        return TestScores(metrics, (golds, [p if p >= 0 else invalid for p in predictions],
-                                    [*self.fmt.label_names, INVALID_LABEL]))
+        return TestScores(
+            metrics, (golds, [p if p >= 0 else invalid for p in predictions], [*self.fmt.label_names, INVALID_LABEL])
+        )
 
     def latency_examples(self, n: int) -> list[str]:
         return [self.fmt.source_text(ex) for ex in self.data["test"].select(range(min(n, len(self.data["test"]))))]

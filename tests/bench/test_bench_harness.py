@@ -46,6 +46,7 @@ def test_interleave_alternates_order_and_measures_each_arm():
         def fn():
             calls.append(name)
             return value
+
         return fn
 
     out = common.interleave(arm("a", 1.0), arm("b", 2.0), reps=4, warmup=1, measure=lambda fn: fn())
@@ -113,8 +114,7 @@ def test_summary_tables_show_every_row_and_flag_misses():
 # ---------------------------------------------------------------- run_all
 def test_run_all_writes_results_and_summary_and_survives_a_broken_benchmark(tmp_path, monkeypatch, capsys):
     ok = types.ModuleType("bench_test_ok")
-    ok.run = lambda opts, ctx: common.result_body([common.row("fine", "report", "1", common.REPORT)],
-                                                  quick=opts.quick)
+    ok.run = lambda opts, ctx: common.result_body([common.row("fine", "report", "1", common.REPORT)], quick=opts.quick)
     broken = types.ModuleType("bench_test_broken")
 
     def boom(opts, ctx):
@@ -166,8 +166,9 @@ def test_run_tracked_times_dvc_stages_from_their_output_lines(tmp_path):
         "print(\"12:00:00.000 | INFO | Task run 'dvc-repro' - Running stage 'compare':\", flush=True)\n"
         "x = bytearray(50 * 2**20); time.sleep(0.6)\n"
     )
-    run = workspace.run_tracked([sys.executable, "-c", script], tmp_path, sample_every=0.05,
-                                log_file=tmp_path / "log.txt")
+    run = workspace.run_tracked(
+        [sys.executable, "-c", script], tmp_path, sample_every=0.05, log_file=tmp_path / "log.txt"
+    )
     assert run.rc == 0 and run.ran == ["prepare@emotion", "compare"]
     assert run.skipped == ["ingest@emotion"]
     prepare, compare = run.stages
@@ -224,8 +225,11 @@ def test_pipeline_level_benchmarks_say_not_measured_without_a_finished_run(tmp_p
 def test_quality_reads_the_agreed_metrics_files(tmp_path):
     from bench import quality
 
-    for model, task, test in (("bert", "emotion", {"accuracy": 0.93}), ("rnn", "emotion", {"test_accuracy": 0.5}),
-                              ("gpt", "multi30k", {"bleu": 20.0})):
+    for model, task, test in (
+        ("bert", "emotion", {"accuracy": 0.93}),
+        ("rnn", "emotion", {"test_accuracy": 0.5}),
+        ("gpt", "multi30k", {"bleu": 20.0}),
+    ):
         folder = tmp_path / "data" / "models" / f"{model}-{task}"
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({"task": task, "model": model, "test": test}))

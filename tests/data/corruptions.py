@@ -7,9 +7,9 @@ Each Corruption edits files under a mirror root in place and says where the pipe
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 # ---------------------------------------------------------------- file editing (gzip-aware, bytes-exact)
@@ -177,34 +177,98 @@ class Corruption:
 
 
 CORRUPTIONS: list[Corruption] = [
-    Corruption("missing_field", "emotion", missing_label_field, "ingest", ("train.txt:5", "field 'label'", "missing field")),
-    Corruption("missing_column", "sst2", missing_label_column, "ingest", ("train.tsv:1", "field 'label'", "missing column")),
-    Corruption("empty_text", "emotion", empty_text, "validate",
-               ("split 'validation'", "expect_column_value_lengths_to_be_between", "column 'text'", '"row": 2')),
-    Corruption("whitespace_text", "multi30k", whitespace_only_translation, "validate",
-               ("split 'test'", "expect_column_values_to_not_match_regex", "column 'de'", '"row": 3')),
+    Corruption(
+        "missing_field", "emotion", missing_label_field, "ingest", ("train.txt:5", "field 'label'", "missing field")
+    ),
+    Corruption(
+        "missing_column", "sst2", missing_label_column, "ingest", ("train.tsv:1", "field 'label'", "missing column")
+    ),
+    Corruption(
+        "empty_text",
+        "emotion",
+        empty_text,
+        "validate",
+        ("split 'validation'", "expect_column_value_lengths_to_be_between", "column 'text'", '"row": 2'),
+    ),
+    Corruption(
+        "whitespace_text",
+        "multi30k",
+        whitespace_only_translation,
+        "validate",
+        ("split 'test'", "expect_column_values_to_not_match_regex", "column 'de'", '"row": 3'),
+    ),
     Corruption("unknown_label", "emotion", unknown_label, "ingest", ("test.txt:7", "unknown label 'happiness'")),
-    Corruption("unknown_ner_tag", "conll2003", unknown_ner_tag, "ingest", ("train.txt:", "field 'ner'", "unknown label 'B-PERSON'")),
-    Corruption("broken_bio", "conll2003", broken_bio, "validate",
-               ("split 'validation'", "column 'bio_valid'", "1 unexpected of 100 rows")),
-    Corruption("tokens_tags_mismatch", "conll2003", tokens_tags_mismatch, "ingest",
-               ("test.txt:", "field 'ner'", "expected 4 space-separated columns")),
-    Corruption("misaligned_translation", "multi30k", misaligned_translation, "ingest",
-               ("train.en.gz has 400 lines but", "train.de.gz has 399")),
-    Corruption("translation_length_ratio", "multi30k", translation_length_ratio, "validate",
-               ("split 'validation'", "expect_column_values_to_be_between", "column 'len_ratio'", '"row": 7')),
-    Corruption("non_utf8", "emotion", non_utf8_bytes, "ingest", ("train.txt:10", "non-UTF-8 bytes (e9)", "byte offset")),
+    Corruption(
+        "unknown_ner_tag",
+        "conll2003",
+        unknown_ner_tag,
+        "ingest",
+        ("train.txt:", "field 'ner'", "unknown label 'B-PERSON'"),
+    ),
+    Corruption(
+        "broken_bio",
+        "conll2003",
+        broken_bio,
+        "validate",
+        ("split 'validation'", "column 'bio_valid'", "1 unexpected of 100 rows"),
+    ),
+    Corruption(
+        "tokens_tags_mismatch",
+        "conll2003",
+        tokens_tags_mismatch,
+        "ingest",
+        ("test.txt:", "field 'ner'", "expected 4 space-separated columns"),
+    ),
+    Corruption(
+        "misaligned_translation",
+        "multi30k",
+        misaligned_translation,
+        "ingest",
+        ("train.en.gz has 400 lines but", "train.de.gz has 399"),
+    ),
+    Corruption(
+        "translation_length_ratio",
+        "multi30k",
+        translation_length_ratio,
+        "validate",
+        ("split 'validation'", "expect_column_values_to_be_between", "column 'len_ratio'", '"row": 7'),
+    ),
+    Corruption(
+        "non_utf8", "emotion", non_utf8_bytes, "ingest", ("train.txt:10", "non-UTF-8 bytes (e9)", "byte offset")
+    ),
     Corruption("non_utf8_gzip", "multi30k", non_utf8_in_gzip, "ingest", ("val.en.gz:3", "non-UTF-8 bytes (ff)")),
     Corruption("empty_file", "conll2003", empty_file, "ingest", ("valid.txt", "empty file")),
     Corruption("missing_file", "wikitext", missing_file, "ingest", ("wiki.test.raw", "missing file")),
     Corruption("truncated_conll", "conll2003", truncated_conll, "ingest", ("test.txt:", "field 'chunk'", "truncated")),
-    Corruption("truncated_emotion", "emotion", truncated_emotion, "ingest", ("train.txt:400", "field 'label'", "truncated")),
-    Corruption("train_test_leak", "emotion", train_test_leak, "validate",
-               ("split 'train'", "expect_column_sum_to_be_between", "column 'in_test'", "observed 30")),
-    Corruption("duplicated_rows", "sst2", duplicated_rows, "validate",
-               ("split 'train'", "expect_column_mean_to_be_between", "column 'is_duplicate'")),
-    Corruption("text_too_long", "emotion", text_too_long, "validate",
-               ("split 'train'", "expect_column_value_lengths_to_be_between", "max_value=400", '"row": 11')),
-    Corruption("wikitext_mostly_blank", "wikitext", wikitext_mostly_blank, "validate",
-               ("split 'validation'", "column 'is_blank'", "max_value=0.5")),
+    Corruption(
+        "truncated_emotion", "emotion", truncated_emotion, "ingest", ("train.txt:400", "field 'label'", "truncated")
+    ),
+    Corruption(
+        "train_test_leak",
+        "emotion",
+        train_test_leak,
+        "validate",
+        ("split 'train'", "expect_column_sum_to_be_between", "column 'in_test'", "observed 30"),
+    ),
+    Corruption(
+        "duplicated_rows",
+        "sst2",
+        duplicated_rows,
+        "validate",
+        ("split 'train'", "expect_column_mean_to_be_between", "column 'is_duplicate'"),
+    ),
+    Corruption(
+        "text_too_long",
+        "emotion",
+        text_too_long,
+        "validate",
+        ("split 'train'", "expect_column_value_lengths_to_be_between", "max_value=400", '"row": 11'),
+    ),
+    Corruption(
+        "wikitext_mostly_blank",
+        "wikitext",
+        wikitext_mostly_blank,
+        "validate",
+        ("split 'validation'", "column 'is_blank'", "max_value=0.5"),
+    ),
 ]

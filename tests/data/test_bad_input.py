@@ -70,15 +70,28 @@ def test_bad_input_stops_with_a_specific_message(corruption: Corruption, in_tmp_
     for fragment in corruption.fragments:
         assert fragment in message, f"{fragment!r} missing from the error message:\n{message}"
     if stage == "validate":
-        assert f"dataset {corruption.dataset!r}" in message and Path(f"data/validation/{corruption.dataset}.json").is_file()
+        assert (
+            f"dataset {corruption.dataset!r}" in message
+            and Path(f"data/validation/{corruption.dataset}.json").is_file()
+        )
     assert_nothing_half_written(corruption.dataset, stage)
 
 
 def test_at_least_eleven_kinds_of_bad_input():
     kinds = {c.kind for c in CORRUPTIONS}
-    required = {"missing_field", "empty_text", "unknown_label", "broken_bio", "tokens_tags_mismatch",
-                "misaligned_translation", "non_utf8", "empty_file", "truncated_conll", "train_test_leak",
-                "duplicated_rows"}
+    required = {
+        "missing_field",
+        "empty_text",
+        "unknown_label",
+        "broken_bio",
+        "tokens_tags_mismatch",
+        "misaligned_translation",
+        "non_utf8",
+        "empty_file",
+        "truncated_conll",
+        "train_test_leak",
+        "duplicated_rows",
+    }
     assert required <= kinds and len(kinds) == len(CORRUPTIONS) >= 11
 
 

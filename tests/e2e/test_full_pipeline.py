@@ -2,7 +2,8 @@
 
 A copy of the repository in tmp runs `python -m flows.run_pipeline` with HT_PROFILE=smoke (what `make run
 PROFILE=smoke` runs) against the shared test Prefect server. Checks: all stages run (dvc.lock holds the smoke
-values); the leaderboard covers every task x model; each task has a `champion`; every registered model loads through `mlflow.pyfunc` and answers in its task's natural form; the MLflow UI
+values); the leaderboard covers every task x model; each task has a `champion`; every registered model loads
+through `mlflow.pyfunc` and answers in its task's natural form; the MLflow UI
 (`make ui`) over this store lists every model of a task and opens the compare stage's side-by-side view; a second
 `make run` changes nothing. Quality floors live in the per-model tests (tests/pipeline): smoke training is a
 few steps, so here only the plumbing is checked.
@@ -32,8 +33,9 @@ MODELS = ("rnn", "encdec", "gpt", "bert", "minilm")
 
 
 def make_run(repo: Path, env: dict, timeout: float = 2400) -> str:
-    proc = subprocess.run([sys.executable, "-m", "flows.run_pipeline"], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.run_pipeline"], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"make run failed ({proc.returncode}):\n{output[-8000:]}"
     return output
@@ -109,7 +111,8 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
             for model in MODELS:
                 loaded = mlflow.pyfunc.load_model(f"models:/{task}-{model}/1")
                 text = {"ner": "John Smith lives in Berlin", "translation": "A man is riding a bike."}.get(
-                    kind, "i feel wonderful today")
+                    kind, "i feel wonderful today"
+                )
                 predicted = loaded.predict([text])
                 if kind == "classification":  # transformers flavour: a DataFrame; text-to-text models: labels
                     label = predicted["label"][0] if hasattr(predicted, "columns") else list(predicted)[0]
@@ -117,8 +120,9 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
                     assert label in names, f"{task}-{model} answered {predicted!r}"
                 elif kind == "ner":
                     (entities,) = predicted
-                    assert isinstance(entities, list) and all({"entity", "word", "start", "end"} <= set(e)
-                                                              for e in entities), f"{task}-{model}: {entities!r}"
+                    assert isinstance(entities, list) and all(
+                        {"entity", "word", "start", "end"} <= set(e) for e in entities
+                    ), f"{task}-{model}: {entities!r}"
                 else:
                     (german,) = predicted
                     assert isinstance(german, str), f"{task}-{model}: {german!r}"
@@ -130,13 +134,20 @@ def test_mlflow_ui_over_the_run_shows_the_models_side_by_side_and_the_registry(p
 
     repo, task = pipeline_run["repo"], "emotion"
     with store_of(repo):
-        parent = MlflowClient().search_runs(
-            [mlflow.get_experiment_by_name("comparison").experiment_id], max_results=1)[0]
+        parent = MlflowClient().search_runs([mlflow.get_experiment_by_name("comparison").experiment_id], max_results=1)[
+            0
+        ]
         experiment_id = mlflow.get_experiment_by_name(f"task-{task}").experiment_id
     port, log = free_port(), tmp_path / "ui.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.ui", "--port", str(port)], cwd=repo,
-                                env=pipeline_run["env"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.ui", "--port", str(port)],
+            cwd=repo,
+            env=pipeline_run["env"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{url}/health", proc, log, "make ui's MLflow server")

@@ -31,14 +31,24 @@ UI_TIMEOUT_MS = 120_000
 def mlflow_ui(compare_repo, tmp_path):
     """A store with all 5 models on emotion and the compare stage's parent run, served by `python -m flows.ui`."""
     for i, (model, accuracy) in enumerate(ACCURACY.items()):
-        compare_repo.add_run(TASK, model, {"accuracy": accuracy, "macro_f1": round(accuracy - 0.1, 3)},
-                             param_count=1_000_000 * (i + 1), train_time_s=60.0 * (i + 1))
+        compare_repo.add_run(
+            TASK,
+            model,
+            {"accuracy": accuracy, "macro_f1": round(accuracy - 0.1, 3)},
+            param_count=1_000_000 * (i + 1),
+            train_time_s=60.0 * (i + 1),
+        )
     result = compare(compare_repo.params)
     port = free_port()
     log = tmp_path / "mlflow-server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.ui", "--port", str(port)], cwd=compare_repo.root,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.ui", "--port", str(port)],
+            cwd=compare_repo.root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{url}/health", proc, log, "the MLflow server")
@@ -73,8 +83,7 @@ def test_mlflow_ui_shows_all_models_of_a_task(mlflow_ui, repo_root):
 
     with chromium_page({"width": 1800, "height": 1100}, UI_TIMEOUT_MS) as page:
         # 1. the task's experiment: one row per model, sorted by test accuracy, with the metric columns
-        page.goto(f"{url}/#/experiments/{experiment_id}/runs?orderByKey=metrics.%60test_accuracy%60"
-                  "&orderByAsc=false")
+        page.goto(f"{url}/#/experiments/{experiment_id}/runs?orderByKey=metrics.%60test_accuracy%60&orderByAsc=false")
         page.wait_for_selector("text=minilm-emotion")
         _close_assistant(page)
         _show_metric_columns(page, ["test_accuracy", "test_macro_f1", "param_count", "train_time_s"])
@@ -109,7 +118,7 @@ def test_mlflow_ui_shows_all_models_of_a_task(mlflow_ui, repo_root):
         page.wait_for_selector(f"text={TASK} (main metric: accuracy)")
         text = page.inner_text("body")
         assert f"{TASK}\taccuracy\tminilm\t0.9040\t{TASK}-minilm v1" in text, "best-per-task row missing"
-        for model, accuracy in ACCURACY.items():
+        for model in ACCURACY:
             assert f"{TASK}.{model}.accuracy" in text, f"metric {TASK}.{model}.accuracy missing on the parent run"
         page.screenshot(path=str(shots / "mlflow_ui_comparison_run.png"))
 

@@ -39,14 +39,16 @@ SCHEDULED_RUN_TIMEOUT_S = 120
 
 
 def _post_json(url: str, body: dict):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.load(resp)
 
 
-def wait_for_scheduled_run(url: str, deployment_id: str, proc: subprocess.Popen, log: Path,
-                           timeout: float = SCHEDULED_RUN_TIMEOUT_S) -> dict:
+def wait_for_scheduled_run(
+    url: str, deployment_id: str, proc: subprocess.Popen, log: Path, timeout: float = SCHEDULED_RUN_TIMEOUT_S
+) -> dict:
     """The deployment's next run in state Scheduled, once the server's scheduler has created it.
 
     The same query as the UI's "Next Run" (state name Scheduled, earliest expected start first, limit 1).
@@ -63,11 +65,15 @@ def wait_for_scheduled_run(url: str, deployment_id: str, proc: subprocess.Popen,
         if runs:
             return runs[0]
         if proc.poll() is not None:
-            pytest.fail(f"make serve exited with {proc.returncode} before its deployment had a scheduled run:\n"
-                        f"{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"make serve exited with {proc.returncode} before its deployment had a scheduled run:\n"
+                f"{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
-            pytest.fail(f"the Prefect scheduler created no SCHEDULED flow run of deployment {deployment_id} "
-                        f"(retrain/{DEPLOYMENT_NAME}, cron {CRON!r}) within {timeout}s:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the Prefect scheduler created no SCHEDULED flow run of deployment {deployment_id} "
+                f"(retrain/{DEPLOYMENT_NAME}, cron {CRON!r}) within {timeout}s:\n{log.read_text()[-3000:]}"
+            )
         time.sleep(0.5)
 
 
@@ -81,13 +87,23 @@ def served(tiny_repo, tmp_path, request):
     home.mkdir()
     _migrated_prefect_db(request, home)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), HF_HUB_OFFLINE="1", **SCHEDULER_ENV,
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    env.update(
+        PREFECT_HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        **SCHEDULER_ENV,
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.serve", "--port", str(port), "--repo-dir", str(tiny_repo)],
-                                cwd=tiny_repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.serve", "--port", str(port), "--repo-dir", str(tiny_repo)],
+            cwd=tiny_repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{url}/api/health", proc, log, "make serve's Prefect server", timeout=300)

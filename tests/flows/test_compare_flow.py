@@ -13,8 +13,9 @@ from pipeline.compare.champion import CHAMPION_ALIAS, update_champions
 
 
 def _cli(repo, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.compare", *args], cwd=repo.root, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.compare", *args], cwd=repo.root, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.integration  # each command starts Prefect's ephemeral API server

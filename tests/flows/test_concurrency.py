@@ -26,8 +26,14 @@ class Retrain:
     """`python -m flows.retrain` in the background, its output collected line by line."""
 
     def __init__(self, repo, env, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "flows.retrain", "--repo-dir", str(repo), *args],
-                                     cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.retrain", "--repo-dir", str(repo), *args],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self.reader.start()
@@ -73,8 +79,14 @@ def test_second_retrain_refuses_and_third_waits_while_one_runs(prefect_env, tiny
 
     lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"count", "compare"}
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=tiny_repo, env=env,
-                            capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=tiny_repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(status.stdout) == {}
     counts = json.loads((tiny_repo / "data/out/counts.json").read_text())
     board = json.loads((tiny_repo / "reports/comparison.json").read_text())

@@ -48,7 +48,8 @@ def _wait_for_checkpoint(proc: subprocess.Popen, folder, timeout: float = 300):
 @pytest.mark.slow
 @pytest.mark.integration  # a real Prefect server, real training runs in child processes, SIGKILL
 def test_killed_finetune_resumes_from_its_checkpoint_in_the_same_mlflow_run(
-        pretrained_repo, repo_root, memorization_rows_by_task, default_params_dict, prefect_env):
+    pretrained_repo, repo_root, memorization_rows_by_task, default_params_dict, prefect_env
+):
     root, model, task = pretrained_repo, "gpt", "emotion"
     write_prepared(root, task, memorization_split(model, task, memorization_rows_by_task[task]))
     write_params(root, finetune_params(root, default_params_dict, model, task, epochs=EPOCHS))
@@ -57,8 +58,9 @@ def test_killed_finetune_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     command = [sys.executable, "-m", "flows.train", model, task]
     folder = root / "checkpoints" / f"finetune-{model}-{task}"
 
-    first = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+    first = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _wait_for_checkpoint(first, folder)
     finally:

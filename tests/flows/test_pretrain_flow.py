@@ -23,14 +23,23 @@ def test_unknown_family_prints_usage_before_prefect_starts(repo_root, monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.integration  # a real Prefect server and a real (tiny) training run in a child process
-def test_pretrain_flow_trains_and_tags_the_mlflow_run(tmp_path, repo_root, pretrain_inputs, default_params_dict,
-                                                      prefect_env, prefect_api):
+def test_pretrain_flow_trains_and_tags_the_mlflow_run(
+    tmp_path, repo_root, pretrain_inputs, default_params_dict, prefect_env, prefect_api
+):
     copy_pretrain_inputs(pretrain_inputs, tmp_path)
-    write_params(tmp_path, tiny_pretrain_params(tmp_path, default_params_dict, max_steps=10, eval_steps=5, save_steps=5))
+    write_params(
+        tmp_path, tiny_pretrain_params(tmp_path, default_params_dict, max_steps=10, eval_steps=5, save_steps=5)
+    )
     env = {**prefect_env, "PYTHONPATH": str(repo_root)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([sys.executable, "-m", "flows.pretrain", "gpt"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.pretrain", "gpt"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert (tmp_path / "data/pretrain/gpt/model/model.safetensors").exists()

@@ -42,7 +42,7 @@ def test_retrain_reruns_only_what_changed_publishes_the_leaderboard_and_fails_cl
 
     # change the stand-in compare only: count must not run again
     script = tiny_repo / "tiny_compare.py"
-    script.write_text(script.read_text().replace("counts[\"words\"] / 100", "counts[\"words\"] / 10"))
+    script.write_text(script.read_text().replace('counts["words"] / 100', 'counts["words"] / 10'))
     state, second_id = _retrain(tiny_repo)
     second = state.result()
     assert second["out_of_date"] == ["compare"] and second["rerun"] == ["compare"]
@@ -56,7 +56,6 @@ def test_retrain_reruns_only_what_changed_publishes_the_leaderboard_and_fails_cl
     assert "Nothing changed: every stage" in logs and "dvc repro" not in logs
     (board,) = [a for a in artifacts_with_key("leaderboard") if a.flow_run_id == third_id]
     assert "0.90" in board.data and "nothing changed" in board.description
-
 
     # a stage that breaks fails the retrain run; dvc.lock keeps describing the last good outputs
     lock_before = (tiny_repo / "dvc.lock").read_text()

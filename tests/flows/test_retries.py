@@ -71,7 +71,8 @@ def test_is_transient_tells_network_errors_from_bugs():
         try:
             raise ConnectionRefusedError(111, "refused")
         except ConnectionRefusedError:
-            raise MlflowException("API request to http://mlflow:5000 failed with exception ...")
+            # MLflow's own wrapping, without `from`, is what is tested
+            raise MlflowException("API request to http://mlflow:5000 failed with exception ...")  # noqa: B904
     except MlflowException as wrapped:
         assert is_transient(wrapped)
     assert is_transient(requests.exceptions.ConnectionError("Max retries exceeded"))
@@ -121,8 +122,9 @@ def test_retried_stage_resumes_its_mlflow_run_instead_of_duplicating_it(prefect_
     tries: list[str] = []
 
     def train_and_log() -> str:
-        with tracking.stage_run(params, "task-emotion", "bert-emotion", tmp_path / "state", {"model": "bert"},
-                                root=tmp_path) as run:
+        with tracking.stage_run(
+            params, "task-emotion", "bert-emotion", tmp_path / "state", {"model": "bert"}, root=tmp_path
+        ) as run:
             tries.append(run.info.run_id)
             mlflow.log_metric("train_loss", 1.0 / len(tries), step=len(tries))
             if len(tries) == 1:
@@ -152,11 +154,14 @@ def _corrupted_emotion(root):
         "validation": good[:2] + ["leaked test sentence here"],
         "test": good[2:] + ["leaked test sentence here"],
     }
-    dsdict = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict({"text": texts, "label": [i % 6 for i in range(len(texts))]},
-                                          features=FEATURES["emotion"])
-        for split, texts in splits.items()
-    })
+    dsdict = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"text": texts, "label": [i % 6 for i in range(len(texts))]}, features=FEATURES["emotion"]
+            )
+            for split, texts in splits.items()
+        }
+    )
     dsdict.save_to_disk(str(root / "data" / "raw" / "emotion"))
 
 

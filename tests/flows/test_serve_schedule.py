@@ -21,8 +21,13 @@ import uuid
 import pytest
 import yaml
 
-from tests.fixtures.orchestration import artifacts_with_key, deployment_runs, flow_run_logs, read_deployment, \
-    wait_for_logs
+from tests.fixtures.orchestration import (
+    artifacts_with_key,
+    deployment_runs,
+    flow_run_logs,
+    read_deployment,
+    wait_for_logs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +66,22 @@ def test_scheduled_retrain_completes_then_finds_nothing_changed(prefect_api, pre
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--repo-dir", str(tiny_repo), "--interval", str(INTERVAL_S),
-             "--name", name],
-            cwd=tiny_repo, env=prefect_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "flows.serve",
+                "--repo-dir",
+                str(tiny_repo),
+                "--interval",
+                str(INTERVAL_S),
+                "--name",
+                name,
+            ],
+            cwd=tiny_repo,
+            env=prefect_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         first, second = _wait_for_completed_runs(proc, name, 2, log_path)
@@ -87,8 +105,14 @@ def test_scheduled_retrain_completes_then_finds_nothing_changed(prefect_api, pre
     assert "Nothing changed: every stage" in second_logs and "dvc repro" not in second_logs
     assert second.total_run_time < first.total_run_time
 
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=tiny_repo, env=prefect_env,
-                            capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=tiny_repo,
+        env=prefect_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(status.stdout) == {}
 
 
@@ -99,9 +123,11 @@ def _create_process_pool(pool: str) -> None:
 
     async def go():
         async with get_client() as client:
-            await client.create_work_pool(WorkPoolCreate(
-                name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
-            ))
+            await client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
 
     asyncio.run(go())
 
@@ -116,7 +142,11 @@ def test_work_pool_deployment_takes_cron_and_parameters_from_params(prefect_api,
 
     result = subprocess.run(
         [sys.executable, "-m", "flows.serve", "--work-pool", pool, "--repo-dir", str(tiny_repo), "--name", name],
-        cwd=tiny_repo, env=prefect_env, capture_output=True, text=True, timeout=240,
+        cwd=tiny_repo,
+        env=prefect_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -129,6 +159,11 @@ def test_work_pool_deployment_takes_cron_and_parameters_from_params(prefect_api,
 
 def test_work_pool_deployment_needs_a_server_url(tiny_repo):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    result = subprocess.run([sys.executable, "-m", "flows.serve", "--work-pool", "p", "--repo-dir", str(tiny_repo)],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.serve", "--work-pool", "p", "--repo-dir", str(tiny_repo)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "set PREFECT_API_URL" in result.stderr

@@ -45,7 +45,11 @@ def test_alias_moves_only_on_improvement_and_every_move_is_recorded(compare_repo
     state = update_champions(params, tasks=("emotion",))
     assert _alias("emotion-bert") == "1"
     assert state["emotion"]["models"]["emotion-bert"] == {
-        "champion_version": "1", "metric_value": 0.60, "moved": True, "reason": "first champion"}
+        "champion_version": "1",
+        "metric_value": 0.60,
+        "moved": True,
+        "reason": "first champion",
+    }
 
     compare_repo.add_run("emotion", "bert", _acc(0.55))  # worse: v2 must not take the alias
     state = update_champions(params, tasks=("emotion",))
@@ -60,8 +64,9 @@ def test_alias_moves_only_on_improvement_and_every_move_is_recorded(compare_repo
     assert [(e["old_version"], e["new_version"]) for e in promotions] == [(None, "1"), ("1", "3")]
     second = promotions[1]
     assert (second["old_metric"], second["new_metric"], second["metric"]) == (0.60, 0.65, "accuracy")
-    assert all(e["registered_model"] == "emotion-bert" and e["alias"] == CHAMPION_ALIAS and e["time"]
-               for e in promotions)
+    assert all(
+        e["registered_model"] == "emotion-bert" and e["alias"] == CHAMPION_ALIAS and e["time"] for e in promotions
+    )
     assert history_path(params) == compare_repo.root / "mlflow" / "champion_history.jsonl"
 
     champion = mlflow.pyfunc.load_model(f"models:/emotion-bert@{CHAMPION_ALIAS}")  # a real, loadable model
@@ -118,8 +123,12 @@ def test_task_leader_follows_the_best_champion_and_task_rollback(compare_repo):
     compare_repo.add_run("emotion", "rnn", _acc(0.40))
     compare_repo.add_run("emotion", "minilm", _acc(0.70))
     state = update_champions(params, tasks=("emotion",))
-    assert state["emotion"]["leader"] == {"registered_model": "emotion-minilm", "model": "minilm", "version": "1",
-                                          "metric_value": 0.70}
+    assert state["emotion"]["leader"] == {
+        "registered_model": "emotion-minilm",
+        "model": "minilm",
+        "version": "1",
+        "metric_value": 0.70,
+    }
     assert _leader("emotion", ["rnn", "minilm"]) == ["emotion-minilm"]
 
     compare_repo.add_run("emotion", "rnn", _acc(0.90))

@@ -20,8 +20,11 @@ def _row(rows, task, model):
 def test_leaderboard_covers_every_task_and_model(compare_repo):
     rnn = compare_repo.add_run("emotion", "rnn", {"accuracy": 0.41, "macro_f1": 0.22}, train_time_s=30.0)
     bert = compare_repo.add_run("emotion", "bert", {"accuracy": 0.63, "macro_f1": 0.51}, param_count=3_200_000)
-    ner = compare_repo.add_run("conll2003", "minilm", {"entity_f1": 0.71, "entity_precision": 0.7,
-                                                       "entity_recall": 0.72, "token_accuracy": 0.9})
+    ner = compare_repo.add_run(
+        "conll2003",
+        "minilm",
+        {"entity_f1": 0.71, "entity_precision": 0.7, "entity_recall": 0.72, "token_accuracy": 0.9},
+    )
 
     rows = build_leaderboard(compare_repo.params)
 
@@ -41,8 +44,7 @@ def test_leaderboard_covers_every_task_and_model(compare_repo):
 
 
 def test_leaderboard_fills_from_mlflow_and_flags_disagreement(compare_repo):
-    logged = compare_repo.add_run("sst2", "gpt", {"accuracy": 0.70, "macro_f1": 0.69},
-                                  file_test={"accuracy": 0.80})
+    logged = compare_repo.add_run("sst2", "gpt", {"accuracy": 0.70, "macro_f1": 0.69}, file_test={"accuracy": 0.80})
     data = json.loads(logged.metrics_file.read_text())
     del data["registered_version"], data["param_count"]  # MLflow has them
     logged.metrics_file.write_text(json.dumps(data))

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -22,8 +23,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_compare_writes_reports_and_links_mlflow_runs(compare_repo):
     scores = {"rnn": 0.35, "encdec": 0.42, "gpt": 0.55, "bert": 0.61, "minilm": 0.88}
-    runs = {m: compare_repo.add_run("emotion", m, {"accuracy": a, "macro_f1": a - 0.1}, train_time_s=10 * (i + 1))
-            for i, (m, a) in enumerate(scores.items())}
+    runs = {
+        m: compare_repo.add_run("emotion", m, {"accuracy": a, "macro_f1": a - 0.1}, train_time_s=10 * (i + 1))
+        for i, (m, a) in enumerate(scores.items())
+    }
     compare_repo.add_run("multi30k", "encdec", {"bleu": 21.5, "chrf": 48.0})
 
     result = compare(compare_repo.params)
@@ -65,8 +68,8 @@ def test_compare_writes_reports_and_links_mlflow_runs(compare_repo):
         assert client.get_run(r.run_id).data.tags[PARENT_TAG] == parent.info.run_id
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.json", "comparison.md", "comparison.json", "plots"} <= artifacts
-    table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
-                                                                artifact_path="leaderboard.json")).read())
+    downloaded = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.json")
+    table = json.loads(Path(downloaded).read_text())
     assert len(table["data"]) == 20 and "test_accuracy" in table["columns"]
 
 
@@ -78,7 +81,8 @@ def test_dvc_metrics_show_reads_comparison_json(compare_repo, tmp_path_factory):
     shutil.copy(compare_repo.root / "reports/comparison.json", repo / "reports/comparison.json")
     (repo / "dvc.yaml").write_text(
         "stages:\n  compare:\n    cmd: python -m flows.compare\n    metrics:\n"
-        "      - reports/comparison.json:\n          cache: false\n")
+        "      - reports/comparison.json:\n          cache: false\n"
+    )
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([*dvc, "init", "-q"], cwd=repo, check=True)

@@ -87,11 +87,25 @@ def test_missing_section_and_missing_dataset(default_params_dict):
 
 
 # One key per config class whose fields have no code default: leaving it out of params.yaml is an error.
-REQUIRED = ["common.seed", "common.num_threads", "ingest.mirror_dir", "ingest.datasets.emotion.revision",
-            "validate.datasets.emotion.max_leaked_texts", "prepare.tasks.sst2.max_test", "prepare.corpus",
-            "prepare.corpus.min_chars", "tokenizers", "tokenizers.min_frequency", "pretrain.gpt.warmup_steps",
-            "pretrain.bert.mlm_probability", "compare", "compare.min_improvement", "orchestration",
-            "orchestration.retrain_cron", "validate"]
+REQUIRED = [
+    "common.seed",
+    "common.num_threads",
+    "ingest.mirror_dir",
+    "ingest.datasets.emotion.revision",
+    "validate.datasets.emotion.max_leaked_texts",
+    "prepare.tasks.sst2.max_test",
+    "prepare.corpus",
+    "prepare.corpus.min_chars",
+    "tokenizers",
+    "tokenizers.min_frequency",
+    "pretrain.gpt.warmup_steps",
+    "pretrain.bert.mlm_probability",
+    "compare",
+    "compare.min_improvement",
+    "orchestration",
+    "orchestration.retrain_cron",
+    "validate",
+]
 
 
 @pytest.mark.parametrize("dotted", REQUIRED)
@@ -125,8 +139,9 @@ def test_flow_cli_rejects_bad_params_before_any_work(repo_root, tmp_path, defaul
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(_with(default_params_dict, "prepare.tasks.emotion.max_train", -5)))
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
-    proc = subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     assert "prepare.tasks.emotion.max_train: Input should be greater than 0 (got -5)" in proc.stderr
     assert "Traceback" not in proc.stderr

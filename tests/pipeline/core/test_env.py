@@ -25,8 +25,13 @@ def test_the_test_session_runs_quiet_and_offline():  # tests/conftest.py applies
 
 def test_shell_export_lines_set_the_same_values():
     script = f'eval "$({sys.executable} -m pipeline.core.env --offline)" && env'
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                         env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT)}).stdout
+    out = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT)},
+    ).stdout
     shown = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert {k: shown.get(k) for k in quiet_env(offline=True)} == quiet_env(offline=True)
     bad = subprocess.run([sys.executable, "-m", "pipeline.core.env", "--nope"], capture_output=True, text=True)

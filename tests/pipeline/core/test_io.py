@@ -39,20 +39,18 @@ def test_crash_inside_atomic_dir_keeps_the_old_target_and_leaves_no_temp(tmp_pat
     target = tmp_path / "model"
     with atomic_dir(target) as tmp:
         (tmp / "a.txt").write_text("good")
-    with pytest.raises(Crash):
-        with atomic_dir(target) as tmp:
-            (tmp / "a.txt").write_text("half")
-            (tmp / "sub").mkdir()
-            raise Crash("killed while writing")
+    with pytest.raises(Crash), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        (tmp / "sub").mkdir()
+        raise Crash("killed while writing")
     assert (target / "a.txt").read_text() == "good"
     assert leftovers(tmp_path) == []
 
 
 def test_crash_inside_atomic_dir_without_an_old_target_leaves_nothing(tmp_path):
-    with pytest.raises(Crash):
-        with atomic_dir(tmp_path / "new") as tmp:
-            (tmp / "a.txt").write_text("half")
-            raise Crash
+    with pytest.raises(Crash), atomic_dir(tmp_path / "new") as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise Crash
     assert list(tmp_path.iterdir()) == []
 
 
@@ -68,9 +66,8 @@ def test_failed_swap_puts_the_old_target_back(tmp_path, monkeypatch):
         return real_rename(self, dest)
 
     monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(OSError, match="rename failed"):
-        with atomic_dir(target) as tmp:
-            (tmp / "a.txt").write_text("new")
+    with pytest.raises(OSError, match="rename failed"), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("new")
     assert (target / "a.txt").read_text() == "good"
     assert leftovers(tmp_path) == []
 
@@ -123,16 +120,14 @@ def test_atomic_file_with_a_saving_callable(tmp_path):
         save_file({"w": torch.ones(2, 3)}, str(tmp))
     assert torch.equal(load_file(str(target))["w"], torch.ones(2, 3))
 
-    with pytest.raises(Crash):
-        with atomic_file(target) as tmp:
-            tmp.write_bytes(b"half a safetensors file")
-            raise Crash("killed while saving")
+    with pytest.raises(Crash), atomic_file(target) as tmp:
+        tmp.write_bytes(b"half a safetensors file")
+        raise Crash("killed while saving")
     assert torch.equal(load_file(str(target))["w"], torch.ones(2, 3)), "the previous weights are intact"
     assert leftovers(target.parent) == []
 
 
 def test_atomic_file_refuses_when_nothing_was_saved(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing was saved"):
-        with atomic_file(tmp_path / "x.bin"):
-            pass
+    with pytest.raises(FileNotFoundError, match="nothing was saved"), atomic_file(tmp_path / "x.bin"):
+        pass
     assert list(tmp_path.iterdir()) == []

@@ -17,9 +17,8 @@ def test_second_holder_is_refused_with_the_holder_named(tmp_path):
     with repo_lock(path, purpose="retrain A") as holder:
         assert read_holder(path)["purpose"] == "retrain A"
         started = time.monotonic()
-        with pytest.raises(LockBusy) as err:
-            with repo_lock(path, timeout_s=0.3, purpose="retrain B"):
-                pytest.fail("two holders at once")
+        with pytest.raises(LockBusy) as err, repo_lock(path, timeout_s=0.3, purpose="retrain B"):
+            pytest.fail("two holders at once")
         assert time.monotonic() - started >= 0.3
     message = str(err.value)
     assert "retrain A" in message and f"pid {holder['pid']}" in message
@@ -68,9 +67,8 @@ def test_lock_of_a_killed_process_is_free(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(LockBusy):
-            with repo_lock(path, timeout_s=0):
-                pass
+        with pytest.raises(LockBusy), repo_lock(path, timeout_s=0):
+            pass
     finally:
         proc.kill()
         proc.wait()

@@ -105,7 +105,10 @@ def hub_sst2() -> datasets.DatasetDict:
     val = {"idx": [0, 1], "sentence": ["good ", "bad "], "label": [1, 0]}
     test = {"idx": [0], "sentence": ["hidden"], "label": [-1]}
     return datasets.DatasetDict(
-        {k: datasets.Dataset.from_dict(v, features=feats) for k, v in (("train", train), ("validation", val), ("test", test))}
+        {
+            k: datasets.Dataset.from_dict(v, features=feats)
+            for k, v in (("train", train), ("validation", val), ("test", test))
+        }
     )
 
 
@@ -126,8 +129,16 @@ def test_hub_conll_drops_pos_and_chunk_and_keeps_tag_order():
             "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_TAGS)),
         }
     )
-    row = {"id": ["0"], "tokens": [["EU", "rejects"]], "pos_tags": [[1, 2]], "chunk_tags": [[3, 4]], "ner_tags": [[3, 0]]}
-    hub = datasets.DatasetDict({s: datasets.Dataset.from_dict(row, features=feats) for s in ("train", "validation", "test")})
+    row = {
+        "id": ["0"],
+        "tokens": [["EU", "rejects"]],
+        "pos_tags": [[1, 2]],
+        "chunk_tags": [[3, 4]],
+        "ner_tags": [[3, 0]],
+    }
+    hub = datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(row, features=feats) for s in ("train", "validation", "test")}
+    )
     ds = canonical_from_hub("conll2003", hub, seed=0)
     assert ds["train"].features == FEATURES["conll2003"]
     assert ds["test"][0] == {"tokens": ["EU", "rejects"], "ner_tags": [3, 0]}

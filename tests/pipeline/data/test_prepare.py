@@ -30,14 +30,20 @@ def _rows(dataset: str, split: str, n: int) -> dict[str, list]:
     """n distinct rows of a canonical dataset; texts name their dataset, split and index."""
     tag = f"{dataset} {split} row"
     if dataset in ("emotion", "sst2"):
-        return {"text": [f"{tag} {i} says something long enough" for i in range(n)],
-                "label": [i % (6 if dataset == "emotion" else 2) for i in range(n)]}
+        return {
+            "text": [f"{tag} {i} says something long enough" for i in range(n)],
+            "label": [i % (6 if dataset == "emotion" else 2) for i in range(n)],
+        }
     if dataset == "conll2003":
-        return {"tokens": [["Peter", "visits", "Berlin", split, str(i), "today"] for i in range(n)],
-                "ner_tags": [[1, 0, 5, 0, 0, 0] for _ in range(n)]}
+        return {
+            "tokens": [["Peter", "visits", "Berlin", split, str(i), "today"] for i in range(n)],
+            "ner_tags": [[1, 0, 5, 0, 0, 0] for _ in range(n)],
+        }
     if dataset == "multi30k":
-        return {"en": [f"A dog runs across the {split} field number {i}." for i in range(n)],
-                "de": [f"Ein Hund läuft über das {split} Feld Nummer {i} (Größe)." for i in range(n)]}
+        return {
+            "en": [f"A dog runs across the {split} field number {i}." for i in range(n)],
+            "de": [f"Ein Hund läuft über das {split} Feld Nummer {i} (Größe)." for i in range(n)],
+        }
     raise ValueError(dataset)
 
 
@@ -232,6 +238,7 @@ def test_corpus_sources_filters_and_leakage_guard(raw_repo, default_params_dict)
     held = {article.match(line)[1] for line in heldout if article.match(line)}
     trained = {article.match(line)[1] for line in train if article.match(line)}
     assert held and trained and not held & trained
+
 
 def test_corpus_is_deterministic_and_seeded(raw_repo, default_params_dict):
     params = make_params(default_params_dict)

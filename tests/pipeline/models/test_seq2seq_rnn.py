@@ -38,7 +38,7 @@ def random_batch(seed: int, batch: int = 6, max_len: int = 9) -> tuple[torch.Ten
     return src, lengths
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def briefly_trained(seed: int, steps: int = 30) -> Seq2Seq:
     """A model trained for a few steps to copy (source token mod vocab), so its distributions are peaked."""
     model = make_model(seed)
@@ -115,8 +115,9 @@ def test_beam_search_never_scores_below_greedy_and_reports_true_log_probs(traine
         model = briefly_trained(seed) if trained else make_model(seed)
         src, lengths = random_batch(100 + seed)
         greedy = greedy_decode(model, src, lengths, max_len=8)
-        beam = beam_search(model, src, lengths, beam_size=4, max_len=8, length_penalty=length_penalty,
-                           include_greedy=False)
+        beam = beam_search(
+            model, src, lengths, beam_size=4, max_len=8, length_penalty=length_penalty, include_greedy=False
+        )
         for b, (g, h) in enumerate(zip(greedy, beam)):
             assert h.score(length_penalty) >= g.score(length_penalty) - 1e-5, f"seed {seed} row {b}"
             # the reported score is the model's own log-probability of that exact output
@@ -148,7 +149,9 @@ def test_beam_search_finds_the_exhaustive_best_on_a_tiny_vocabulary():
 def test_beam_size_one_is_greedy():
     model = briefly_trained(7, steps=10)
     src, lengths = random_batch(7)
-    assert [h.tokens for h in beam_search(model, src, lengths, 1, 8)] == [h.tokens for h in greedy_decode(model, src, lengths, 8)]
+    assert [h.tokens for h in beam_search(model, src, lengths, 1, 8)] == [
+        h.tokens for h in greedy_decode(model, src, lengths, 8)
+    ]
 
 
 def test_teacher_forcing_ratio_controls_the_decoder_inputs():

@@ -19,14 +19,13 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForPreTraining, AutoTokenizer
 
-from pipeline.pretrain import run as pt
 from pipeline.core.config import load_params, parse_params
 from pipeline.data.corpus import CorpusError, read_corpus
 from pipeline.models.loading import CheckpointError
+from pipeline.pretrain import run as pt
 from pipeline.pretrain.data import lm_blocks, nsp_pairs
-from tests.fixtures.models import TINY_PRETRAIN, copy_pretrain_inputs, tiny_pretrain_params, write_params
-
 from tests.conftest import REPO_ROOT
+from tests.fixtures.models import TINY_PRETRAIN, copy_pretrain_inputs, tiny_pretrain_params, write_params
 
 
 def _root(pretrained_models) -> Path:
@@ -118,14 +117,23 @@ def test_pretraining_runs_are_tracked_in_mlflow(pretrained_models):
     runs = _runs(root)
     assert set(runs) == {"pretrain-gpt", "pretrain-bert"}
     client = _client(root)
-    for family, heldout_keys in (("gpt", ("heldout_loss", "heldout_perplexity")),
-                                 ("bert", ("heldout_mlm_loss", "heldout_mlm_accuracy", "heldout_nsp_accuracy"))):
+    for family, heldout_keys in (
+        ("gpt", ("heldout_loss", "heldout_perplexity")),
+        ("bert", ("heldout_mlm_loss", "heldout_mlm_accuracy", "heldout_nsp_accuracy")),
+    ):
         run = runs[f"pretrain-{family}"]
         metrics = _metrics(root / "data" / "pretrain" / family)
         assert run.info.status == "FINISHED"
         m = run.data.metrics
-        for key in (*heldout_keys, "train_time_s", "param_count", "tokens_per_s", "train_loss", "eval_loss",
-                    "learning_rate"):
+        for key in (
+            *heldout_keys,
+            "train_time_s",
+            "param_count",
+            "tokens_per_s",
+            "train_loss",
+            "eval_loss",
+            "learning_rate",
+        ):
             assert key in m, f"{family}: metric {key} missing"
         assert m["param_count"] == metrics["param_count"]
         assert m[heldout_keys[0]] == pytest.approx(metrics["heldout"][heldout_keys[0].removeprefix("heldout_")])
@@ -165,17 +173,22 @@ def _wait_for_checkpoint(proc: subprocess.Popen, folder: Path, timeout: float) -
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_killed_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp_path, pretrain_inputs,
-                                                                       default_params_dict, monkeypatch):
+def test_killed_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(
+    tmp_path, pretrain_inputs, default_params_dict, monkeypatch
+):
     copy_pretrain_inputs(pretrain_inputs, tmp_path)
     max_steps = 100  # enough steps after the first checkpoint that the kill always lands before the end
     raw = tiny_pretrain_params(tmp_path, default_params_dict, max_steps=max_steps, save_steps=10, eval_steps=50)
     write_params(tmp_path, raw)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HT_LOG_LEVEL": "WARNING"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    code = "from pipeline.core.config import load_params; from pipeline.pretrain.run import pretrain; pretrain('bert', load_params())"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    code = (
+        "from pipeline.core.config import load_params; from pipeline.pretrain.run import pretrain; "
+        "pretrain('bert', load_params())"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     folder = tmp_path / "checkpoints" / "pretrain-bert"
     _wait_for_checkpoint(proc, folder, timeout=240)
     proc.send_signal(signal.SIGKILL)
@@ -228,13 +241,26 @@ def test_device_dtype_is_fp32_on_cpu_and_bf16_on_capable_cuda():
 
 @pytest.mark.parametrize("max_steps,eval_steps,expected", [(600, 200, 5), (30, 15, 1), (10000, 500, 100), (5, 7, 1)])
 def test_logging_steps_land_on_every_eval_step(max_steps, eval_steps, expected):
-    cfg = parse_params(tiny_pretrain_params(Path("/tmp"), yaml.safe_load((REPO_ROOT / "params.yaml").read_text()),
-                                            max_steps=max_steps, eval_steps=eval_steps)).pretrain.gpt
+    cfg = parse_params(
+        tiny_pretrain_params(
+            Path("/tmp"),
+            yaml.safe_load((REPO_ROOT / "params.yaml").read_text()),
+            max_steps=max_steps,
+            eval_steps=eval_steps,
+        )
+    ).pretrain.gpt
     steps = pt._logging_steps(cfg)
     assert steps == expected and eval_steps % steps == 0
 
 
 def test_loss_rows_join_eval_loss_on_its_step():
-    history = [{"loss": 7.0, "step": 1}, {"loss": 6.5, "step": 5}, {"eval_loss": 6.4, "step": 5},
-               {"train_runtime": 3.0, "step": 5}]
-    assert pt.loss_rows(history) == [{"step": 1, "loss": 7.0, "eval_loss": ""}, {"step": 5, "loss": 6.5, "eval_loss": 6.4}]
+    history = [
+        {"loss": 7.0, "step": 1},
+        {"loss": 6.5, "step": 5},
+        {"eval_loss": 6.4, "step": 5},
+        {"train_runtime": 3.0, "step": 5},
+    ]
+    assert pt.loss_rows(history) == [
+        {"step": 1, "loss": 7.0, "eval_loss": ""},
+        {"step": 5, "loss": 6.5, "eval_loss": 6.4},
+    ]

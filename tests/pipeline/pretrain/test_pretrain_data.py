@@ -29,11 +29,11 @@ def corpus(pretrain_inputs):
 
 
 def test_split_sentences_keeps_abbreviations_and_wikitext_numbers():
-    doc = "It is related to H. americanus . It weighs 0 @.@ 7 kg . \" Lobster red \" is a colour ! Why ? 12 more."
+    doc = 'It is related to H. americanus . It weighs 0 @.@ 7 kg . " Lobster red " is a colour ! Why ? 12 more.'
     assert split_sentences(doc) == [
         "It is related to H. americanus .",
         "It weighs 0 @.@ 7 kg .",
-        "\" Lobster red \" is a colour !",
+        '" Lobster red " is a colour !',
         "Why ?",
         "12 more.",
     ]
@@ -79,13 +79,15 @@ def test_bert_is_next_pairs_are_consecutive_text_of_one_document(tokenizers):
     tok = tokenizers["bert"]
     docs = [f"Alpha{d} one . Beta{d} two . Gamma{d} three . Delta{d} four ." for d in range(20)]
     data = nsp_pairs(docs, tok, block_size=128, seed=3)
-    joined = [tok.decode(d_ids, clean_up_tokenization_spaces=False).replace(" ", "")
-              for d_ids in tok(docs, add_special_tokens=False)["input_ids"]]
+    joined = [
+        tok.decode(d_ids, clean_up_tokenization_spaces=False).replace(" ", "")
+        for d_ids in tok(docs, add_special_tokens=False)["input_ids"]
+    ]
     for e in data.examples:
         ids = e["input_ids"]
         sep = ids.index(tok.sep_token_id)
         a = tok.decode(ids[1:sep]).replace(" ", "")
-        b = tok.decode(ids[sep + 1: -1]).replace(" ", "")
+        b = tok.decode(ids[sep + 1 : -1]).replace(" ", "")
         same_doc = any(a + b in doc for doc in joined)
         assert same_doc == (e["next_sentence_label"] == IS_NEXT), (a, b, e["next_sentence_label"])
 

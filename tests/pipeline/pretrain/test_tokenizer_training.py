@@ -50,8 +50,19 @@ def gpt_dir(tmp_path_factory):
 def test_wordpiece_loads_with_bert_special_tokens(bert_dir):
     tok = AutoTokenizer.from_pretrained(str(bert_dir))
     assert (tok.pad_token, tok.unk_token, tok.cls_token, tok.sep_token, tok.mask_token) == (
-        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-    assert [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id] == [0, 1, 2, 3, 4]
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+    )
+    assert [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
     assert 5 < len(tok) <= 300
     assert (bert_dir / "tokenizer.json").exists()
 

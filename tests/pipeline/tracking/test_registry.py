@@ -9,20 +9,22 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.tracking import registry
-
-from pipeline.tracking import runs as tracking
 from pipeline.core.config import parse_params
-from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel
 from pipeline.data.readers import NER_TAGS, SST2_LABELS
+from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel
+from pipeline.tracking import registry
+from pipeline.tracking import runs as tracking
 
 
 @pytest.fixture
 def store(tmp_path, default_params_dict):
     """A real MLflow SQLite store under tmp_path, configured as the current one."""
     raw = dict(default_params_dict)
-    raw["common"] = {**raw["common"], "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                     "mlflow_artifact_root": str(tmp_path / "artifacts")}
+    raw["common"] = {
+        **raw["common"],
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "mlflow_artifact_root": str(tmp_path / "artifacts"),
+    }
     params = parse_params(raw)
     return tracking.ensure_experiment("task-conll2003", params), params
 
@@ -33,15 +35,31 @@ def tiny_models(tmp_path_factory, pretrain_inputs):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
 
     tok = AutoTokenizer.from_pretrained(str(pretrain_inputs / "data" / "tokenizers" / "bert"))
-    size = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    size = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+    )
     root = tmp_path_factory.mktemp("tiny_models")
-    ner = BertForTokenClassification(BertConfig(**size, num_labels=9, id2label=dict(enumerate(NER_TAGS)),
-                                                label2id={t: i for i, t in enumerate(NER_TAGS)}))
+    ner = BertForTokenClassification(
+        BertConfig(
+            **size, num_labels=9, id2label=dict(enumerate(NER_TAGS)), label2id={t: i for i, t in enumerate(NER_TAGS)}
+        )
+    )
     ner.save_pretrained(root / "ner")
     tok.save_pretrained(root / "ner")
-    cls = BertForSequenceClassification(BertConfig(**size, num_labels=2, id2label=dict(enumerate(SST2_LABELS)),
-                                                   label2id={t: i for i, t in enumerate(SST2_LABELS)}))
+    cls = BertForSequenceClassification(
+        BertConfig(
+            **size,
+            num_labels=2,
+            id2label=dict(enumerate(SST2_LABELS)),
+            label2id={t: i for i, t in enumerate(SST2_LABELS)},
+        )
+    )
     return {"ner": root / "ner", "cls": cls, "tokenizer": tok}
 
 
@@ -57,8 +75,13 @@ def test_default_pip_requirements_pin_the_installed_versions():
 
 def test_registering_needs_an_active_run(store, tiny_models):
     with pytest.raises(RuntimeError, match="inside tracking.stage_run"):
-        registry.register_pyfunc(NerModel(), {MODEL_ARTIFACT: tiny_models["ner"]}, "conll2003", "tiny",
-                                 input_example=["John lives in Berlin"])
+        registry.register_pyfunc(
+            NerModel(),
+            {MODEL_ARTIFACT: tiny_models["ner"]},
+            "conll2003",
+            "tiny",
+            input_example=["John lives in Berlin"],
+        )
 
 
 @pytest.mark.integration
@@ -66,10 +89,12 @@ def test_pyfunc_registration_is_idempotent_and_loads_back_in_natural_form(store,
     exp_id, _ = store
     example = ["EU rejects German call to boycott British lamb .", "Peter Blackburn"]
     with mlflow.start_run(experiment_id=exp_id) as run:
-        first = registry.register_pyfunc(NerModel(), {MODEL_ARTIFACT: tiny_models["ner"]}, "conll2003", "tiny",
-                                         input_example=example)
-        again = registry.register_pyfunc(NerModel(), {MODEL_ARTIFACT: tiny_models["ner"]}, "conll2003", "tiny",
-                                         input_example=example)
+        first = registry.register_pyfunc(
+            NerModel(), {MODEL_ARTIFACT: tiny_models["ner"]}, "conll2003", "tiny", input_example=example
+        )
+        again = registry.register_pyfunc(
+            NerModel(), {MODEL_ARTIFACT: tiny_models["ner"]}, "conll2003", "tiny", input_example=example
+        )
     client = MlflowClient()
     assert first == again == "1"
     assert len(client.search_model_versions("name='conll2003-tiny'")) == 1
@@ -82,7 +107,7 @@ def test_pyfunc_registration_is_idempotent_and_loads_back_in_natural_form(store,
         [entities, none] = served.predict([example[0], "..."])
         assert none == [] or all(e["entity"] in {"PER", "ORG", "LOC", "MISC"} for e in none)
         for e in entities:  # untrained: whatever it finds must be well-formed
-            assert example[0][e["start"]:e["end"]] == e["word"]
+            assert example[0][e["start"] : e["end"]] == e["word"]
             assert e["entity"] in {"PER", "ORG", "LOC", "MISC"} and 0 <= e["word_start"] < e["word_end"] <= 9
     requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/conll2003-tiny/1")).read_text().split()
     assert set(registry.default_pip_requirements()) <= set(requirements)
@@ -93,13 +118,18 @@ def test_a_model_logged_before_a_crash_is_registered_not_logged_again(store, tin
     exp_id, _ = store
     example = ["John lives in Berlin"]
     with mlflow.start_run(experiment_id=exp_id) as run:
-        logged = mlflow.pyfunc.log_model(name=registry.MODEL_ARTIFACT, python_model=NerModel(),
-                                         artifacts={MODEL_ARTIFACT: str(tiny_models["ner"])},
-                                         pip_requirements=registry.default_pip_requirements())
-        version = registry.register_pyfunc(NerModel(), {MODEL_ARTIFACT: tiny_models["ner"]}, "conll2003", "tiny",
-                                           input_example=example)
-    models = mlflow.search_logged_models(experiment_ids=[exp_id], filter_string=f"source_run_id='{run.info.run_id}'",
-                                         output_format="list")
+        logged = mlflow.pyfunc.log_model(
+            name=registry.MODEL_ARTIFACT,
+            python_model=NerModel(),
+            artifacts={MODEL_ARTIFACT: str(tiny_models["ner"])},
+            pip_requirements=registry.default_pip_requirements(),
+        )
+        version = registry.register_pyfunc(
+            NerModel(), {MODEL_ARTIFACT: tiny_models["ner"]}, "conll2003", "tiny", input_example=example
+        )
+    models = mlflow.search_logged_models(
+        experiment_ids=[exp_id], filter_string=f"source_run_id='{run.info.run_id}'", output_format="list"
+    )
     assert [m.model_id for m in models] == [logged.model_id]
     assert MlflowClient().get_model_version("conll2003-tiny", version).source == logged.model_uri
 
@@ -115,8 +145,9 @@ def test_transformers_registration_serves_label_names_and_is_idempotent(store, t
     pipe = pipeline("text-classification", model=tiny_models["cls"], tokenizer=tok)
     long_text = "a fine film " * 100  # longer than the model's 64 positions: served inputs are truncated
     with mlflow.start_run(experiment_id=exp_id):
-        first = registry.register_transformers(pipe, "sst2", "tiny", input_example=["a fine film", long_text],
-                                               model_config={"truncation": True})
+        first = registry.register_transformers(
+            pipe, "sst2", "tiny", input_example=["a fine film", long_text], model_config={"truncation": True}
+        )
         again = registry.register_transformers(pipe, "sst2", "tiny", input_example=["a fine film"])
     assert first == again == "1"
     served = registry.load_registered("sst2-tiny", 1)

@@ -15,10 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.core.config import TASK_SPECS, TASKS, parse_params
-from pipeline.train.driver import train as finetune
-from pipeline.train.settings import RunSettings, RunSettingsError
 from pipeline.core.metrics import MAIN_METRIC, translation_metrics
 from pipeline.tracking.runs import registered_name, task_experiment
+from pipeline.train.driver import train as finetune
+from pipeline.train.settings import RunSettings, RunSettingsError
 from tests.fixtures.finetune import finetune_params, memorization_split, tiny_run, write_prepared
 
 MODELS = ("gpt", "bert", "minilm")
@@ -64,8 +64,9 @@ def read_csv(path) -> list[dict]:
 @pytest.mark.integration
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("model", MODELS)
-def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memorization_rows_by_task,
-                                              default_params_dict):
+def test_finetune_learns_tracks_and_registers(
+    model, task, pretrained_repo, memorization_rows_by_task, default_params_dict
+):
     root = pretrained_repo
     rows = memorization_rows_by_task[task]
     write_prepared(root, task, memorization_split(model, task, rows))
@@ -77,8 +78,16 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
     out = root / "data" / "models" / f"{model}-{task}"
     assert json.loads((out / "metrics.json").read_text()) == summary
     main = MAIN_METRIC[KIND[task]]
-    assert {"task", "model", "family", "weight_source", "test", *TIMING_KEYS, "mlflow_run_id",
-            "registered_version"} <= set(summary)
+    assert {
+        "task",
+        "model",
+        "family",
+        "weight_source",
+        "test",
+        *TIMING_KEYS,
+        "mlflow_run_id",
+        "registered_version",
+    } <= set(summary)
     assert (summary["task"], summary["model"]) == (task, model)
     assert summary["weight_source"] == ("pretrained" if model == "minilm" else "pretrain")
     assert main in summary["test"] and all(summary[k] > 0 for k in TIMING_KEYS)
@@ -133,8 +142,8 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
         assert len(entities) == len(texts) and any(entities)
         for text, found in zip(texts, entities):
             for e in found:
-                assert e["entity"] in ENTITY_TYPES and text[e["start"]:e["end"]] == e["word"]
-                assert text.split()[e["word_start"]:e["word_end"]] == e["word"].split()
+                assert e["entity"] in ENTITY_TYPES and text[e["start"] : e["end"]] == e["word"]
+                assert text.split()[e["word_start"] : e["word_end"]] == e["word"].split()
     else:
         german = served.predict(list(rows["en"]))
         assert len(german) == len(rows) and all(isinstance(t, str) for t in german)
@@ -145,7 +154,8 @@ def test_finetune_learns_tracks_and_registers(model, task, pretrained_repo, memo
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_retried_finetune_resumes_its_run_and_reuses_its_registered_version(
-        pretrained_repo, memorization_rows_by_task, default_params_dict):
+    pretrained_repo, memorization_rows_by_task, default_params_dict
+):
     """The first attempt fails after registering (its outputs folder cannot be created); the retry resumes
     the same MLflow run from the last checkpoint and registers nothing new."""
     root, task, model = pretrained_repo, "sst2", "gpt"

@@ -37,8 +37,14 @@ def test_settings_are_frozen_and_typed_per_family(default_params_dict):
     assert isinstance(RunSettings.resolve("gpt", "emotion", params).model_cfg, GptModel)
 
 
-@pytest.mark.parametrize("model,stage,init", [("rnn", "train", "scratch"), ("gpt", "finetune", "pretrained-here"),
-                                              ("minilm", "finetune", "pretrained-checkpoint")])
+@pytest.mark.parametrize(
+    "model,stage,init",
+    [
+        ("rnn", "train", "scratch"),
+        ("gpt", "finetune", "pretrained-here"),
+        ("minilm", "finetune", "pretrained-checkpoint"),
+    ],
+)
 def test_stage_init_and_folders_follow_the_weight_source(default_params_dict, model, stage, init):
     s = RunSettings.resolve(model, "conll2003", parse_params(default_params_dict))
     assert (s.stage, s.init, s.kind) == (stage, init, "ner")
@@ -49,8 +55,17 @@ def test_stage_init_and_folders_follow_the_weight_source(default_params_dict, mo
 
 def test_mlflow_params_are_the_same_core_keys_for_every_family(default_params_dict):
     params = parse_params(default_params_dict)
-    core = {"train.epochs", "train.learning_rate", "train.max_length", "train.max_steps", "train.batch_size",
-            "train.generation.num_beams", "model.family", "model.source", "seed"}
+    core = {
+        "train.epochs",
+        "train.learning_rate",
+        "train.max_length",
+        "train.max_steps",
+        "train.batch_size",
+        "train.generation.num_beams",
+        "model.family",
+        "model.source",
+        "seed",
+    }
     for model in params.models:
         keys = set(RunSettings.resolve(model, "emotion", params).mlflow_params())
         assert core <= keys, (model, core - keys)

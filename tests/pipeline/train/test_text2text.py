@@ -69,7 +69,10 @@ def test_tags_become_entities_with_character_offsets():
     tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "I-ORG"]
     entities = text_entities(text, tags)
     assert [(e["entity"], e["word"], e["word_start"], e["word_end"]) for e in entities] == [
-        ("PER", "John  Smith", 0, 2), ("LOC", "New York", 3, 5), ("ORG", "EU", 6, 7)]
+        ("PER", "John  Smith", 0, 2),
+        ("LOC", "New York", 3, 5),
+        ("ORG", "EU", 6, 7),
+    ]
     assert all(text[e["start"] : e["end"]] == e["word"] for e in entities)
 
 
@@ -100,8 +103,9 @@ def test_rnn_beats_an_untrained_floor_on_real_data(task, t2t_repo, t2t_params):
     from datasets import load_from_disk
 
     data = load_from_disk("data/prepared/" + task)
-    params = t2t_params("rnn", task, rnn={"teacher_forcing_ratio": 1.0},
-                        generation={"max_new_tokens": 30}, **FLOOR_SETTINGS[task])
+    params = t2t_params(
+        "rnn", task, rnn={"teacher_forcing_ratio": 1.0}, generation={"max_new_tokens": 30}, **FLOOR_SETTINGS[task]
+    )
     trainer = build("rnn", task, params, data)
     untrained, _ = score_outputs(trainer.fmt, data["test"], trainer.predict_test())
     outcome = trainer.fit(None)
@@ -134,8 +138,19 @@ def _check_stage_outputs(repo, model: str, task: str, summary: dict, main_metric
     out = repo / "data" / "models" / f"{model}-{task}"
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(summary))
-    for key in ("task", "model", "family", "weight_source", "test", "param_count", "train_time_s", "tokens_per_s",
-                "latency_ms_per_example", "mlflow_run_id", "registered_version"):
+    for key in (
+        "task",
+        "model",
+        "family",
+        "weight_source",
+        "test",
+        "param_count",
+        "train_time_s",
+        "tokens_per_s",
+        "latency_ms_per_example",
+        "mlflow_run_id",
+        "registered_version",
+    ):
         assert key in written, key
     assert (written["task"], written["model"], written["weight_source"]) == (task, model, "scratch")
     assert main_metric in written["test"] and "invalid_rate" in written["test"]
@@ -188,8 +203,7 @@ def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
     import mlflow
     import pandas as pd
 
-    params = t2t_params("encdec", "emotion", epochs=2, learning_rate=0.002, batch_size=64, max_steps=30,
-                        max_length=48)
+    params = t2t_params("encdec", "emotion", epochs=2, learning_rate=0.002, batch_size=64, max_steps=30, max_length=48)
     summary = train("encdec", "emotion", params)
     data = _check_stage_outputs(t2t_repo, "encdec", "emotion", summary, "accuracy")
     assert data.params["tokenization"].startswith("byte-level BPE")
