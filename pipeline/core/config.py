@@ -103,6 +103,9 @@ class DatasetChecks(Strict):
     min_length_ratio: PosFloat | None = None
     max_length_ratio: PosFloat | None = None
     length_ratio_mostly: Fraction | None = None
+    # optional (translation pairs only): the fraction of each side's texts that must look like that side's
+    # language (GX `mostly`); far fewer means the files are swapped or hold another language
+    language_check_mostly: Fraction | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> DatasetChecks:
@@ -119,8 +122,23 @@ class DatasetChecks(Strict):
         return self
 
 
+TRANSLATION_ONLY_CHECKS = ("min_length_ratio", "max_length_ratio", "length_ratio_mostly", "language_check_mostly")
+
+
 class ValidateConfig(Strict):
     datasets: dict[DatasetName, DatasetChecks]
+
+    @model_validator(mode="after")
+    def _translation_only(self) -> ValidateConfig:
+        translation = {spec.dataset for spec in TASK_SPECS.values() if spec.kind == "translation"}
+        for name, checks in self.datasets.items():
+            used = [key for key in TRANSLATION_ONLY_CHECKS if getattr(checks, key) is not None]
+            if used and name not in translation:
+                raise ValueError(
+                    f"datasets.{name}: {', '.join(used)} only apply to translation datasets "
+                    f"({', '.join(sorted(translation))}); remove it from {name}"
+                )
+        return self
 
 
 # ---------------------------------------------------------------- prepare

@@ -6,12 +6,15 @@ expectations cannot express on raw lists or across splits:
   n_chars      characters of the text (conll2003: tokens joined by spaces)
   n_tokens / n_tags / bio_valid / tags_known   conll2003 only
   len_ratio    multi30k only: len(de) / len(en) (inf when en is empty)
+  en_looks_english / de_looks_german   multi30k only: the side's text looks like its language (looks_like)
   is_blank     wikitext only: empty line (a legitimate paragraph break there)
   is_duplicate the row's content already appeared earlier in the split (wikitext: non-blank lines only)
   in_test      train/validation only: the row's content also appears in the test split (leakage)
 """
 
 from __future__ import annotations
+
+import re
 
 import datasets
 import great_expectations as gx
@@ -20,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import DatasetChecks
-from pipeline.data.readers import FEATURES, NER_TAGS
+from pipeline.data.readers import FEATURES, MIRROR_FILES, NER_TAGS
 
 ROW = "row"
 # columns shown when a row is reported as offending
@@ -39,6 +42,56 @@ TEXT_COLUMNS: dict[str, list[str]] = {
     "wikitext": ["text"],
 }
 WIKITEXT_MAX_BLANK_FRACTION = 0.5  # real WikiText-2: about a third of the lines are blank paragraph breaks
+
+# ---------------------------------------------------------------- language of a translation side
+LANGUAGE_NAMES = {"en": "English", "de": "German"}
+_WORD = re.compile(r"[^\W\d_]+")  # a run of letters
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of `text` (letters only: digits and punctuation split words)."""
+    return _WORD.findall(text.lower())
+
+
+# closed-class words (articles, prepositions, pronouns, auxiliaries, small numerals) frequent in image captions,
+# each spelled differently in the other language; words of both ("in", "an", "was", "man", "hat") are left out
+LANGUAGE_MARKERS: dict[str, frozenset[str]] = {
+    "en": frozenset(
+        words(
+            "the a of and is are on with at to for from by his her its their while this that some who into near "
+            "two three four"
+        )
+    ),
+    "de": frozenset(
+        words(
+            "der die das den dem des ein eine einen einem einer eines und mit auf ist sind im am zum zur vom beim "
+            "von zu bei sich seine ihre ihrem ihren für über während zwei drei vier"
+        )
+    ),
+}
+LANGUAGE_LETTERS = {"de": frozenset("äöüß")}  # a word with one of these is a marker too
+
+
+def language_markers(text: str) -> dict[str, int]:
+    """language -> how many words of `text` are markers of it (each word counts at most once per language)."""
+    found = words(text)
+    letters = {lang: LANGUAGE_LETTERS.get(lang, frozenset()) for lang in LANGUAGE_MARKERS}
+    return {
+        lang: sum(w in markers or not letters[lang].isdisjoint(w) for w in found)
+        for lang, markers in LANGUAGE_MARKERS.items()
+    }
+
+
+def looks_like(text: str | None, lang: str) -> bool:
+    """`text` has at least one marker of `lang` and no more markers of any other language."""
+    if not isinstance(text, str):
+        return False
+    counts = language_markers(text)
+    return counts[lang] >= 1 and all(n <= counts[lang] for other, n in counts.items() if other != lang)
+
+
+def language_column(side: str) -> str:
+    return f"{side}_looks_{LANGUAGE_NAMES[side].lower()}"
 
 
 # ---------------------------------------------------------------- frames
@@ -87,6 +140,8 @@ def _base_frame(name: str, ds: datasets.Dataset) -> pd.DataFrame:
         frame["n_chars_de"] = de_len
         ratio = (de_len / en_len).astype("float64")  # null when a side is null
         frame["len_ratio"] = ratio.mask(en_len.eq(0) | de_len.eq(0), 0.0)  # an empty side: out of any bounds
+        for side in ("en", "de"):
+            frame[language_column(side)] = raw[side].map(lambda text, side=side: looks_like(text, side)).astype(bool)
         frame["_key"] = raw["en"] + "\t" + raw["de"]
     else:  # wikitext
         frame["text"] = raw["text"]
@@ -126,7 +181,7 @@ def frame_columns(name: str) -> list[str]:
         "emotion": ["text", "label", "n_chars"],
         "sst2": ["text", "label", "n_chars"],
         "conll2003": ["text", "tags", "n_chars", "n_tokens", "n_tags", "tags_known", "bio_valid"],
-        "multi30k": ["en", "de", "n_chars_en", "n_chars_de", "len_ratio"],
+        "multi30k": ["en", "de", "n_chars_en", "n_chars_de", "len_ratio", *map(language_column, ("en", "de"))],
         "wikitext": ["text", "n_chars", "is_blank"],
     }
     return [ROW, *per_kind[name], "is_duplicate", "in_test"]
@@ -162,16 +217,53 @@ def _kind_expectations(name: str, checks: DatasetChecks) -> list:
             gxe.ExpectColumnValuesToBeInSet(column="bio_valid", value_set=[True]),
         ]
     if name == "multi30k":
-        if checks.min_length_ratio is None and checks.max_length_ratio is None:
-            return [gxe.ExpectColumnValuesToNotBeNull(column="len_ratio")]
-        return [
-            gxe.ExpectColumnValuesToNotBeNull(column="len_ratio"),
-            gxe.ExpectColumnValuesToBeBetween(
-                column="len_ratio",
-                min_value=checks.min_length_ratio,
-                max_value=checks.max_length_ratio,
-                mostly=checks.length_ratio_mostly,
-            ),
-        ]
+        out = [gxe.ExpectColumnValuesToNotBeNull(column="len_ratio")]
+        if checks.min_length_ratio is not None or checks.max_length_ratio is not None:
+            out.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="len_ratio",
+                    min_value=checks.min_length_ratio,
+                    max_value=checks.max_length_ratio,
+                    mostly=checks.length_ratio_mostly,
+                )
+            )
+        if checks.language_check_mostly is not None:
+            out += [_language_expectation(name, side, checks.language_check_mostly) for side in ("en", "de")]
+        return out
     # wikitext: blank lines are paragraph breaks, but a file that is mostly blank is broken
     return [gxe.ExpectColumnMeanToBeBetween(column="is_blank", min_value=0, max_value=WIKITEXT_MAX_BLANK_FRACTION)]
+
+
+def _language_expectation(name: str, side: str, mostly: float):
+    """At least `mostly` of the `side` texts look like that language (looks_like)."""
+    language = LANGUAGE_NAMES[side]
+    others = "/".join(LANGUAGE_NAMES[lang] for lang in LANGUAGE_NAMES if lang != side)
+    files = ", ".join(_side_file(name, split, side) for split in MIRROR_FILES[name])
+    return gxe.ExpectColumnValuesToBeInSet(
+        column=language_column(side),
+        value_set=[True],
+        mostly=mostly,
+        description=(
+            f"The {side!r} side of each pair (files {files}) is {language}: at least {mostly:.0%} of its texts "
+            f"hold at least one {language} function word and no more {others} markers than {language} ones."
+        ),
+    )
+
+
+def failure_hint(name: str, split: str, column: str | None) -> str | None:
+    """What a failed expectation on `column` most likely means for this split's source files, if known."""
+    sides = {language_column(side): side for side in LANGUAGE_NAMES} if name == "multi30k" else {}
+    if column not in sides:
+        return None
+    side = sides[column]
+    pair = " and ".join(_side_file(name, split, s) for s in LANGUAGE_NAMES)
+    return (
+        f"the {side!r} side of split {split!r} ({_side_file(name, split, side)}) does not look "
+        f"{LANGUAGE_NAMES[side]}: the languages look swapped ({pair} exchanged?) or wrong"
+    )
+
+
+def _side_file(name: str, split: str, side: str) -> str:
+    """The mirror file one side of a translation split is read from (e.g. train.en.gz)."""
+    (file,) = [f for f in MIRROR_FILES[name][split] if f.split(".")[-2] == side]
+    return file

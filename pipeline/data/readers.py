@@ -9,7 +9,9 @@ Broken files raise SourceDataError naming the file, the line, the field and what
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,8 @@ MIRROR_FILES: dict[str, dict[str, tuple[str, ...]]] = {
     "wikitext": {"train": ("wiki.train.raw",), "validation": ("wiki.valid.raw",), "test": ("wiki.test.raw",)},
 }
 OPTIONAL_SPLITS: dict[str, set[str]] = {"wikitext": {"train"}}  # this mirror has no wiki.train.raw
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
 DEFAULT_SST2_VALIDATION_SIZE = 872
@@ -110,13 +114,24 @@ def has_mirror(name: str, mirror_dir: Path | None) -> bool:
 
 
 # ---------------------------------------------------------------- decoding
+def strip_bom(raw: bytes, path: Path) -> bytes:
+    """`raw` without a leading UTF-8 byte-order mark (some editors write one; it would stick to the first text).
+    Logs at INFO, naming `path`, when one was stripped."""
+    if not raw.startswith(codecs.BOM_UTF8):
+        return raw
+    log.info("%s: stripped a UTF-8 byte-order mark (BOM) at the start of the file", path)
+    return raw[len(codecs.BOM_UTF8) :]
+
+
 def _decode(path: Path) -> str:
+    """The file's text (gzip-decompressed when *.gz, BOM stripped); every reader reads through here."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise SourceDataError(f"{path}: not a valid gzip file ({err}); the file is damaged or truncated") from None
+    raw = strip_bom(raw, path)
     if not raw.strip():
         raise SourceDataError(f"{path}: empty file (expected at least one record)")
     try:

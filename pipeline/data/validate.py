@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.core.config import DATASETS, Params
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.core.paths import raw_dir, validation_docs, validation_report
-from pipeline.data.expectations import DISPLAY_COLUMNS, ROW, build_frames, build_suite
+from pipeline.data.expectations import DISPLAY_COLUMNS, ROW, build_frames, build_suite, failure_hint
 from pipeline.data.readers import FEATURES
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ def _result_entry(result, frame: pd.DataFrame, name: str) -> dict:
         "kwargs": _jsonable(kwargs),
         "success": bool(result.success),
     }
+    if config.description:
+        entry["description"] = config.description
     if result.exception_info and result.exception_info.get("raised_exception"):
         entry["error"] = result.exception_info.get("exception_message")
     if "observed_value" in details:
@@ -205,6 +207,9 @@ def summarize_failures(report: dict) -> str:
             observed = f"observed {r['observed_value']}" if "observed_value" in r else ""
             detail = "; ".join(x for x in (what, observed, r.get("error", "")) if x)
             lines.append(f"  - split {split!r}: {r['expectation']} on {where} ({args}) failed: {detail}")
+            hint = failure_hint(name, split, r["column"])
+            if hint:
+                lines.append(f"      {hint}")
             for row in r.get("offending_rows", [])[:3]:
                 lines.append(f"      e.g. {json.dumps(row, ensure_ascii=False)}")
     lines.append(

@@ -2,10 +2,12 @@
 
 Each Corruption edits files under a mirror root in place and says where the pipeline must stop
 (`ingest` or `validate`) and which fragments the error message must contain (file/split, field/expectation).
+Each Repair edits files in a way the readers must tolerate: the data comes out as from the clean files.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,6 +164,20 @@ def text_too_long(m: Path) -> None:
     replace_line(path, 12, b"i feel " + b"very " * 100 + b"tired;sadness")
 
 
+def swapped_translation(m: Path) -> None:
+    """train.en.gz and train.de.gz exchanged: line-aligned and well-formed, but each side is the other language."""
+    en, de = m / "multi30k" / "train.en.gz", m / "multi30k" / "train.de.gz"
+    en_bytes = en.read_bytes()
+    en.write_bytes(de.read_bytes())
+    de.write_bytes(en_bytes)
+
+
+def bom_emotion(m: Path) -> None:
+    """A UTF-8 byte-order mark at the start of the file (as some Windows editors save it)."""
+    path = m / "emotion" / "train.txt"
+    path.write_bytes(codecs.BOM_UTF8 + path.read_bytes())
+
+
 def wikitext_mostly_blank(m: Path) -> None:
     """Most paragraphs wiped out (blank lines are legitimate breaks, but not 80 % of the file)."""
     edit(m / "wikitext-2" / "wiki.valid.raw", lambda lines: [b" " if i % 5 else line for i, line in enumerate(lines)])
@@ -265,6 +281,20 @@ CORRUPTIONS: list[Corruption] = [
         ("split 'train'", "expect_column_value_lengths_to_be_between", "max_value=400", '"row": 11'),
     ),
     Corruption(
+        "swapped_translation",
+        "multi30k",
+        swapped_translation,
+        "validate",
+        (
+            "split 'train'",
+            "column 'en_looks_english'",
+            "the 'en' side of split 'train' (train.en.gz) does not look English",
+            "column 'de_looks_german'",
+            "the 'de' side of split 'train' (train.de.gz) does not look German",
+            "languages look swapped",
+        ),
+    ),
+    Corruption(
         "wikitext_mostly_blank",
         "wikitext",
         wikitext_mostly_blank,
@@ -272,3 +302,14 @@ CORRUPTIONS: list[Corruption] = [
         ("split 'validation'", "column 'is_blank'", "max_value=0.5"),
     ),
 ]
+
+
+@dataclass(frozen=True)
+class Repair:
+    kind: str
+    dataset: str
+    apply: Callable[[Path], None]
+    file: str  # the edited file, relative to the mirror root: the reader's log must name it
+
+
+REPAIRS: list[Repair] = [Repair("bom", "emotion", bom_emotion, "emotion/train.txt")]

@@ -7,6 +7,7 @@ so each failure below is caused by its corruption alone.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -18,9 +19,9 @@ import pytest
 
 from pipeline.core.config import DATASETS, MIRROR_ENV
 from pipeline.data.ingest import ingest_dataset
-from pipeline.data.readers import SourceDataError
+from pipeline.data.readers import SourceDataError, read_mirror
 from pipeline.data.validate import DataValidationError, validate_dataset
-from tests.data.corruptions import CORRUPTIONS, Corruption
+from tests.data.corruptions import CORRUPTIONS, REPAIRS, Corruption, Repair
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +76,23 @@ def test_bad_input_stops_with_a_specific_message(corruption: Corruption, in_tmp_
             and Path(f"data/validation/{corruption.dataset}.json").is_file()
         )
     assert_nothing_half_written(corruption.dataset, stage)
+
+
+@pytest.mark.parametrize("repair", REPAIRS, ids=[r.kind for r in REPAIRS])
+def test_tolerated_input_comes_out_clean(
+    repair: Repair, in_tmp_repo, small_mirror, small_mirror_copy, make_params, caplog
+):
+    """The readers repair this input: ingest and validate pass and data/raw equals what the clean files give."""
+    repair.apply(small_mirror_copy)
+    with caplog.at_level(logging.INFO, logger="pipeline.data.readers"):
+        stage, err = run_data_stages(repair.dataset, make_params(small_mirror_copy))
+    assert (stage, err) == ("done", None)
+    assert f"{small_mirror_copy / repair.file}: stripped a UTF-8 byte-order mark" in caplog.text
+    clean = read_mirror(repair.dataset, small_mirror)
+    ingested = datasets.load_from_disk(str(Path("data/raw") / repair.dataset))
+    for split, ds in clean.items():
+        assert ingested[split].to_dict() == ds.to_dict(), f"split {split!r} differs from the clean files"
+    assert not ingested["train"][0]["text"].startswith("\ufeff")
 
 
 def test_at_least_eleven_kinds_of_bad_input():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from pipeline.data.readers import (
     carve_validation,
     read_mirror,
     split_files,
+    strip_bom,
 )
 
 
@@ -124,6 +127,69 @@ def test_carve_validation_rejects_impossible_size(tmp_path):
 def test_mirror_root_is_accepted_for_the_dataset_folder(tmp_path):
     emotion_folder(tmp_path)
     assert len(read_mirror("emotion", tmp_path)["train"]) == 2
+
+
+# ---------------------------------------------------------------- byte-order mark
+BOM = codecs.BOM_UTF8
+
+
+def test_strip_bom_removes_a_leading_bom_only_and_logs_the_file(caplog):
+    path = Path("some/train.txt")
+    with caplog.at_level(logging.INFO, logger="pipeline.data.readers"):
+        assert strip_bom(BOM + b"i feel;joy\n", path) == b"i feel;joy\n"
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "some/train.txt" in caplog.text and "byte-order mark" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.data.readers"):
+        assert strip_bom(b"i feel;joy\n", path) == b"i feel;joy\n"
+        assert strip_bom(b"a\n" + BOM + b"b\n", path) == b"a\n" + BOM + b"b\n"  # only at the start of the file
+    assert caplog.records == []
+
+
+def _prepend_bom(path: Path) -> None:
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(BOM + gzip.decompress(data)))
+    else:
+        path.write_bytes(BOM + data)
+
+
+def _wikitext_folder(root: Path) -> Path:
+    folder = root / "wikitext-2"
+    write(folder / "wiki.valid.raw", " = Title = \n")
+    write(folder / "wiki.test.raw", " = T = \n")
+    return folder
+
+
+# every reader: (dataset, folder builder, file given a BOM, split, column, first value without the BOM)
+BOM_CASES = [
+    ("emotion", emotion_folder, "train.txt", "train", "text", "i feel good"),
+    ("sst2", sst2_folder, "dev.tsv", "test", "text", "a fine film"),  # the BOM sits before the header
+    ("conll2003", conll_folder, "train.txt", "train", "tokens", ["EU", "rejects"]),  # before -DOCSTART-
+    ("conll2003", conll_folder, "valid.txt", "validation", "tokens", ["BRUSSELS"]),  # before a token
+    ("multi30k", multi30k_folder, "train.en.gz", "train", "en", "A dog."),
+    ("multi30k", multi30k_folder, "train.de.gz", "train", "de", "Ein Hund."),
+    ("wikitext", _wikitext_folder, "wiki.valid.raw", "validation", "text", " = Title = \n"),
+]
+
+
+@pytest.mark.parametrize(
+    "name,make_folder,file,split,column,expected", BOM_CASES, ids=[f"{c[0]}-{c[2]}" for c in BOM_CASES]
+)
+def test_every_reader_strips_a_bom(tmp_path, caplog, name, make_folder, file, split, column, expected):
+    folder = make_folder(tmp_path)
+    _prepend_bom(folder / file)
+    with caplog.at_level(logging.INFO, logger="pipeline.data.readers"):
+        ds = read_mirror(name, folder, validation_size=3)  # (validation_size: sst2 only)
+    assert ds[split][0][column] == expected
+    assert f"{folder / file}: stripped a UTF-8 byte-order mark" in caplog.text
+
+
+def test_a_file_holding_only_a_bom_is_empty(tmp_path):
+    folder = emotion_folder(tmp_path)
+    write(folder / "val.txt", BOM + b"\n")
+    with pytest.raises(SourceDataError, match=r"val\.txt: empty file"):
+        read_mirror("emotion", folder)
 
 
 # ---------------------------------------------------------------- errors

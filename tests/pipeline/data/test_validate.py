@@ -8,7 +8,16 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipeline.data.expectations import bio_valid, build_frames, build_suite, frame_columns
+from pipeline.data.expectations import (
+    bio_valid,
+    build_frames,
+    build_suite,
+    failure_hint,
+    frame_columns,
+    language_column,
+    language_markers,
+    looks_like,
+)
 from pipeline.data.readers import FEATURES, NER_TAGS
 from pipeline.data.validate import DataValidationError, validate_dataset
 
@@ -92,6 +101,62 @@ def test_suite_thresholds_come_from_params(make_params):
         if getattr(e, "column", None) == "len_ratio" and e.expectation_type == "expect_column_values_to_be_between"
     ]
     assert len(ratio) == 1 and (ratio[0].min_value, ratio[0].max_value, ratio[0].mostly) == (0.5, 2.0, 0.999)
+
+
+@pytest.mark.parametrize(
+    "text,lang,ok",
+    [
+        ("A man in a blue shirt is standing on a ladder.", "en", True),
+        ("Ein Mann in einem blauen Hemd steht auf einer Leiter.", "de", True),
+        ("Ein Mann in einem blauen Hemd steht auf einer Leiter.", "en", False),
+        ("A man in a blue shirt is standing on a ladder.", "de", False),
+        ("Zwei Frauen in Tank-Tops blicken in die Kamera.", "de", True),  # "in" belongs to neither language
+        ("Mädchen läuft über grüne Wiese.", "de", True),  # umlauts and ß are German markers
+        ("Young woman climbing rock face", "en", False),  # no marker at all
+        ("", "en", False),
+        (None, "de", False),
+    ],
+)
+def test_looks_like_needs_a_marker_and_no_more_of_the_other_language(text, lang, ok):
+    assert looks_like(text, lang) is ok
+
+
+def test_language_markers_count_words_not_substrings():
+    assert language_markers("The man and the dog") == {"en": 3, "de": 0}
+    assert language_markers("Theater, Dieb, Einstein") == {"en": 0, "de": 0}
+    assert language_markers("Die Frau und das Kind für Müller") == {"en": 0, "de": 5}
+
+
+def test_frames_flag_each_translation_side_that_is_not_its_language():
+    pairs = {"en": ["A dog on the grass.", "Ein Hund auf dem Gras."], "de": ["Ein Hund auf dem Gras.", "A dog."]}
+    ds = datasets.DatasetDict({"test": datasets.Dataset.from_dict(pairs, features=FEATURES["multi30k"])})
+    frame = build_frames("multi30k", ds)["test"]
+    assert language_column("en") == "en_looks_english" and language_column("de") == "de_looks_german"
+    assert frame["en_looks_english"].tolist() == [True, False]
+    assert frame["de_looks_german"].tolist() == [True, False]
+
+
+def test_language_check_comes_from_params_and_names_the_files(make_params):
+    checks = make_params().validate_.datasets["multi30k"]
+    assert checks.language_check_mostly == 0.9
+    suite = build_suite("multi30k", checks)
+    found = {e.column: e for e in suite.expectations if getattr(e, "column", "").endswith(("english", "german"))}
+    assert set(found) == {"en_looks_english", "de_looks_german"}
+    en = found["en_looks_english"]
+    assert (en.value_set, en.mostly) == ([True], 0.9)
+    assert "train.en.gz" in en.description and "at least 90% of its texts" in en.description
+    off = make_params(validate={"datasets": {"multi30k": {"language_check_mostly": None}}})
+    suite = build_suite("multi30k", off.validate_.datasets["multi30k"])
+    assert not [e for e in suite.expectations if getattr(e, "column", "") == "en_looks_english"]
+
+
+def test_failure_hint_names_the_split_file_of_a_language_column_only():
+    assert failure_hint("multi30k", "test", "de_looks_german") == (
+        "the 'de' side of split 'test' (test_2016_flickr.de.gz) does not look German: the languages look swapped "
+        "(test_2016_flickr.en.gz and test_2016_flickr.de.gz exchanged?) or wrong"
+    )
+    assert failure_hint("multi30k", "train", "len_ratio") is None
+    assert failure_hint("emotion", "train", "text") is None
 
 
 # ---------------------------------------------------------------- validate_dataset
@@ -196,3 +261,27 @@ def test_missing_column_is_reported_without_running_the_suite(in_tmp_repo, make_
 def test_missing_raw_data_says_run_ingest(in_tmp_repo, make_params):
     with pytest.raises(FileNotFoundError, match=r"data/raw/sst2 not found: run the ingest stage first"):
         validate_dataset("sst2", make_params())
+
+
+def test_swapped_translation_sides_fail_naming_split_side_and_files(in_tmp_repo, make_params):
+    en = [f"A dog with {i} balls runs on the grass." for i in range(30)]
+    de = [f"Ein Hund mit {i} Bällen läuft auf dem Gras." for i in range(30)]
+    save_raw(
+        "multi30k",
+        {
+            "train": {"en": de[:20], "de": en[:20]},  # the two files swapped
+            "validation": {"en": en[20:25], "de": de[20:25]},
+            "test": {"en": en[25:], "de": de[25:]},
+        },
+    )
+    with pytest.raises(DataValidationError) as err:
+        validate_dataset("multi30k", make_params())
+    message = str(err.value)
+    assert "Data validation failed for dataset 'multi30k'" in message
+    for side, language in (("en", "English"), ("de", "German")):
+        column = f"{side}_looks_{language.lower()}"
+        assert f"split 'train': expect_column_values_to_be_in_set on column {column!r}" in message, message
+        assert f"the {side!r} side of split 'train' (train.{side}.gz) does not look {language}" in message
+    assert "languages look swapped (train.en.gz and train.de.gz exchanged?) or wrong" in message
+    assert "20 unexpected of 20 rows" in message
+    assert "split 'validation'" not in message and "split 'test'" not in message
