@@ -136,7 +136,7 @@ class ValidateConfig(Strict):
             if used and name not in translation:
                 raise ValueError(
                     f"datasets.{name}: {', '.join(used)} only apply to translation datasets "
-                    f"({', '.join(sorted(translation))}); remove it from {name}"
+                    f"({', '.join(sorted(translation))}); remove from {name}"
                 )
         return self
 
