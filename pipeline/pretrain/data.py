@@ -6,7 +6,8 @@
   sentences are grouped into chunks of about `block_size - 3` tokens and each chunk is cut at a random
   sentence boundary into segments A and B. Half of the pairs keep the true B (IsNext, label 0), the other half
   take B from a random other document (NotNext, label 1). Only documents with at least two sentences give pairs;
-  any document can supply a random B. Masking (15%, 80/10/10) happens per batch in the collator.
+  any document can supply a random B. Masking happens per batch in mlm_collator: `mlm_probability` (15%) of the
+  non-special tokens are picked; of those 80% become [MASK], 10% a random token, 10% stay as they are.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import random
 import re
 
 import torch
+from transformers import DataCollatorForLanguageModeling
 
 log = logging.getLogger(__name__)
 
 IS_NEXT, NOT_NEXT = 0, 1  # BertForPreTraining's next_sentence_label convention
+# BERT's masking of the picked tokens: this share becomes [MASK], this share a random token, the rest stays.
+MASK_REPLACE_PROB, RANDOM_REPLACE_PROB = 0.8, 0.1
 # Sentence end: . ! or ? followed by whitespace and something that starts a sentence.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
 
@@ -73,7 +77,7 @@ def split_sentences(doc: str) -> list[str]:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """BERT pretraining pairs as lists of ids; DataCollatorForLanguageModeling pads and masks them."""
+    """BERT pretraining pairs as lists of ids; mlm_collator pads and masks them."""
 
     def __init__(self, examples: list[dict]):
         self.examples = examples
@@ -181,3 +185,19 @@ def cap(dataset: torch.utils.data.Dataset, max_examples: int) -> torch.utils.dat
     if len(dataset) <= max_examples:
         return dataset
     return torch.utils.data.Subset(dataset, range(max_examples))
+
+
+def mlm_collator(tokenizer, mlm_probability: float, seed: int | None = None) -> DataCollatorForLanguageModeling:
+    """Pads PairDataset examples and masks them for MLM: each non-special token (the examples'
+    special_tokens_mask: [CLS], [SEP]; padding too) is picked with `mlm_probability`; a picked token gets its id
+    as label (-100 elsewhere) and becomes [MASK] (80%), a random token (10%) or stays (10%). With `seed` the masks
+    come from the collator's own generator (a new collator with the same seed repeats them); without, from torch's
+    global one (seeded by the trainer)."""
+    return DataCollatorForLanguageModeling(
+        tokenizer,
+        mlm=True,
+        mlm_probability=mlm_probability,
+        mask_replace_prob=MASK_REPLACE_PROB,
+        random_replace_prob=RANDOM_REPLACE_PROB,
+        seed=seed,
+    )

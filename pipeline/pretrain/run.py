@@ -35,7 +35,6 @@ import torch
 from transformers import (
     BertConfig,
     BertForPreTraining,
-    DataCollatorForLanguageModeling,
     GPT2Config,
     GPT2LMHeadModel,
     Trainer,
@@ -50,7 +49,7 @@ from pipeline.core.config import PRETRAINED_FAMILIES, Params, PretrainModelConfi
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.data.corpus import read_corpus
 from pipeline.models.loading import load_tokenizer
-from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, nsp_pairs
+from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, mlm_collator, nsp_pairs
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 
@@ -142,7 +141,7 @@ def evaluate_gpt(model, dataset, batch_size: int) -> dict[str, float]:
 def evaluate_bert(model, dataset, tokenizer, mlm_probability: float, batch_size: int, seed: int) -> dict[str, float]:
     """MLM loss and accuracy on the masked positions, NSP loss and accuracy; the same masks on every call."""
     device, dtype = next(model.parameters()).device, device_dtype()[1]
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    collator = mlm_collator(tokenizer, mlm_probability, seed=seed)
     model.eval()
     mlm_loss = mlm_correct = masked = nsp_loss = nsp_correct = pairs = 0.0
     for batch in _batches(dataset, batch_size, collator):
@@ -296,8 +295,7 @@ def _datasets(family: str, cfg: PretrainModelConfig, tokenizer, seed: int):
         return train, cap(heldout, MAX_EVAL_EXAMPLES), default_data_collator
     train = nsp_pairs(train_docs, tokenizer, cfg.block_size, seed, "train corpus")
     heldout = nsp_pairs(heldout_docs, tokenizer, cfg.block_size, seed + 1, "held-out corpus")
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability)
-    return train, cap(heldout, MAX_EVAL_EXAMPLES), collator
+    return train, cap(heldout, MAX_EVAL_EXAMPLES), mlm_collator(tokenizer, cfg.mlm_probability)
 
 
 def evaluate_heldout(family: str, model, heldout, tokenizer, cfg: PretrainModelConfig, seed: int) -> dict[str, float]:

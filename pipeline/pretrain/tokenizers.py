@@ -6,12 +6,22 @@
 
 Both are saved as transformers tokenizer folders (tokenizer.json + tokenizer_config.json) that
 `AutoTokenizer.from_pretrained(folder)` loads with their special tokens set.
+
+Both are reproducible: the same corpus gives byte-identical files in every process. The byte-level BPE trainer
+already is (its alphabet is the 256 sorted bytes, merge ties are broken by token id). The WordPiece trainer is not
+on its own: it adds the '##c' continuation tokens in the iteration order of a randomly seeded Rust hash map (a new
+order per process, whatever PYTHONHASHSEED says), so their ids, and with them the merges picked among pairs of equal
+count (ties are broken by id), change from run to run; its `limit_alphabet` cut is an unstable sort by count, so
+which of several equally rare characters survive changes too. train_wordpiece therefore fixes both before training:
+it picks the alphabet itself (most frequent first, ties by code point) and hands the sorted '##c' tokens to the
+trainer as special tokens (ids right after [PAD]..[MASK]), then makes them ordinary vocabulary entries again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -52,24 +62,62 @@ def wordpiece_alphabet_limit(vocab_size: int) -> int:
     return max(1, min(WORDPIECE_ALPHABET_LIMIT, (vocab_size - len(BERT_SPECIALS)) // 3))
 
 
+def wordpiece_alphabet(tok: Tokenizer, texts: Iterable[str], limit: int, prefix: str) -> tuple[list[str], list[str]]:
+    """The characters WordPiece will keep and the continuation tokens (prefix + char) it will need, both sorted.
+
+    Counts characters over the words that `tok`'s normalizer and pre-tokenizer make of `texts`, as the trainer does,
+    and keeps the `limit` most frequent (ties by code point, so the cut is the same on every run). A continuation
+    token is needed for each kept character that occurs after the first character of some word."""
+    counts: Counter[str] = Counter()
+    inside: set[str] = set()
+    for text in texts:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            counts.update(word)
+            inside.update(word[1:])
+    kept = sorted(sorted(counts, key=lambda c: (-counts[c], c))[:limit])
+    return kept, [prefix + c for c in kept if c in inside]
+
+
+def _without_added_tokens(tok: Tokenizer, contents: set[str]) -> Tokenizer:
+    """`tok` with `contents` dropped from its added (special) tokens; they stay in the model vocabulary, same ids."""
+    state = json.loads(tok.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] not in contents]
+    return Tokenizer.from_str(json.dumps(state))
+
+
 def train_wordpiece(
     texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path, show_progress: bool = False
 ) -> PreTrainedTokenizerFast:
-    """Train a cased BERT WordPiece tokenizer on `texts` and save it to `out_dir`."""
-    specials = list(BERT_SPECIALS.values())  # ids 0..4 in this order: [PAD] [UNK] [CLS] [SEP] [MASK]
-    tok = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk_token"], continuing_subword_prefix="##"))
+    """Train a cased BERT WordPiece tokenizer on `texts` and save it to `out_dir` (byte-identical on every run).
+
+    Vocabulary ids: [PAD] [UNK] [CLS] [SEP] [MASK] (0..4), the '##c' continuation characters (sorted), the kept
+    characters (sorted), then the learned word pieces in the order they were merged."""
+    texts = list(_non_blank(texts))
+    if not texts:
+        raise ValueError("no text to train the WordPiece tokenizer on")
+    specials = list(BERT_SPECIALS.values())
+    prefix = "##"
+    tok = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk_token"], continuing_subword_prefix=prefix))
     tok.normalizer = normalizers.NFC()  # no lowercasing, no accent stripping: "Mädchen" stays "Mädchen"
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.decoder = decoders.WordPiece(prefix=prefix)
+    alphabet, continuations = wordpiece_alphabet(tok, texts, wordpiece_alphabet_limit(vocab_size), prefix)
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=specials,
-        limit_alphabet=wordpiece_alphabet_limit(vocab_size),
-        continuing_subword_prefix="##",
+        # the continuation tokens as specials: the trainer gives them these ids instead of hash-map-order ones
+        special_tokens=specials + continuations,
+        # exactly these characters: every other one is rarer, so the trainer's own cut removes just those
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        continuing_subword_prefix=prefix,
         show_progress=show_progress,
     )
-    tok.train_from_iterator(_non_blank(texts), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
+    unplanned = {t for t in tok.get_vocab() if t.startswith(prefix) and len(t) == len(prefix) + 1} - set(continuations)
+    if unplanned:  # the trainer saw other words than wordpiece_alphabet did: these ids would change from run to run
+        raise RuntimeError(f"WordPiece training added continuation tokens in hash order: {sorted(unplanned)[:10]}")
+    tok = _without_added_tokens(tok, set(continuations))  # ordinary word pieces again: matched, decoded as such
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS]:0 $A:0 [SEP]:0",
@@ -88,7 +136,8 @@ def train_wordpiece(
 def train_bpe(
     texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: str | Path, show_progress: bool = False
 ) -> PreTrainedTokenizerFast:
-    """Train a GPT-2 style byte-level BPE tokenizer on `texts` and save it to `out_dir`."""
+    """Train a GPT-2 style byte-level BPE tokenizer on `texts` and save it to `out_dir` (byte-identical on every
+    run: the trainer is deterministic here, see the module docstring)."""
     tok = Tokenizer(models.BPE())  # byte-level: every byte is in the alphabet, so no unk token is needed
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -1,16 +1,25 @@
-"""Pretraining examples: GPT blocks and BERT sentence pairs from the tiny real corpus (no training)."""
+"""Pretraining examples: GPT blocks and BERT sentence pairs from the tiny real corpus, and the MLM masking (no
+training)."""
 
 from __future__ import annotations
 
-import pytest
+import random
 
+import pytest
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from pipeline.core.config import parse_params
 from pipeline.data.corpus import CorpusError, read_corpus
 from pipeline.models.loading import load_tokenizer
 from pipeline.pretrain.data import (
     IS_NEXT,
+    MASK_REPLACE_PROB,
     NOT_NEXT,
+    RANDOM_REPLACE_PROB,
     PretrainDataError,
     lm_blocks,
+    mlm_collator,
     nsp_pairs,
     split_sentences,
 )
@@ -100,3 +109,58 @@ def test_bert_pairs_need_multi_sentence_documents(tokenizers):
 def test_missing_corpus_says_which_stage_to_run(in_tmp_repo):
     with pytest.raises(CorpusError, match=r"data/corpus/train.txt not found.*flows.data corpus"):
         read_corpus("train")
+
+
+def _synthetic_pairs(tok, n: int, seed: int) -> list[dict]:
+    """`n` PairDataset-style examples of random ordinary tokens, of varying lengths (so batches get padding)."""
+    rng = random.Random(seed)
+    ordinary = [i for i in range(len(tok)) if i not in tok.all_special_ids]
+    examples = []
+    for _ in range(n):
+        a = rng.choices(ordinary, k=rng.randint(5, 40))
+        b = rng.choices(ordinary, k=rng.randint(5, 40))
+        ids = [tok.cls_token_id, *a, tok.sep_token_id, *b, tok.sep_token_id]
+        examples.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1),
+                "attention_mask": [1] * len(ids),
+                "special_tokens_mask": [1] + [0] * len(a) + [1] + [0] * len(b) + [1],
+                "next_sentence_label": rng.choice([IS_NEXT, NOT_NEXT]),
+            }
+        )
+    return examples
+
+
+def test_mlm_collator_picks_the_configured_share_and_masks_80_10_10(tokenizers, default_params_dict):
+    tok = tokenizers["bert"]
+    probability = parse_params(default_params_dict).pretrain.bert.mlm_probability
+    examples = _synthetic_pairs(tok, 1500, seed=0)
+    batch = mlm_collator(tok, probability, seed=7)(examples)
+    ids = [torch.tensor(e["input_ids"]) for e in examples]
+    original = pad_sequence(ids, batch_first=True, padding_value=tok.pad_token_id)  # [batch, seq]
+    inputs, labels = batch["input_ids"], batch["labels"]  # [batch, seq]
+    assert inputs.shape == labels.shape == original.shape
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "next_sentence_label", "labels"}
+
+    special = torch.isin(original, torch.tensor([tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]))
+    assert (original == tok.pad_token_id).any(), "the batch has padding"
+    picked = labels != -100
+    assert not (picked & special).any(), "[CLS]/[SEP]/[PAD] are never picked"
+    assert (inputs[~picked] == original[~picked]).all(), "tokens that were not picked are left alone"
+    assert (labels[picked] == original[picked]).all(), "a picked token's label is its original id"
+
+    ordinary = (~special).sum().item()
+    n = picked.sum().item()
+    assert ordinary > 50_000
+    assert abs(n / ordinary - probability) < 0.01
+    became_mask = (inputs[picked] == tok.mask_token_id).sum().item() / n
+    unchanged = (inputs[picked] == original[picked]).sum().item() / n
+    random_other = 1 - became_mask - unchanged
+    assert abs(became_mask - MASK_REPLACE_PROB) < 0.025
+    assert abs(random_other - RANDOM_REPLACE_PROB) < 0.02
+    assert abs(unchanged - (1 - MASK_REPLACE_PROB - RANDOM_REPLACE_PROB)) < 0.02
+    assert (MASK_REPLACE_PROB, RANDOM_REPLACE_PROB) == (0.8, 0.1)
+
+    again = mlm_collator(tok, probability, seed=7)(examples)
+    assert torch.equal(again["input_ids"], inputs) and torch.equal(again["labels"], labels), "seeded: same masks"

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import unicodedata
+from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer
 
 from pipeline.core import paths
@@ -18,6 +24,7 @@ from pipeline.pretrain.tokenizers import (
     train_bpe,
     train_tokenizers,
     train_wordpiece,
+    wordpiece_alphabet,
 )
 
 GERMAN = "Ein Mädchen läuft über die Straße, während große Hunde müde schlafen."
@@ -150,3 +157,71 @@ def test_train_tokenizers_needs_the_corpus(in_tmp_repo, default_params_dict):
     with pytest.raises(CorpusError, match="no text lines"):
         train_tokenizers(_params(default_params_dict))
     assert not paths.TOKENIZERS.exists()
+
+
+# Trains both tokenizers in a fresh interpreter: the WordPiece trainer's hash maps are seeded per process.
+_TRAIN_BOTH = """
+import json, sys
+from pathlib import Path
+from pipeline.pretrain.tokenizers import train_bpe, train_wordpiece
+texts = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+out = Path(sys.argv[2])
+train_wordpiece(texts, vocab_size=150, min_frequency=2, out_dir=out / "bert")
+train_bpe(texts, vocab_size=400, min_frequency=2, out_dir=out / "gpt")
+"""
+# Characters that occur once each, so the WordPiece alphabet cut (a third of vocab_size 150: 48 of the corpus's
+# ~70 characters) falls among equally rare ones.
+RARE = "Ωmega ✓ ẞ Ææ Øø Åå Çç Ññ Ŧŧ Ŋŋ Þþ Ðð"
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_training_twice_in_separate_processes_gives_identical_files(tmp_path, repo_root):
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([*CORPUS, RARE]), encoding="utf-8")
+    hashes = []
+    for run, hash_seed in (("first", "1"), ("second", "2")):
+        env = {**os.environ, "PYTHONPATH": str(repo_root), "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1"}
+        subprocess.run(
+            [sys.executable, "-c", _TRAIN_BOTH, str(corpus), str(tmp_path / run)], env=env, cwd=tmp_path, check=True
+        )
+        hashes.append(_file_hashes(tmp_path / run))
+    assert set(hashes[0]) == {f"{f}/{n}" for f in ("bert", "gpt") for n in ("tokenizer.json", "tokenizer_config.json")}
+    assert hashes[0] == hashes[1]
+
+
+def test_wordpiece_vocabulary_order_is_canonical(tmp_path):
+    train_wordpiece([*CORPUS, RARE], vocab_size=150, min_frequency=2, out_dir=tmp_path)
+    state = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    ids = sorted(state["model"]["vocab"], key=state["model"]["vocab"].get)
+    continuations = [t for t in ids if t.startswith("##") and len(t) == 3]
+    chars = [t for t in ids if len(t) == 1]
+    assert ids[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert ids[5 : 5 + len(continuations) + len(chars)] == continuations + chars
+    assert continuations == sorted(continuations) and chars == sorted(chars)
+    assert len(chars) == 48  # wordpiece_alphabet_limit(150)
+    # the continuation tokens were specials only while training: now ordinary pieces, kept when decoding
+    assert [t["content"] for t in state["added_tokens"]] == ids[:5]
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    pieces = tok.tokenize("Brusselsberlin")
+    assert any(p in continuations for p in pieces)
+    assert tok.decode(tok("Brusselsberlin")["input_ids"], skip_special_tokens=True) == "Brusselsberlin"
+
+
+def test_wordpiece_alphabet_keeps_the_most_frequent_characters_ties_by_code_point():
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # a, b, c: 3 each; ".", x, y, z: 1 each ("." is a word of its own: punctuation never continues a word)
+    texts = ["abc cab.", "bca zyx"]
+    kept, continuations = wordpiece_alphabet(tok, texts, limit=5, prefix="##")
+    assert kept == [".", "a", "b", "c", "x"]  # the tie among the rare ones is cut by code point: "." < x < y < z
+    assert continuations == ["##a", "##b", "##c", "##x"]  # only kept characters that occur inside a word
+    kept, continuations = wordpiece_alphabet(tok, texts, limit=100, prefix="##")
+    assert kept == [".", "a", "b", "c", "x", "y", "z"] and continuations == ["##a", "##b", "##c", "##x", "##y"]
