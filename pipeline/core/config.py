@@ -431,10 +431,12 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise ParamsError(_format_errors(err, source)) from None
 
 
-SELECTED = object()  # load_params' default profile: HT_PROFILE, else the one params.effective.yaml records
+# load_params' default profile: HT_PROFILE, else the one params.effective.yaml records. A string compared by value,
+# not an object() sentinel: Prefect re-executes a served flow's module, and a second object() would not match.
+SELECTED = "<selected>"
 
 
-def load_params(path: str | Path | None = None, *, profile: str | None | object = SELECTED) -> Params:
+def load_params(path: str | Path | None = None, *, profile: str | None = SELECTED) -> Params:
     """The validated params of the repository whose params.yaml is `path` (default: ./params.yaml), composed in
     memory with `profile` (None: no profile; default: HT_PROFILE, else the profile recorded in
     params.effective.yaml, else none). A stage run by hand, outside DVC, so gets the params DVC would give it."""
@@ -445,7 +447,7 @@ def load_params(path: str | Path | None = None, *, profile: str | None | object 
             f"{profiles.PROFILES_DIR}/), not another file"
         )
     root = path.parent
-    chosen = profiles.selected_profile(root) if profile is SELECTED else profile
+    chosen = profiles.selected_profile(root) if profile == SELECTED else profile
     return parse_params(profiles.effective_mapping(root, chosen), profiles.composed_source(root, chosen))
 
 
