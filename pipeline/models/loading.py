@@ -141,7 +141,8 @@ def check_tokenizer_folder(path: str | Path) -> Path:
     return folder
 
 
-def _checked_path(model_name: str, params: Params) -> str:
+def checked_model_path(model_name: str, params: Params) -> str:
+    """resolve_model_path, with a local folder checked (config, safetensors weights, tokenizer) before use."""
     path = resolve_model_path(model_name, params)
     if Path(path).is_dir():
         check_checkpoint_folder(path)
@@ -170,6 +171,6 @@ def load_model(model_name: str, params: Params, auto_cls=None, **kwargs):
     from transformers import AutoModel
 
     auto_cls = auto_cls or AutoModel
-    path = _checked_path(model_name, params)
+    path = checked_model_path(model_name, params)
     log.info("loading %s as %s from %s", model_name, auto_cls.__name__, path)
     return auto_cls.from_pretrained(path, use_safetensors=True, trust_remote_code=False, **kwargs)

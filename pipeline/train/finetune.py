@@ -37,12 +37,9 @@ def param_count(model: torch.nn.Module) -> int:
 
 def weights_path(model: str, params: Params) -> Path:
     """The checked folder (safetensors weights and a tokenizer) or hub id the model starts from."""
-    from pipeline.models.loading import check_checkpoint_folder, resolve_model_path
+    from pipeline.models.loading import checked_model_path
 
-    path = resolve_model_path(model, params)
-    if Path(path).is_dir():
-        check_checkpoint_folder(path)
-    return Path(path)
+    return Path(checked_model_path(model, params))
 
 
 def _device_settings() -> dict:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import tempfile
 import time
@@ -29,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.core.config import Params
-from pipeline.core.io import atomic_file
+from pipeline.core.io import atomic_file, write_json
 from pipeline.models.pyfunc import texts_of
 from pipeline.models.seq2seq_rnn import (
     EOS_IDX,
@@ -304,12 +303,9 @@ class RNNText2Text(Text2TextModel):
     def _save(self, optimizer, scheduler, state: dict) -> None:
         self.ckpt.mkdir(parents=True, exist_ok=True)
         _atomic_save_weights(self.model, self.ckpt / "last.safetensors")
-        tmp = self.ckpt / "optimizer.pt.tmp"
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
-        os.replace(tmp, self.ckpt / "optimizer.pt")
-        tmp = self.ckpt / f"{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.ckpt / STATE_FILE)  # written last: it says the files above are complete
+        with atomic_file(self.ckpt / "optimizer.pt") as tmp:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
+        write_json(self.ckpt / STATE_FILE, state)  # written last: it says the files above are complete
 
     # -------------------------------------------------------- test, latency, attention, registry
     def predict_test(self) -> list[list[str]]:
