@@ -10,7 +10,6 @@ checkpoints/train-<model>-<task>/ and are resumed from. The test split is decode
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pipeline.models.pyfunc import texts_of
 from pipeline.train.family import AttentionMap, TrainOutcome
 from pipeline.train.hf_trainer import best_epoch
 from pipeline.train.settings import RunSettings
-from pipeline.train.text2text import TaskFormat, Text2TextError, Text2TextModel, score_outputs
+from pipeline.train.text2text import TaskFormat, Text2TextError, Text2TextModel, read_serving_meta, score_outputs
 
 log = logging.getLogger(__name__)
 
@@ -261,20 +260,7 @@ class EncDecText2Text(Text2TextModel):
             folder = Path(tmp) / "model"
             self.model.save_pretrained(str(folder), safe_serialization=True)
             self.tokenizer.save_pretrained(str(folder))
-            meta = Path(tmp) / "task.json"
-            meta.write_text(
-                json.dumps(
-                    {
-                        "task": self.fmt.task,
-                        "kind": self.fmt.kind,
-                        "label_names": self.fmt.label_names,
-                        "max_length": self.run.max_length,
-                        "num_beams": self.gen.num_beams,
-                        "length_penalty": self.gen.length_penalty,
-                        "max_new_tokens": self.gen.max_new_tokens,
-                    }
-                )
-            )
+            meta = self.write_serving_meta(Path(tmp) / "task.json")
             return register_pyfunc(
                 EncDecPyfunc(),
                 {"model": folder, "task": meta},
@@ -331,9 +317,8 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from transformers import BartForConditionalGeneration
 
-        meta = json.loads(Path(context.artifacts["task"]).read_text(encoding="utf-8"))
+        meta, self.fmt = read_serving_meta(context.artifacts["task"])
         self.meta = meta
-        self.fmt = TaskFormat(meta["task"], meta["kind"], meta["label_names"])
         folder = context.artifacts["model"]
         self.tokenizer = load_tokenizer(folder)
         self.model = BartForConditionalGeneration.from_pretrained(folder)

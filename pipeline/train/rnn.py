@@ -43,7 +43,7 @@ from pipeline.models.seq2seq_rnn import (
 )
 from pipeline.train.family import AttentionMap, TrainOutcome
 from pipeline.train.settings import RunSettings
-from pipeline.train.text2text import TaskFormat, Text2TextModel, Vocab, score_outputs, word_tokenize
+from pipeline.train.text2text import Text2TextModel, Vocab, read_serving_meta, score_outputs
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class RNNText2Text(Text2TextModel):
 
     def infer_one(self, text: str) -> None:
         """Tokenize + encode + beam search, as a served request."""
-        words = text.split() if self.fmt.kind == "ner" else word_tokenize(text)
+        words = self.fmt.served_words(text)
         decode(
             self.model,
             [source_ids(self.src_vocab, words, self.run.max_length)],
@@ -361,23 +361,11 @@ class RNNText2Text(Text2TextModel):
         with tempfile.TemporaryDirectory(prefix="rnn-model-") as tmp:
             weights = Path(tmp) / "model.safetensors"
             save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(weights))
-            meta = Path(tmp) / "vocab.json"
-            meta.write_text(
-                json.dumps(
-                    {
-                        "task": self.fmt.task,
-                        "kind": self.fmt.kind,
-                        "label_names": self.fmt.label_names,
-                        "config": self.model_config.to_dict(),
-                        "src_itos": self.src_vocab.itos,
-                        "tgt_itos": self.tgt_vocab.itos,
-                        "max_length": self.run.max_length,
-                        "num_beams": self.gen.num_beams,
-                        "length_penalty": self.gen.length_penalty,
-                        "max_new_tokens": self.gen.max_new_tokens,
-                    },
-                    ensure_ascii=False,
-                )
+            meta = self.write_serving_meta(
+                Path(tmp) / "vocab.json",
+                config=self.model_config.to_dict(),
+                src_itos=self.src_vocab.itos,
+                tgt_itos=self.tgt_vocab.itos,
             )
             return register_pyfunc(
                 RNNPyfunc(),
@@ -393,9 +381,8 @@ class RNNPyfunc(mlflow.pyfunc.PythonModel):
     words) -> label names / entities / German text."""
 
     def load_context(self, context) -> None:
-        meta = json.loads(Path(context.artifacts["vocab"]).read_text(encoding="utf-8"))
+        meta, self.fmt = read_serving_meta(context.artifacts["vocab"])
         self.meta = meta
-        self.fmt = TaskFormat(meta["task"], meta["kind"], meta["label_names"])
         self.src_vocab, self.tgt_vocab = Vocab(meta["src_itos"]), Vocab(meta["tgt_itos"])
         self.device = pick_device()
         self.model = Seq2Seq(RNNConfig(**meta["config"])).to(self.device)
@@ -404,7 +391,7 @@ class RNNPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> list[Any]:
         texts = texts_of(model_input)
-        words = [t.split() if self.fmt.kind == "ner" else word_tokenize(t) for t in texts]
+        words = [self.fmt.served_words(t) for t in texts]
         sources = [source_ids(self.src_vocab, w, self.meta["max_length"]) for w in words]
         hyps = decode(
             self.model,

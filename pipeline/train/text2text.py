@@ -11,14 +11,17 @@ The families (rnn.py, encdec.py) subclass Text2TextModel; pipeline/train/driver.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import TASK_SPECS, Params
+from pipeline.core.io import write_json
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
 from pipeline.models.ner_tagger import text_entities
 from pipeline.train.family import ModelFamily, TestScores
@@ -94,6 +97,10 @@ class TaskFormat:
         if self.kind == "ner":
             return list(example["tokens"])
         return word_tokenize(example["en"] if self.kind == "translation" else example["text"])
+
+    def served_words(self, text: str) -> list[str]:
+        """A served request's words: NER texts are whitespace-separated words, others are word-tokenized."""
+        return text.split() if self.kind == "ner" else word_tokenize(text)
 
     def source_text(self, example: dict) -> str:
         if self.kind == "ner":
@@ -209,5 +216,28 @@ class Text2TextModel(ModelFamily):
     def latency_examples(self, n: int) -> list[str]:
         return [self.fmt.source_text(ex) for ex in self.data["test"].select(range(min(n, len(self.data["test"]))))]
 
+    def write_serving_meta(self, path: Path, **extra) -> Path:
+        """The JSON a family's pyfunc model reads back (read_serving_meta): the task format, the input length and
+        the decoding settings, plus the family's own entries."""
+        return write_json(
+            path,
+            {
+                "task": self.fmt.task,
+                "kind": self.fmt.kind,
+                "label_names": self.fmt.label_names,
+                "max_length": self.run.max_length,
+                "num_beams": self.gen.num_beams,
+                "length_penalty": self.gen.length_penalty,
+                "max_new_tokens": self.gen.max_new_tokens,
+                **extra,
+            },
+        )
+
     def serving_example(self) -> list[str]:
         return serving_example(self.fmt, self.data["test"])
+
+
+def read_serving_meta(path: str | Path) -> tuple[dict, TaskFormat]:
+    """A registered text-to-text model's meta JSON (Text2TextModel.write_serving_meta) and its task format."""
+    meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    return meta, TaskFormat(meta["task"], meta["kind"], meta["label_names"])
