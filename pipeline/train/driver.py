@@ -20,7 +20,7 @@ import logging
 import shutil
 
 from pipeline.core import paths
-from pipeline.core.config import Params
+from pipeline.core.config import PRETRAINED_FAMILIES, Params
 from pipeline.core.io import METRICS_FILE, PLOTS_DIR, atomic_dir, write_json
 from pipeline.data.task_data import load_prepared
 from pipeline.tracking import runs
@@ -45,7 +45,7 @@ EXPORT_DIR = "export"  # inside the checkpoint folder: the selected model saved 
 
 def family_class(family: str) -> type[ModelFamily]:
     """The family's implementation (imported on demand: an rnn stage never loads transformers' Trainer)."""
-    if family in ("gpt", "bert"):
+    if family in PRETRAINED_FAMILIES:
         from pipeline.train.finetune import PretrainedTransformer
 
         return PretrainedTransformer

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from pipeline.core import paths
 from pipeline.core.config import (
-    PRETRAINED_FAMILIES,
     TASK_SPECS,
     GenerationConfig,
     ModelConfig,
@@ -93,10 +92,6 @@ class RunSettings:
     @property
     def output_dir(self) -> Path:
         return paths.model_dir(self.model, self.task)
-
-    @property
-    def uses_pretrained_weights(self) -> bool:
-        return self.family in PRETRAINED_FAMILIES
 
     # ------------------------------------------------------------ what the run records
     def as_dict(self) -> dict:
