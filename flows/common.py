@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.core.config import Params, ParamsError, load_params
+from pipeline.core.config import SELECTED, Params, ParamsError, load_params
 from pipeline.tracking.runs import FLOW_RUN_ENV
 
 log = logging.getLogger("hello_transformers")
@@ -53,10 +53,11 @@ def setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def params_or_exit() -> Params:
-    """Validate params.yaml before any work (and before Prefect starts); exit 2 with the message."""
+def params_or_exit(profile: str | None = SELECTED) -> Params:
+    """Validate params.yaml (+ the profile: load_params) before any work and before Prefect starts; exit 2 with
+    the message."""
     try:
-        return load_params()
+        return load_params(profile=profile)
     except ParamsError as err:
         print(str(err), file=sys.stderr)
         raise SystemExit(2) from None

@@ -21,9 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.common import setup_logging
+from flows.common import params_or_exit, setup_logging
 from flows.prefect_server import DEFAULT_PORT, prefect_api
-from pipeline.core.config import ParamsError, load_params
 from pipeline.core.locking import LockBusy
 from pipeline.core.profiles import PROFILE_ENV
 
@@ -92,11 +91,7 @@ def main(argv: list[str]) -> None:
         os.environ[PROFILE_ENV] = profile
     else:
         os.environ.pop(PROFILE_ENV, None)
-    try:
-        params = load_params(profile=profile or None)  # bad params or profile fail before Prefect starts
-    except ParamsError as err:
-        print(str(err), file=sys.stderr)
-        raise SystemExit(2) from None
+    params = params_or_exit(profile or None)  # bad params or profile fail before Prefect starts
     setup_logging()
     root = Path.cwd()
     ensure_dvc_repo(root)
