@@ -18,6 +18,7 @@ import yaml
 
 from flows.retrain import EXIT_BUSY, LOCK_FILE
 from pipeline.core.locking import read_holder
+from tests.fixtures.orchestration import dvc_status
 
 pytestmark = pytest.mark.integration
 
@@ -79,15 +80,7 @@ def test_second_retrain_refuses_and_third_waits_while_one_runs(prefect_env, tiny
 
     lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"count", "compare"}
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json"],
-        cwd=tiny_repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(status.stdout) == {}
+    assert dvc_status(tiny_repo, env) == {}
     counts = json.loads((tiny_repo / "data/out/counts.json").read_text())
     board = json.loads((tiny_repo / "reports/comparison.json").read_text())
     assert board["emotion"]["tiny"]["run_by_pid"] == counts["pid"]  # one run's outputs, not a mix

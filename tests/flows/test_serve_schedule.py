@@ -24,6 +24,7 @@ import yaml
 from tests.fixtures.orchestration import (
     artifacts_with_key,
     deployment_runs,
+    dvc_status,
     flow_run_logs,
     read_deployment,
     wait_for_logs,
@@ -105,15 +106,7 @@ def test_scheduled_retrain_completes_then_finds_nothing_changed(prefect_api, pre
     assert "Nothing changed: every stage" in second_logs and "dvc repro" not in second_logs
     assert second.total_run_time < first.total_run_time
 
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json"],
-        cwd=tiny_repo,
-        env=prefect_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(status.stdout) == {}
+    assert dvc_status(tiny_repo, prefect_env) == {}
 
 
 def _create_process_pool(pool: str) -> None:
