@@ -121,12 +121,12 @@ class PretrainedTransformer(ModelFamily):
 
     @property
     def inputs(self) -> list[Path]:
-        return [*([self.weights] if self.settings.source == "pretrain" else []), *self.setup.inputs]
+        """The local weights folder (this pipeline's pretraining or a loaded checkpoint) and the tokenizers: the
+        driver digests them for the checkpoint fingerprint and tags the DVC-tracked ones."""
+        return [*([self.weights] if self.weights.is_dir() else []), *self.setup.inputs]
 
     def fingerprint(self) -> dict:
-        from pipeline.tracking.checkpoints import files_digest
-
-        return {"weights": str(self.weights), "weights_digest": files_digest([self.weights, *self.setup.inputs])}
+        return {"weights": str(self.weights)}
 
     def describe(self) -> dict[str, object]:
         setup = self.setup
