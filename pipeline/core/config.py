@@ -19,7 +19,7 @@ from pipeline.core.profiles import ParamsError
 
 DatasetName = Literal["emotion", "sst2", "conll2003", "multi30k", "wikitext"]
 TaskName = Literal["emotion", "sst2", "conll2003", "multi30k"]
-TaskKind = Literal["classification", "ner", "translation"]
+TaskKind = Literal["classification", "ner", "translation", "qa", "summarization"]
 Family = Literal["rnn", "encdec", "gpt", "bert"]
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)

@@ -1,20 +1,32 @@
-"""Task metrics from the field's libraries: scikit-learn, seqeval, sacrebleu (no `evaluate`, which needs the hub).
+"""Task metrics from the field's libraries: scikit-learn, seqeval, sacrebleu, rouge-score, and SQuAD's official
+exact match / F1 (a few lines, below; no `evaluate`, which needs the hub).
 
 Every model family scores its predictions through these functions, so the comparison is fair.
 """
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 
 from pipeline.core.config import TASK_SPECS
 
 # Main metric per task kind, as shown on the leaderboard (higher is better for all).
-MAIN_METRIC = {"classification": "accuracy", "ner": "entity_f1", "translation": "bleu"}
+MAIN_METRIC = {
+    "classification": "accuracy",
+    "ner": "entity_f1",
+    "translation": "bleu",
+    "qa": "f1",
+    "summarization": "rouge1",
+}
 SECONDARY_METRICS = {
     "classification": ("macro_f1",),
     "ner": ("entity_precision", "entity_recall"),
     "translation": ("chrf",),
+    "qa": ("exact_match",),
+    "summarization": ("rouge2", "rougeL"),
 }
 
 
@@ -79,3 +91,57 @@ def translation_metrics(references: Sequence[str], hypotheses: Sequence[str]) ->
         "bleu": float(sacrebleu.corpus_bleu(hyps, refs).score),
         "chrf": float(sacrebleu.corpus_chrf(hyps, refs).score),
     }
+
+
+# ---------------------------------------------------------------- question answering (SQuAD v1.1's evaluate script)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower-case, drop punctuation and the articles a/an/the, collapse spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def answer_f1(prediction: str, reference: str) -> float:
+    """Token-overlap F1 of two normalised answers (0 when they share no token)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_metrics(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+    """Exact match and F1 in percent (as SQuAD reports them), each the best over a question's reference answers."""
+    if len(references) != len(predictions):
+        raise ValueError(f"{len(references)} questions but {len(predictions)} predictions")
+    if any(not refs for refs in references):
+        raise ValueError("every question needs at least one reference answer")
+    n = max(len(predictions), 1)
+    exact = sum(
+        max(float(normalize_answer(p) == normalize_answer(r)) for r in refs) for refs, p in zip(references, predictions)
+    )
+    f1 = sum(max(answer_f1(p, r) for r in refs) for refs, p in zip(references, predictions))
+    return {"exact_match": 100.0 * exact / n, "f1": 100.0 * f1 / n}
+
+
+# ---------------------------------------------------------------- summarization
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def summarization_metrics(references: Sequence[str], summaries: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 in percent (rouge-score, Porter stemming), one reference per summary."""
+    from rouge_score import rouge_scorer
+
+    if len(references) != len(summaries):
+        raise ValueError(f"{len(references)} references but {len(summaries)} summaries")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for ref, hyp in zip(references, summaries):
+        for name, score in scorer.score(ref, hyp).items():
+            totals[name] += score.fmeasure
+    n = max(len(summaries), 1)
+    return {name: 100.0 * total / n for name, total in totals.items()}

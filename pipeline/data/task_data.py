@@ -31,7 +31,14 @@ class TaskDataError(RuntimeError):
     """Prepared task data is missing or does not have the task's columns."""
 
 
-REQUIRED_COLUMNS = {"classification": ("text", "label"), "ner": ("tokens", "ner_tags"), "translation": ("en", "de")}
+REQUIRED_COLUMNS = {
+    "classification": ("text", "label"),
+    "ner": ("tokens", "ner_tags"),
+    "translation": ("en", "de"),
+    # answers: {"text": [str, ...], "answer_start": [int, ...]} (character offsets into context), as on the hub
+    "qa": ("id", "title", "context", "question", "answers"),
+    "summarization": ("id", "dialogue", "summary"),
+}
 
 
 def task_kind(task: str) -> str:

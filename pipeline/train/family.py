@@ -36,6 +36,10 @@ class TestScores:
     metrics: dict[str, float]
     # classification: (actual ids, predicted ids, label names) for the confusion matrix; else None
     confusion: tuple[list[int], list[int], list[str]] | None = None
+    # one {"gold": ..., "prediction": ...} per test example, JSON-serialisable, in the form the task kind's metric
+    # function takes (classification: label ids; ner: tag lists; translation/summarization: texts; qa: the list of
+    # reference answers and the predicted text): the compare stage recomputes metrics on bootstrap resamples
+    items: list[dict] | None = None
 
 
 @dataclass
