@@ -18,7 +18,7 @@ from pipeline.core import profiles
 from pipeline.core.profiles import ParamsError
 
 DatasetName = Literal["emotion", "sst2", "conll2003", "multi30k", "wikitext"]
-TaskName = Literal["emotion", "sst2", "conll2003", "multi30k"]
+TaskName = Literal["emotion", "sst2", "conll2003", "multi30k", "squad"]
 TaskKind = Literal["classification", "ner", "translation", "qa", "summarization"]
 Family = Literal["rnn", "encdec", "gpt", "bert"]
 
@@ -38,6 +38,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sst2", "classification"),
     "conll2003": TaskSpec("conll2003", "ner"),
     "multi30k": TaskSpec("multi30k", "translation"),
+    "squad": TaskSpec("squad", "qa"),
 }
 MIRROR_ENV = "HT_MIRROR_DIR"
 
@@ -314,12 +315,21 @@ class GenerationConfig(Strict):
     max_new_tokens: PosInt
 
 
+class QAConfig(Strict):
+    """Extractive question answering (bert-family models on qa tasks): context windows and answer spans."""
+
+    doc_stride: PosInt  # tokens shared by consecutive windows of a long context
+    n_best: PosInt  # start and end candidates per window
+    max_answer_length: PosInt  # tokens
+
+
 class TrainConfig(Strict):
     """Training of every model on every task (fine-tuning the pretrained ones, training the others)."""
 
     common: TrainCommon
     tasks: dict[TaskName, TaskTraining]
     generation: GenerationConfig
+    qa: QAConfig
     overrides: dict[str, TaskOverride]
 
 

@@ -6,6 +6,9 @@
   WordPiece and byte-level BPE tokenizers and for raw text at serving time.
 - translation, decoder-only (GPT): `prompt(en) + " " + de + eos`; the loss is on the German part only.
 - translation, encoder-decoder: en -> encoder input_ids (encoder tokenizer), de + eos -> labels (decoder tokenizer).
+- qa, decoder-only (GPT): `Context: <context>\nQuestion: <question>\nAnswer:` + " " + first answer + eos; the loss
+  is on the answer only; a long context is cut, never the question or the cue. (Extractive QA windows for the
+  bert family: pipeline/data/qa_features.py.)
 """
 
 from __future__ import annotations
@@ -209,6 +212,49 @@ def encode_seq2seq_translation(
         tgt = tgt_tokenizer([t.strip() for t in batch["de"]], add_special_tokens=False)["input_ids"]
         labels = [(t[: max_length - 1] + [eos]) for t in tgt]
         return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels}
+
+    return tokenize_split(split, encode)
+
+
+# ---------------------------------------------------------------- question answering (decoder-only)
+QA_PROMPT_PARTS = ("Context:", "\nQuestion:", "\nAnswer:")  # around " " + context, " " + question
+QA_ANSWER_TOKENS = 32  # room kept for the answer after a prompt (at most a quarter of max_length)
+
+
+def qa_prompt_budget(max_length: int) -> int:
+    """Prompt tokens of a GPT QA example of max_length tokens (the same in training and generation)."""
+    return max_length - min(QA_ANSWER_TOKENS, max_length // 4)
+
+
+def qa_prompt_ids(tokenizer, pairs: Sequence[tuple[str, str]], max_tokens: int) -> list[list[int]]:
+    """Token ids of the QA prompt of each (question, context): the context is cut to fit max_tokens; the question
+    (at most half of max_tokens) and the "Answer:" cue are kept."""
+    context_part, question_part, cue = (tokenizer(p, add_special_tokens=False)["input_ids"] for p in QA_PROMPT_PARTS)
+    questions = tokenizer([" " + q.strip() for q, _ in pairs], add_special_tokens=False)["input_ids"]
+    contexts = tokenizer([" " + c.strip() for _, c in pairs], add_special_tokens=False)["input_ids"]
+    fixed = len(context_part) + len(question_part) + len(cue)
+    out = []
+    for q, c in zip(questions, contexts):
+        q = q[: max(1, max_tokens // 2)]
+        room = max(1, max_tokens - fixed - len(q))
+        out.append(context_part + c[:room] + question_part + q + cue)
+    return out
+
+
+def encode_causal_qa(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """GPT QA: prompt + " " + first answer + eos; labels are -100 on the prompt (and padding)."""
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        prompts = qa_prompt_ids(tokenizer, list(zip(batch["question"], batch["context"])), qa_prompt_budget(max_length))
+        answers = [" " + (a["text"][0] if a["text"] else "").strip() for a in batch["answers"]]
+        targets = tokenizer(answers, add_special_tokens=False)["input_ids"]
+        ids, labels = [], []
+        for p, t in zip(prompts, targets):
+            t = (t + [eos])[: max_length - len(p)]
+            ids.append(p + t)
+            labels.append([IGNORE_INDEX] * len(p) + t)
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}
 
     return tokenize_split(split, encode)
 

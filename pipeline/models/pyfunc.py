@@ -4,8 +4,12 @@
   (the transformers flavour's pyfunc collapses entities to a "PER,LOC" string, losing the words).
 - `TranslationModel`: English text -> German text, for GPT prompt-style translation and for
   EncoderDecoderModels with separate encoder/decoder tokenizers.
+- `QAModel`: rows {"question", "context"} -> [{"answer": str, "score": float | None}] (score: extractive models'
+  softmax over their n-best spans; None for generated answers). Every qa model (the text-to-text ones too)
+  answers in this shape.
 Each loads its weights/tokenizers from the `model` artifact (a folder saved by the matching class).
-Input: a list of strings, one string, or a DataFrame whose `text` column (or first column) holds them.
+Input: a list of strings, one string, or a DataFrame whose `text` column (or first column) holds them; qa: a
+DataFrame with `question` and `context` columns, a list of such dicts or one dict.
 """
 
 from __future__ import annotations
@@ -29,6 +33,31 @@ def texts_of(model_input) -> list[str]:
     if isinstance(model_input, dict) and "text" in model_input:
         return texts_of(model_input["text"])
     return [str(x) for x in list(model_input)]
+
+
+def qa_rows(model_input) -> tuple[list[str], list[str]]:
+    """(questions, contexts) of served qa rows: a DataFrame with `question` and `context` columns, a list of
+    {"question", "context"} dicts, or one such dict."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        rows = model_input.to_dict(orient="records")
+    elif isinstance(model_input, dict):
+        rows = [model_input] if isinstance(model_input.get("question"), str) else pd.DataFrame(model_input).to_dict(
+            orient="records"
+        )
+    else:
+        rows = list(model_input)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not {"question", "context"} <= set(row):
+            got = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"qa input row {i}: expected the fields 'question' and 'context', got {got}")
+    return [str(r["question"]) for r in rows], [str(r["context"]) for r in rows]
+
+
+def qa_answers(pairs) -> list[dict]:
+    """The one served shape of every qa model: [{"answer": str, "score": float | None}]."""
+    return [{"answer": text, "score": None if score is None else float(score)} for text, score in pairs]
 
 
 class NerModel(mlflow.pyfunc.PythonModel):
@@ -64,3 +93,25 @@ class TranslationModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         options = {**self.generation, **{k: v for k, v in (params or {}).items() if k in self.generation}}
         return self.translator.translate(texts_of(model_input), **options)
+
+
+class QAModel(mlflow.pyfunc.PythonModel):
+    def __init__(self, max_new_tokens: int = 64, batch_size: int = 32):
+        self.options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+        self.reader = None
+
+    def __getstate__(self):
+        return {"options": self.options, "reader": None}
+
+    def load_context(self, context):
+        from pipeline.models.qa import load_qa_model
+
+        self.reader = load_qa_model(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        from pipeline.models.qa import ExtractiveReader
+
+        questions, contexts = qa_rows(model_input)
+        if isinstance(self.reader, ExtractiveReader):
+            return qa_answers(self.reader.answer(questions, contexts, batch_size=self.options["batch_size"]))
+        return qa_answers(self.reader.answer(questions, contexts, **self.options))

@@ -78,6 +78,10 @@ class GptTranslator:
         self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
 
+    def prompt_ids(self, sources: Sequence, max_tokens: int) -> list[list[int]]:
+        """The token ids each generation continues (a subclass prompts for another task: pipeline/models/qa.py)."""
+        return prompt_ids(self.tokenizer, sources, max_tokens)
+
     def max_prompt_length(self, max_new_tokens: int) -> int:
         """Prompt tokens that still leave room for the translation within the model's positions."""
         return max(8, self.model.config.n_positions - max_new_tokens)
@@ -100,7 +104,7 @@ class GptTranslator:
         out: list[str] = []
         try:
             for batch in tqdm(list(_batches(list(sources), batch_size)), desc="translate", disable=not progress):
-                ids = prompt_ids(tok, batch, self.max_prompt_length(max_new_tokens))
+                ids = self.prompt_ids(batch, self.max_prompt_length(max_new_tokens))
                 enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(model.device)
                 generated = model.generate(
                     **enc,  # input_ids [batch, prompt_len]

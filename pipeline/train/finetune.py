@@ -3,7 +3,7 @@
 - Dynamic padding, validation every epoch, best epoch kept (the task's main metric), early stopping,
   checkpoints in checkpoints/finetune-<model>-<task>/ (resumed by the driver, pipeline/train/driver.py).
 - The test split is scored once, by the selected checkpoint. Classification is served through MLflow's
-  transformers flavour; NER and translation through pyfunc wrappers (pipeline/models/pyfunc.py).
+  transformers flavour; NER, translation and QA through pyfunc wrappers (pipeline/models/pyfunc.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from pipeline.core.config import Params
-from pipeline.core.metrics import classification_metrics, ner_metrics, translation_metrics
+from pipeline.core.metrics import classification_metrics, ner_metrics, qa_metrics, translation_metrics
 from pipeline.data.task_data import word_predictions
 from pipeline.train.family import ModelFamily, TestScores, TrainOutcome
-from pipeline.train.finetune_setup import TaskSetup, argmax_logits, build_setup
+from pipeline.train.finetune_setup import TaskSetup, argmax_logits, build_setup, qa_references
 from pipeline.train.hf_trainer import GenerationEvalTrainer, MlflowEpochLogger, TrainingSpeed, best_epoch
 from pipeline.train.plots import learning_curve_from_history
 from pipeline.train.settings import RunSettings
@@ -68,7 +68,7 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         load_best_model_at_end=True,
         metric_for_best_model=setup.main_metric,
         greater_is_better=True,
-        prediction_loss_only=setup.kind == "translation",  # translations are scored from generation
+        prediction_loss_only=setup.translator is not None,  # translations, gpt answers: scored from generation
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         report_to="none",
@@ -102,6 +102,19 @@ def _trainer(setup: TaskSetup, s: RunSettings, callbacks: list, resuming: bool):
             batch_size=s.common.eval_batch_size,
             **kwargs,
         )
+    if setup.kind == "qa" and setup.translator is not None:  # gpt: answers generated after the prompt
+        validation = setup.data["validation"]
+        return GenerationEvalTrainer(
+            translator=setup.translator,
+            sources=list(zip(validation["question"], validation["context"])),
+            references=qa_references(validation),
+            max_new_tokens=s.generation.max_new_tokens,
+            batch_size=s.common.eval_batch_size,
+            metrics_fn=qa_metrics,
+            **kwargs,
+        )
+    if setup.kind == "qa":  # extractive: EM/F1 from the windows' start/end logits (finetune_setup.compute_metrics)
+        return Trainer(compute_metrics=setup.compute_metrics, **kwargs)
     return Trainer(compute_metrics=setup.compute_metrics, preprocess_logits_for_metrics=argmax_logits, **kwargs)
 
 
@@ -116,7 +129,9 @@ class PretrainedTransformer(ModelFamily):
         self.family = settings.family
         set_seed(settings.seed)
         self.weights = weights_path(settings.model, params)
-        self.setup = build_setup(settings.family, self.weights, settings.task, data, settings.training.max_length)
+        self.setup = build_setup(
+            settings.family, self.weights, settings.task, data, settings.training.max_length, settings.qa
+        )
         self.trainer = None
 
     @property
@@ -149,6 +164,8 @@ class PretrainedTransformer(ModelFamily):
         self.setup.model = trainer.model  # the selected (best) checkpoint's weights
         if self.setup.translator is not None:
             self.setup.translator.model = trainer.model
+        if self.setup.reader is not None:
+            self.setup.reader.model = trainer.model
         return TrainOutcome(
             curve=learning_curve_from_history(trainer.state.log_history),
             best_epoch=best_epoch(trainer),
@@ -174,6 +191,8 @@ class PretrainedTransformer(ModelFamily):
             for source, hyp, ref in list(zip(test["en"], hyps, test["de"]))[:3]:
                 log.info("test example:\n  en:  %s\n  hyp: %s\n  ref: %s", source, hyp, ref)
             return TestScores({**beam, **{f"{k}_greedy": v for k, v in greedy.items()}})
+        if setup.kind == "qa":
+            return self._score_qa(test)
         output = self.trainer.predict(setup.encoded["test"], metric_key_prefix="test")
         predictions = np.asarray(output.predictions)
         if setup.kind == "classification":
@@ -188,6 +207,28 @@ class PretrainedTransformer(ModelFamily):
         ]
         true_tags = [[setup.labels[t] for t in tags] for tags in test["ner_tags"]]
         return TestScores(ner_metrics(true_tags, pred_tags))
+
+    def _answers(self, questions, contexts, progress: bool = False) -> list[tuple[str, float | None]]:
+        """(answer, score) per question: extracted span (bert family) or greedy generation (gpt)."""
+        setup, batch_size = self.setup, self.settings.common.eval_batch_size
+        if setup.reader is not None:
+            return setup.reader.answer(questions, contexts, batch_size=batch_size, progress=progress)
+        return setup.translator.answer(
+            questions,
+            contexts,
+            num_beams=1,
+            max_new_tokens=self.settings.generation.max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    def _score_qa(self, test) -> TestScores:
+        golds = qa_references(test)
+        predictions = [text for text, _ in self._answers(test["question"], test["context"], progress=True)]
+        for question, gold, prediction in list(zip(test["question"], golds, predictions))[:3]:
+            log.info("test example:\n  question: %s\n  gold: %s\n  prediction: %s", question, gold, prediction)
+        items = [{"gold": g, "prediction": p} for g, p in zip(golds, predictions)]
+        return TestScores(qa_metrics(golds, predictions), items=items)
 
     def latency_examples(self, n: int) -> list:
         test = self.setup.data["test"]
@@ -206,6 +247,9 @@ class PretrainedTransformer(ModelFamily):
                 max_new_tokens=gen.max_new_tokens,
                 length_penalty=gen.length_penalty,
             )
+            return
+        if setup.kind == "qa":
+            self._answers([row["question"]], [row["context"]])
             return
         text = row["text"] if setup.kind == "classification" else " ".join(row["tokens"])
         enc = setup.tokenizer(
@@ -230,10 +274,14 @@ class PretrainedTransformer(ModelFamily):
                 input_example=list(test["text"][:2]),
                 model_config={"truncation": True, "batch_size": SERVING_BATCH_SIZE},
             )
-        from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel, TranslationModel
+        from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel, QAModel, TranslationModel
 
         shutil.rmtree(export_dir, ignore_errors=True)
-        if setup.kind == "ner":
+        if setup.kind == "qa":
+            (setup.reader or setup.translator).save(export_dir)
+            wrapper = QAModel(s.generation.max_new_tokens, s.common.eval_batch_size)
+            example = test.select(range(min(2, len(test)))).to_pandas()[["question", "context"]]
+        elif setup.kind == "ner":
             setup.model.save_pretrained(str(export_dir))
             setup.tokenizer.save_pretrained(str(export_dir))
             wrapper, example = NerModel(max_length=setup.max_length), [" ".join(t) for t in test["tokens"][:2]]

@@ -4,6 +4,8 @@
 - ner: AutoModelForTokenClassification; labels on each word's first sub-token.
 - translation: GPT as a conditional LM; BERT-family models as the encoder of an EncoderDecoderModel whose
   decoder is this pipeline's pretrained GPT (cross-attention added), with the GPT byte-level tokenizer.
+- qa: BERT-family models extract the answer span (AutoModelForQuestionAnswering over strided context windows,
+  validation EM/F1 from the n-best span post-processing); GPT generates the answer after a prompt.
 Weights are read as safetensors only; no remote code.
 """
 
@@ -19,9 +21,11 @@ import datasets
 import numpy as np
 
 from pipeline.core import paths
-from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics
+from pipeline.core.config import QAConfig
+from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, qa_metrics
 from pipeline.data.task_data import (
     PaddingCollator,
+    encode_causal_qa,
     encode_causal_translation,
     encode_classification,
     encode_ner,
@@ -48,7 +52,8 @@ class TaskSetup:
     main_metric: str
     max_length: int
     labels: list[str] | None = None
-    translator: Any = None
+    translator: Any = None  # generates the outputs validation and test are scored on (translation, gpt qa)
+    reader: Any = None  # extractive qa: pipeline.models.qa.ExtractiveReader
     compute_metrics: Callable | None = None
     inputs: list[Path] = field(default_factory=list)  # files this run depends on (for tags)
 
@@ -68,12 +73,18 @@ def argmax_logits(logits, labels):
     return logits.argmax(-1)
 
 
-def build_setup(family: str, weights: Path, task: str, data: datasets.DatasetDict, max_length: int) -> TaskSetup:
+def build_setup(
+    family: str, weights: Path, task: str, data: datasets.DatasetDict, max_length: int, qa: QAConfig | None = None
+) -> TaskSetup:
     kind = task_kind(task)
     if kind == "classification":
         return _classification(family, weights, task, data, max_length)
     if kind == "ner":
         return _ner(family, weights, task, data, max_length)
+    if kind == "qa":
+        if qa is None:
+            raise ValueError(f"task {task!r} is question answering: build_setup needs the train.qa settings")
+        return _gpt_qa(weights, data, max_length) if family == "gpt" else _extractive_qa(weights, data, max_length, qa)
     if family == "gpt":
         return _gpt_translation(weights, data, max_length)
     return _encoder_decoder_translation(weights, data, max_length)
@@ -203,4 +214,67 @@ def _encoder_decoder_translation(weights, data, max_length) -> TaskSetup:
         max_length,
         translator=EncoderDecoderTranslator(model, encoder_tokenizer, decoder_tokenizer),
         inputs=[GPT_DECODER],
+    )
+
+
+def qa_references(split) -> list[list[str]]:
+    """Every question's reference answers (SQuAD's answers.text)."""
+    return [list(a["text"]) for a in split["answers"]]
+
+
+def _extractive_qa(weights, data, max_length, qa: QAConfig) -> TaskSetup:
+    from transformers import AutoModelForQuestionAnswering
+
+    from pipeline.models.qa import ExtractiveReader
+
+    tokenizer = load_tokenizer(weights)
+    model = AutoModelForQuestionAnswering.from_pretrained(str(weights), use_safetensors=True, trust_remote_code=False)
+    max_length = min(max_length, max_positions(model.config))
+    reader = ExtractiveReader(model, tokenizer, max_length, qa.doc_stride, qa.n_best, qa.max_answer_length)
+    windows = {s: reader.windows(data[s]["question"], data[s]["context"], data[s]["answers"]) for s in data}
+    encoded = datasets.DatasetDict({s: datasets.Dataset.from_dict(w.rows()) for s, w in windows.items()})
+    validation = data["validation"]
+    contexts, references = list(validation["context"]), qa_references(validation)
+
+    def compute_metrics(pred) -> dict[str, float]:
+        """EM/F1 of the validation questions from the Trainer's start/end logits of their windows."""
+        start_logits, end_logits = pred.predictions[:2]  # [windows, width] each (padded with -100)
+        answers = reader.spans(start_logits, end_logits, windows["validation"], contexts)
+        return qa_metrics(references, [text for text, _ in answers])
+
+    return TaskSetup(
+        "qa",
+        model,
+        tokenizer,
+        data,
+        encoded,
+        PaddingCollator(tokenizer.pad_token_id),
+        MAIN_METRIC["qa"],
+        max_length,
+        reader=reader,
+        compute_metrics=compute_metrics,
+    )
+
+
+def _gpt_qa(weights, data, max_length) -> TaskSetup:
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models.qa import GptAnswerer
+
+    tokenizer = load_tokenizer(weights)
+    model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, trust_remote_code=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    max_length = min(max_length, max_positions(model.config))
+    encoded = datasets.DatasetDict({s: encode_causal_qa(data[s], tokenizer, max_length) for s in data})
+    return TaskSetup(
+        "qa",
+        model,
+        tokenizer,
+        data,
+        encoded,
+        PaddingCollator(tokenizer.pad_token_id),
+        MAIN_METRIC["qa"],
+        max_length,
+        translator=GptAnswerer(model, tokenizer, max_length),
     )

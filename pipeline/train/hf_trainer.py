@@ -1,11 +1,12 @@
 """transformers Trainer pieces for fine-tuning: MLflow per-epoch logging, a training-speed meter, and a
-Trainer that adds BLEU/chrF from generation to each validation pass (for translation model selection)."""
+Trainer that adds metrics of generated outputs to each validation pass (BLEU/chrF for translation, EM/F1 for
+generative QA: model selection on what the model generates)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from transformers import Trainer, TrainerCallback
 
@@ -67,7 +68,8 @@ class TrainingSpeed(TrainerCallback):
 
 
 class GenerationEvalTrainer(Trainer):
-    """Validation = loss plus corpus BLEU/chrF of greedy translations of the validation sources."""
+    """Validation = loss plus metrics_fn(references, greedy outputs of the validation sources) (default: corpus
+    BLEU/chrF of translations; a source may be anything the translator takes, e.g. a (question, context) pair)."""
 
     def __init__(
         self,
@@ -77,9 +79,11 @@ class GenerationEvalTrainer(Trainer):
         references: Sequence[str],
         max_new_tokens: int,
         batch_size: int,
+        metrics_fn: Callable[[Sequence, Sequence[str]], dict[str, float]] = translation_metrics,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.metrics_fn = metrics_fn
         self.translator = translator
         self.sources = list(sources)
         self.references = list(references)
@@ -94,7 +98,7 @@ class GenerationEvalTrainer(Trainer):
             hyps = self.translator.translate(
                 self.sources, num_beams=1, max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size
             )
-            scores = translation_metrics(self.references, hyps)
+            scores = self.metrics_fn(self.references, hyps)
             for key, value in scores.items():
                 output.metrics[f"{metric_key_prefix}_{key}"] = value
             log.info("validation (greedy): %s", {k: round(v, 2) for k, v in scores.items()})

@@ -17,6 +17,7 @@ from pipeline.core.config import (
     GenerationConfig,
     ModelConfig,
     Params,
+    QAConfig,
     TaskTraining,
     TrainCommon,
 )
@@ -37,6 +38,7 @@ class RunSettings:
     common: TrainCommon
     generation: GenerationConfig
     seed: int
+    qa: QAConfig  # windows and answer spans of extractive QA (recorded for qa tasks only)
 
     @classmethod
     def resolve(cls, model: str, task: str, params: Params) -> RunSettings:
@@ -60,6 +62,7 @@ class RunSettings:
             common=params.train.common,
             generation=params.train.generation,
             seed=params.common.seed,
+            qa=params.train.qa,
         )
 
     # ------------------------------------------------------------ derived names
@@ -103,6 +106,7 @@ class RunSettings:
             "common": self.common.model_dump(),
             "generation": self.generation.model_dump(),
             "seed": self.seed,
+            **({"qa": self.qa.model_dump()} if self.kind == "qa" else {}),
         }
 
     def mlflow_params(self) -> dict[str, object]:
@@ -113,6 +117,8 @@ class RunSettings:
         flat.update({f"train.common.{k}": v for k, v in self.common.model_dump().items() if k != "batch_size"})
         flat.update({f"train.generation.{k}": v for k, v in self.generation.model_dump().items()})
         flat["seed"] = self.seed
+        if self.kind == "qa":
+            flat.update({f"train.qa.{k}": v for k, v in self.qa.model_dump().items()})
         return flat
 
     def tags(self) -> dict[str, str]:

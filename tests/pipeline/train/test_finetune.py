@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.core.config import TASK_SPECS, TASKS, parse_params
-from pipeline.core.metrics import MAIN_METRIC, translation_metrics
+from pipeline.core.metrics import MAIN_METRIC, qa_metrics, translation_metrics
 from pipeline.tracking.runs import registered_name, task_experiment
 from pipeline.train.driver import train as finetune
 from pipeline.train.settings import RunSettings, RunSettingsError
@@ -25,6 +25,15 @@ MODELS = ("gpt", "bert", "minilm")
 KIND = {task: spec.kind for task, spec in TASK_SPECS.items()}
 ENTITY_TYPES = {"PER", "ORG", "LOC", "MISC"}
 TIMING_KEYS = ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")
+
+
+QA_MARGIN = 20.0  # F1 points over the better of the untrained model and the first-sentence baseline
+
+
+def first_sentence_f1(rows) -> float:
+    """F1 of answering every question with the first sentence of its context (a trivial extractive baseline)."""
+    firsts = [c.split(". ")[0] for c in rows["context"]]
+    return qa_metrics([list(a["text"]) for a in rows["answers"]], firsts)["f1"]
 
 
 def majority_rate(labels) -> float:
@@ -44,6 +53,13 @@ def assert_learned(model: str, task: str, summary: dict, rows, curve: list[dict]
     elif kind == "ner":
         floor = float(untrained["val_entity_f1"]) + 0.3
         assert test["entity_f1"] >= floor, f"{model}-{task}: entity F1 {test['entity_f1']:.3f} < {floor:.3f}"
+    elif kind == "qa":
+        baseline = float(untrained["val_f1"])
+        if model != "gpt":  # extractive: also beat copying the first sentence of the context
+            baseline = max(baseline, first_sentence_f1(rows))
+        floor = baseline + QA_MARGIN
+        print(f"{model}-{task}: F1 {test['f1']:.1f} (untrained {untrained['val_f1']}, floor {floor:.1f})")
+        assert test["f1"] >= floor, f"{model}-{task}: F1 {test['f1']:.1f} < {floor:.1f} (untrained {untrained['val_f1']})"
     elif model == "minilm":
         # the 6-layer MiniLM encoder makes each step ~50x dearer than the tiny models': in the steps this
         # test affords, the freshly added cross-attention learns (validation loss falls well below the
@@ -144,6 +160,20 @@ def test_finetune_learns_tracks_and_registers(
             for e in found:
                 assert e["entity"] in ENTITY_TYPES and text[e["start"] : e["end"]] == e["word"]
                 assert text.split()[e["word_start"] : e["word_end"]] == e["word"].split()
+    elif KIND[task] == "qa":
+        answers = served.predict(rows.to_pandas()[["question", "context"]])
+        assert len(answers) == len(rows) and all(set(a) == {"answer", "score"} for a in answers)
+        assert all(isinstance(a["answer"], str) for a in answers)
+        if model == "gpt":
+            assert all(a["score"] is None for a in answers)
+        else:
+            assert all(0 < a["score"] <= 1 for a in answers)
+            for a, context in zip(answers, rows["context"]):
+                assert a["answer"] in context  # a span of the context
+        served_f1 = qa_metrics([list(a["text"]) for a in rows["answers"]], [a["answer"] for a in answers])["f1"]
+        assert served_f1 == pytest.approx(summary["test"]["f1"])  # the same model as scored
+        as_dicts = served.predict([{"question": q, "context": c} for q, c in zip(rows["question"], rows["context"])])
+        assert [a["answer"] for a in as_dicts] == [a["answer"] for a in answers]
     else:
         german = served.predict(list(rows["en"]))
         assert len(german) == len(rows) and all(isinstance(t, str) for t in german)
