@@ -22,11 +22,17 @@ import torch
 from pipeline.core import paths
 from pipeline.core.config import Params
 from pipeline.models.loading import load_tokenizer
-from pipeline.models.pyfunc import texts_of
 from pipeline.train.family import AttentionMap, TrainOutcome
 from pipeline.train.hf_trainer import best_epoch
 from pipeline.train.settings import RunSettings
-from pipeline.train.text2text import TaskFormat, Text2TextError, Text2TextModel, read_serving_meta, score_outputs
+from pipeline.train.text2text import (
+    TaskFormat,
+    Text2TextError,
+    Text2TextModel,
+    read_serving_meta,
+    score_outputs,
+    served_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +333,7 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
         set_generation_length(self.model, self.codec.gen_max_new_tokens)
 
     def predict(self, context, model_input, params=None) -> list[Any]:
-        texts = texts_of(model_input)
+        texts = served_sources(self.fmt, model_input)
         sources = [" ".join(t.split()) if self.fmt.kind == "ner" else t for t in texts]
         results = []
         for start in range(0, len(texts), 32):

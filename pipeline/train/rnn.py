@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from pipeline.core.config import Params
 from pipeline.core.io import atomic_file, write_json
-from pipeline.models.pyfunc import texts_of
 from pipeline.models.seq2seq_rnn import (
     EOS_IDX,
     PAD_IDX,
@@ -43,7 +42,7 @@ from pipeline.models.seq2seq_rnn import (
 )
 from pipeline.train.family import AttentionMap, TrainOutcome
 from pipeline.train.settings import RunSettings
-from pipeline.train.text2text import Text2TextModel, Vocab, read_serving_meta, score_outputs
+from pipeline.train.text2text import Text2TextModel, Vocab, read_serving_meta, score_outputs, served_sources
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class RNNText2Text(Text2TextModel):
         self.words = {s: [fmt.source_words(ex) for ex in data[s]] for s in ("train", "validation", "test")}
         train_targets = [fmt.target_words(ex) for ex in data["train"]]
         self.src_vocab = Vocab.build(self.words["train"], SRC_MIN_FREQ)
-        if fmt.kind == "translation":
+        if fmt.kind in ("translation", "qa"):  # words of the target texts
             self.tgt_vocab = Vocab.build(train_targets, TGT_MIN_FREQ)
         else:
             self.tgt_vocab = Vocab([*Vocab.SPECIALS, *fmt.label_names])
@@ -148,7 +147,7 @@ class RNNText2Text(Text2TextModel):
             "src_vocab_size": len(self.src_vocab),
             "tgt_vocab_size": len(self.tgt_vocab),
             "src_min_freq": SRC_MIN_FREQ,
-            "tgt_min_freq": TGT_MIN_FREQ if self.fmt.kind == "translation" else "label set",
+            "tgt_min_freq": TGT_MIN_FREQ if self.fmt.kind in ("translation", "qa") else "label set",
             "decoding.validation": "greedy",
             "decoding.test": f"beam search (num_beams={self.gen.num_beams}, length_penalty={self.gen.length_penalty})",
             "device": str(self.device),
@@ -390,7 +389,7 @@ class RNNPyfunc(mlflow.pyfunc.PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> list[Any]:
-        texts = texts_of(model_input)
+        texts = served_sources(self.fmt, model_input)
         words = [self.fmt.served_words(t) for t in texts]
         sources = [source_ids(self.src_vocab, w, self.meta["max_length"]) for w in words]
         hyps = decode(

@@ -2,7 +2,9 @@
 encoder-decoder (encdec).
 
 Each task becomes source -> target text: emotion/sst2 -> the label name, conll2003 -> one tag per source word,
-multi30k -> the German sentence. Outputs are mapped back to labels/tags/text and scored with pipeline.core.metrics like
+multi30k -> the German sentence, squad -> the (first) answer of "question: <q> context: <c>" (the context is cut
+to max_length, never the question; scored against all reference answers; served as {"answer", "score": None}).
+Outputs are mapped back to labels/tags/text and scored with pipeline.core.metrics like
 every other model; an output that is no label (or a tag sequence with invalid tags or the wrong length) is
 scored as wrong (classification) or repaired to 'O'/padded (NER), and its rate is reported as `invalid_rate`.
 
@@ -22,8 +24,9 @@ from typing import Any
 
 from pipeline.core.config import TASK_SPECS, Params
 from pipeline.core.io import write_json
-from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
+from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, qa_metrics, translation_metrics
 from pipeline.models.ner_tagger import text_entities
+from pipeline.models.pyfunc import qa_rows, texts_of
 from pipeline.train.family import ModelFamily, TestScores
 from pipeline.train.settings import RunSettings
 
@@ -81,12 +84,17 @@ class Vocab:
 
 
 # ---------------------------------------------------------------- task <-> text
+def qa_source(question: str, context: str) -> str:
+    """A qa example as one source text: the question first, so cutting the text to max_length cuts the context."""
+    return f"question: {question.strip()} context: {context.strip()}"
+
+
 @dataclass
 class TaskFormat:
     """How one task becomes text-to-text and back."""
 
     task: str
-    kind: str  # classification | ner | translation
+    kind: str  # classification | ner | translation | qa
     label_names: list[str] = field(default_factory=list)  # class names, or the NER tag set
 
     @property
@@ -96,7 +104,7 @@ class TaskFormat:
     def source_words(self, example: dict) -> list[str]:
         if self.kind == "ner":
             return list(example["tokens"])
-        return word_tokenize(example["en"] if self.kind == "translation" else example["text"])
+        return word_tokenize(self.source_text(example))
 
     def served_words(self, text: str) -> list[str]:
         """A served request's words: NER texts are whitespace-separated words, others are word-tokenized."""
@@ -105,6 +113,8 @@ class TaskFormat:
     def source_text(self, example: dict) -> str:
         if self.kind == "ner":
             return " ".join(example["tokens"])
+        if self.kind == "qa":
+            return qa_source(example["question"], example["context"])
         return example["en"] if self.kind == "translation" else example["text"]
 
     def target_words(self, example: dict) -> list[str]:
@@ -112,11 +122,14 @@ class TaskFormat:
             return [self.label_names[example["label"]]]
         if self.kind == "ner":
             return [self.label_names[t] for t in example["ner_tags"]]
-        return word_tokenize(example["de"])
+        return word_tokenize(self.target_text(example))
 
     def target_text(self, example: dict) -> str:
         if self.kind == "translation":
             return example["de"]
+        if self.kind == "qa":
+            answers = example["answers"]["text"]
+            return answers[0] if answers else ""
         return " ".join(self.target_words(example))
 
     def gold(self, example: dict) -> Any:
@@ -124,6 +137,8 @@ class TaskFormat:
             return int(example["label"])
         if self.kind == "ner":
             return [self.label_names[t] for t in example["ner_tags"]]
+        if self.kind == "qa":
+            return list(example["answers"]["text"])
         return example["de"]
 
     def prediction(self, output: Sequence[str], n_words: int) -> tuple[Any, bool]:
@@ -142,25 +157,38 @@ class TaskFormat:
             metrics = classification_metrics(golds, predictions, len(self.label_names))
         elif self.kind == "ner":
             metrics = ner_metrics(golds, predictions)
+        elif self.kind == "qa":
+            metrics = qa_metrics(golds, predictions)
         else:
             metrics = translation_metrics(golds, predictions)
         metrics["invalid_rate"] = 1.0 - sum(valid) / max(len(valid), 1)
         return metrics
 
     def natural(self, prediction: Any, text: str) -> Any:
-        """The served form: a label name, the entities found in `text` (NER: its whitespace-separated words), or
-        the German text."""
+        """The served form: a label name, the entities found in `text` (NER: its whitespace-separated words), the
+        German text, or (qa) {"answer": text, "score": None} as every qa model serves."""
         if self.kind == "classification":
             return self.label_names[prediction] if prediction >= 0 else self.label_names[0]
         if self.kind == "ner":
             return text_entities(text, prediction)  # the same entities as the fine-tuned NER models serve
+        if self.kind == "qa":
+            return {"answer": prediction, "score": None}
         return prediction
 
 
-def serving_example(fmt: TaskFormat, split, n: int = 2) -> list[str]:
-    """The first test inputs as served: a list of texts (NER: the words joined by spaces), as the fine-tuned
-    models' registered examples."""
+def serving_example(fmt: TaskFormat, split, n: int = 2):
+    """The first test inputs as served: a list of texts (NER: the words joined by spaces; qa: a DataFrame of
+    question and context), as the fine-tuned models' registered examples."""
+    if fmt.kind == "qa":
+        return split.select(range(min(n, len(split)))).to_pandas()[["question", "context"]]
     return [fmt.source_text(split[i]) for i in range(min(n, len(split)))]
+
+
+def served_sources(fmt: TaskFormat, model_input) -> list[str]:
+    """A served request's source texts (qa: question + context rows, see pipeline.models.pyfunc.qa_rows)."""
+    if fmt.kind == "qa":
+        return [qa_source(q, c) for q, c in zip(*qa_rows(model_input))]
+    return texts_of(model_input)
 
 
 def task_format(task: str, train_split) -> TaskFormat:
@@ -205,6 +233,11 @@ class Text2TextModel(ModelFamily):
     def score_test(self) -> TestScores:
         test_split = self.data["test"]
         metrics, predictions = score_outputs(self.fmt, test_split, self.predict_test())
+        if self.fmt.kind == "qa":
+            golds = [self.fmt.gold(ex) for ex in test_split]
+            for ex, gold, prediction in list(zip(test_split, golds, predictions))[:3]:
+                log.info("test example:\n  question: %s\n  gold: %s\n  prediction: %s", ex["question"], gold, prediction)
+            return TestScores(metrics, items=[{"gold": g, "prediction": p} for g, p in zip(golds, predictions)])
         if self.fmt.kind != "classification":
             return TestScores(metrics)
         invalid = len(self.fmt.label_names)  # an output that is no label gets its own row/column
