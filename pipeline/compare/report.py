@@ -27,7 +27,7 @@ HISTORY_SHOWN = 10
 def fmt_metric(name: str, value: float | None) -> str:
     if value is None:
         return NOT_AVAILABLE
-    return f"{value:.2f}" if name in ("bleu", "chrf") else f"{value:.4f}"
+    return f"{value:.2f}" if name in ("bleu", "chrf", "exact_match", "f1") else f"{value:.4f}"  # percent: 2 digits
 
 
 def fmt_count(value: float | None) -> str:

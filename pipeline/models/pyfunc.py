@@ -43,8 +43,10 @@ def qa_rows(model_input) -> tuple[list[str], list[str]]:
     if isinstance(model_input, pd.DataFrame):
         rows = model_input.to_dict(orient="records")
     elif isinstance(model_input, dict):
-        rows = [model_input] if isinstance(model_input.get("question"), str) else pd.DataFrame(model_input).to_dict(
-            orient="records"
+        rows = (
+            [model_input]
+            if isinstance(model_input.get("question"), str)
+            else pd.DataFrame(model_input).to_dict(orient="records")
         )
     else:
         rows = list(model_input)

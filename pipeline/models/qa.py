@@ -117,4 +117,3 @@ def load_qa_model(folder: str | Path):
     """The reader or answerer saved in `folder`."""
     kind = json.loads((Path(folder) / QA_SETTINGS).read_text(encoding="utf-8"))["kind"]
     return ExtractiveReader.load(folder) if kind == "extractive" else GptAnswerer.load(folder)
-

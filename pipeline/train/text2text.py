@@ -236,7 +236,9 @@ class Text2TextModel(ModelFamily):
         if self.fmt.kind == "qa":
             golds = [self.fmt.gold(ex) for ex in test_split]
             for ex, gold, prediction in list(zip(test_split, golds, predictions))[:3]:
-                log.info("test example:\n  question: %s\n  gold: %s\n  prediction: %s", ex["question"], gold, prediction)
+                log.info(
+                    "test example:\n  question: %s\n  gold: %s\n  prediction: %s", ex["question"], gold, prediction
+                )
             return TestScores(metrics, items=[{"gold": g, "prediction": p} for g, p in zip(golds, predictions)])
         if self.fmt.kind != "classification":
             return TestScores(metrics)

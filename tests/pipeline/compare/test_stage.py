@@ -28,6 +28,7 @@ def test_compare_writes_reports_and_links_mlflow_runs(compare_repo):
         for i, (m, a) in enumerate(scores.items())
     }
     compare_repo.add_run("multi30k", "encdec", {"bleu": 21.5, "chrf": 48.0})
+    compare_repo.add_run("squad", "minilm", {"f1": 61.234, "exact_match": 48.5})
 
     result = compare(compare_repo.params)
 
@@ -40,6 +41,7 @@ def test_compare_writes_reports_and_links_mlflow_runs(compare_repo):
     assert doc["sst2"]["bert"] == {"status": NOT_RUN}
     assert doc["best"]["emotion"] == {"model": "minilm", "accuracy": 0.88}
     assert doc["best"]["multi30k"] == {"model": "encdec", "bleu": 21.5}
+    assert doc["squad"]["minilm"]["f1"] == 61.234 and doc["squad"]["minilm"]["exact_match"] == 48.5
     assert "sst2" not in doc["best"]
     assert doc["champion"]["emotion"] == {"model": "minilm", "version": "1", "accuracy": 0.88}
 
@@ -47,6 +49,7 @@ def test_compare_writes_reports_and_links_mlflow_runs(compare_repo):
     assert md.count("| model | family |") == len(TASKS)
     assert "| emotion | accuracy | minilm | 0.8800 | emotion-minilm v1 |" in md
     assert "| sst2 | accuracy | not run |" in md
+    assert "## squad (main metric: f1)" in md and "| **f1** | exact_match |" in md and "**61.23** | 48.50 |" in md
     assert f"`{runs['bert'].run_id}`" in md and "1 (champion)" in md
     emotion_section = md.split("## emotion")[1].split("## sst2")[0]
     order = [emotion_section.index(f"| {m} |") for m in ("minilm", "bert", "gpt", "encdec", "rnn")]
@@ -70,7 +73,7 @@ def test_compare_writes_reports_and_links_mlflow_runs(compare_repo):
     assert {"leaderboard.json", "comparison.md", "comparison.json", "plots"} <= artifacts
     downloaded = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.json")
     table = json.loads(Path(downloaded).read_text())
-    assert len(table["data"]) == 20 and "test_accuracy" in table["columns"]
+    assert len(table["data"]) == len(TASKS) * len(compare_repo.params.models) and "test_accuracy" in table["columns"]
 
 
 def test_dvc_metrics_show_reads_comparison_json(compare_repo, tmp_path_factory):
