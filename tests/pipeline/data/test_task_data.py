@@ -12,6 +12,7 @@ from pipeline.data.task_data import (
     PaddingCollator,
     TaskDataError,
     check_columns,
+    encode_causal_qa,
     encode_causal_translation,
     encode_classification,
     encode_ner,
@@ -19,6 +20,8 @@ from pipeline.data.task_data import (
     join_words,
     label_names,
     prompt_ids,
+    qa_prompt_budget,
+    qa_prompt_ids,
     token_words,
     translation_prompt,
     word_predictions,
@@ -164,3 +167,34 @@ def test_a_long_source_is_cut_but_the_prompt_keeps_its_german_cue(tokenizers, pa
     assert text.startswith("English: " + long_source[:5]) and text.endswith("\nGerman:")
     [short] = prompt_ids(tok, [pairs["en"][0]], max_tokens=512)
     assert tok.decode(short) == translation_prompt(pairs["en"][0])
+
+
+@pytest.fixture(scope="module")
+def squad() -> datasets.Dataset:
+    from tests.fixtures.finetune import squad_rows
+
+    return squad_rows(MIRROR, 6)
+
+
+def test_qa_prompt_cuts_the_context_but_keeps_the_question_and_the_answer_cue(tokenizers, squad):
+    tok = tokenizers["gpt"]
+    question, context = squad["question"][0], squad["context"][0]
+    [ids] = qa_prompt_ids(tok, [(question, context)], max_tokens=120)  # the tiny tokenizer: ~40 question tokens
+    assert len(ids) == 120
+    text = tok.decode(ids)
+    assert text.startswith("Context: " + context[:5]) and text.endswith(f"\nQuestion: {question.strip()}\nAnswer:")
+    [full] = qa_prompt_ids(tok, [(question, context)], max_tokens=2048)
+    assert tok.decode(full) == f"Context: {context.strip()}\nQuestion: {question.strip()}\nAnswer:"
+    assert qa_prompt_budget(384) == 352 and qa_prompt_budget(64) == 48  # the answer keeps min(32, max_length/4)
+
+
+def test_causal_qa_loss_is_on_the_first_answer_only(tokenizers, squad):
+    tok = tokenizers["gpt"]
+    enc = encode_causal_qa(squad, tok, max_length=160)
+    for row, item in zip(squad, enc):
+        ids, labels = item["input_ids"], item["labels"]
+        prompt_len = sum(1 for lab in labels if lab == IGNORE_INDEX)
+        assert prompt_len <= qa_prompt_budget(160) and len(ids) <= 160
+        assert tok.decode(ids[:prompt_len]).endswith(f"\nQuestion: {row['question'].strip()}\nAnswer:")
+        assert labels[prompt_len:] == ids[prompt_len:] and ids[-1] == tok.eos_token_id
+        assert tok.decode(ids[prompt_len:-1]).strip() == row["answers"]["text"][0].strip()
