@@ -49,6 +49,7 @@ def pipeline_run(tmp_path_factory, repo_root, mirror_dir, prefect_server):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "commit", "-qam", "the mirror's path")
     env = {**pipeline_env(prefect_server), PROFILE_ENV: "smoke"}
+    env.pop("HT_ALLOW_DIRTY", None)  # the copy is committed: `make run` registers without being told to
     output = make_run(repo, env)
     return {"repo": repo, "env": env, "output": output}
 
