@@ -177,3 +177,29 @@ def test_second_make_run_changes_nothing(pipeline_run):
     output = make_run(pipeline_run["repo"], pipeline_run["env"], timeout=600)
     assert not RAN.findall(output), output[-4000:]
     assert "nothing changed" in output
+
+
+def test_a_registered_version_records_its_lineage_and_make_reproduce_rebuilds_it(pipeline_run):
+    """The run was made from a committed tree: its lineage is complete, and `make reproduce` rebuilds the
+    version in a worktree at its commit and gets the identical test metric (CPU, same seed and threads)."""
+    from mlflow import MlflowClient
+
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    with store_of(repo):
+        version = MlflowClient().get_model_version("emotion-rnn", "1")
+        tags = MlflowClient().get_run(version.run_id).data.tags
+    assert tags["git_dirty"] == "false" and tags["profile"] == "smoke" and len(tags["params_hash"]) == 16
+    assert "dvc.data/prepared/emotion" in tags
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.reproduce", "emotion-rnn", "1"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert "-> identical" in output and "input differs" not in output, output[-3000:]
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True).stdout
+    assert len(worktrees.strip().splitlines()) == 1, worktrees  # the temp worktree is gone
