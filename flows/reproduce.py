@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from pipeline.tracking import runs
 from pipeline.tracking.lineage import Lineage, LineageError, compare_metric, lineage_of
 
 EXIT_MISMATCH, EXIT_CANNOT = 1, 2
+RAN = re.compile(r"Running stage '([^']+)'")
+RESTORED = re.compile(r"Stage '([^']+)' (?:is cached|didn't change)")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -64,6 +67,8 @@ def child_env(lineage: Lineage) -> dict:
     env[PROFILE_ENV] = lineage.profile or ""
     if not lineage.profile:
         env.pop(PROFILE_ENV, None)
+    # the stages' `python -m flows...` must be this interpreter (its venv), as under `make`
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env[runs.ALLOW_DIRTY_ENV] = "1"  # the worktree is the commit itself; params.effective.yaml is rewritten
     if lineage.torch_threads:
         env["OMP_NUM_THREADS"] = str(lineage.torch_threads)
@@ -85,7 +90,9 @@ def rebuild(lineage: Lineage, repo: Path, env: dict) -> dict:
         )
     print(f"dvc repro {lineage.dvc_stage} in {repo} ...", flush=True)
     out = _run([*dvc, "repro", lineage.dvc_stage], cwd=repo, env=env).stdout
-    if f"Running stage '{lineage.dvc_stage}'" not in out:  # up to date per the commit's dvc.lock: train it anyway
+    ran, restored = RAN.findall(out), RESTORED.findall(out)
+    print(f"  upstream: {len(restored)} stage(s) restored from the DVC cache, {len(ran)} re-run ({', '.join(ran)})")
+    if lineage.dvc_stage not in ran:  # restored from the run cache: train it again, that is the point
         _run([*dvc, "repro", "--single-item", "--force", lineage.dvc_stage], cwd=repo, env=env)
     metrics = repo / paths.model_dir(lineage.model, lineage.task) / METRICS_FILE
     return json.loads(metrics.read_text(encoding="utf-8"))

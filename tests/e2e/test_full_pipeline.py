@@ -185,13 +185,15 @@ def test_a_registered_version_records_its_lineage_and_make_reproduce_rebuilds_it
     from mlflow import MlflowClient
 
     repo, env = pipeline_run["repo"], pipeline_run["env"]
+    champion = json.loads((repo / "reports" / "comparison.json").read_text())["champion"]["emotion"]
+    name = f"emotion-{champion['model']}"  # the best smoke model: a metric above 0 to compare
     with store_of(repo):
-        version = MlflowClient().get_model_version("emotion-rnn", "1")
+        version = MlflowClient().get_model_version(name, str(champion["version"]))
         tags = MlflowClient().get_run(version.run_id).data.tags
     assert tags["git_dirty"] == "false" and tags["profile"] == "smoke" and len(tags["params_hash"]) == 16
     assert "dvc.data/prepared/emotion" in tags
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.reproduce", "emotion-rnn", "1"],
+        [sys.executable, "-m", "flows.reproduce", name, str(champion["version"])],
         cwd=repo,
         env=env,
         capture_output=True,
