@@ -215,7 +215,7 @@ def healthy(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def server_command(backend_uri: str, artifacts: Path, port: int, workers: int = 1) -> list[str]:
+def server_command(backend_uri: str, artifacts: str | Path, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -238,15 +238,21 @@ def server_command(backend_uri: str, artifacts: Path, port: int, workers: int = 
 class MlflowServer:
     """`mlflow server` on 127.0.0.1:PORT over `backend_uri`, proxying artifacts to `artifacts` (own process group)."""
 
-    def __init__(self, backend_uri: str, artifacts: Path, port: int | None = None, log_path: Path | None = None):
-        self.backend_uri, self.artifacts = backend_uri, Path(artifacts).resolve()
-        self.port = port or free_port()
+    def __init__(self, backend_uri: str, artifacts: str | Path, port: int | None = None, log_path: Path | None = None):
+        # a folder (made absolute) or an object-store URI (s3://..., gs://...), passed on as it is
+        self.artifacts = str(artifacts) if "://" in str(artifacts) else Path(artifacts).resolve()
+        self.backend_uri, self.port = backend_uri, port or free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self.log_path = log_path or self.artifacts.parent / f"mlflow-server-{self.port}.log"
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix=f"mlflow-server-{self.port}-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> MlflowServer:
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.artifacts, Path):
+            self.artifacts.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runner: unused here
         with self.log_path.open("ab") as out:
@@ -293,11 +299,17 @@ def backend_store(pgdata: Path | None = None) -> Iterator[str]:
         yield cluster.dsn
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.mlflow_server", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     parser.add_argument(
-        "--artifacts", default="mlflow/server-artifacts", help="artifact destination the server proxies to"
+        "--artifacts",
+        default="mlflow/server-artifacts",
+        help="where the server keeps artifacts: a folder or an object-store URI (default mlflow/server-artifacts)",
     )
     parser.add_argument(
         "--pgdata",
@@ -306,12 +318,18 @@ def main(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # `kill` (SIGTERM) stops like Ctrl-C: the server and the cluster are stopped, the temp cluster removed
+    signal.signal(signal.SIGTERM, _interrupt)
     if not os.environ.get(BACKEND_ENV) and not args.pgdata:
         log.warning("No %s: a throwaway PostgreSQL cluster (gone on exit; --pgdata DIR keeps one)", BACKEND_ENV)
     try:
         with backend_store(Path(args.pgdata).resolve() if args.pgdata else None) as uri:
-            server = MlflowServer(uri, Path(args.artifacts), args.port).start()
-            print(f"MLflow server on {server.url}; use MLFLOW_TRACKING_URI={server.url} (Ctrl-C stops it)", flush=True)
+            server = MlflowServer(uri, args.artifacts, args.port).start()
+            print(
+                f"MLflow server on {server.url}; use MLFLOW_TRACKING_URI={server.url} (Ctrl-C stops it; log "
+                f"{server.log_path})",
+                flush=True,
+            )
             try:
                 while server.process.poll() is None:
                     time.sleep(1)
