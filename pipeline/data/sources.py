@@ -20,8 +20,6 @@ import yaml
 
 from pipeline.core.config import DATASETS, Params
 from pipeline.core.io import write_text
-from pipeline.data.ingest import mirror_fingerprint
-from pipeline.data.readers import MIRROR_FOLDERS, has_mirror
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +45,10 @@ def read_sources(root: Path | None = None) -> dict:
 
 
 def current_source(name: str, params: Params, recorded: dict | None, root: Path | None = None) -> dict:
+    # imported here: they load `datasets` (seconds), which the retrain flow importing this module does not need
+    from pipeline.data.ingest import mirror_fingerprint
+    from pipeline.data.readers import MIRROR_FOLDERS, has_mirror
+
     mirror = params.ingest.resolved_mirror_dir(root)
     if has_mirror(name, mirror):
         return mirror_fingerprint(name, mirror / MIRROR_FOLDERS[name])

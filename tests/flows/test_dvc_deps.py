@@ -132,7 +132,12 @@ def test_ingest_depends_on_the_recorded_mirror_sources_not_on_the_mirror_folder(
     assert not [d for d in stage["deps"] if "mirror" in d]
     effective = [e for e in stage["params"] if "params.effective.yaml" in e][0]["params.effective.yaml"]
     assert "ingest.mirror_dir" not in effective, "where the mirror lies must not matter, only what it holds"
-    assert (REPO_ROOT / SOURCES_FILE).is_file(), f"{SOURCES_FILE} is committed (python -m flows.sources writes it)"
+    from pipeline.core.config import DATASETS
+    from pipeline.data.sources import read_sources
+
+    assert set(read_sources(REPO_ROOT)) == set(DATASETS), (
+        f"{SOURCES_FILE} (committed) must have an entry per dataset: run `python -m flows.sources` and commit it"
+    )
 
 
 def test_the_import_walk_follows_imports_inside_functions_and_reports_gaps():
