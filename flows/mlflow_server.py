@@ -111,14 +111,16 @@ class PostgresCluster:
     def _initdb(self, bindir: Path) -> None:
         self.data.mkdir(mode=0o700)
         self._own(self.data)
-        subprocess.run(
+        done = subprocess.run(
             [str(bindir / "initdb"), "-D", str(self.data), "-U", self.db_user, "-E", "UTF8", "--no-instructions"]
             + ["--auth-local=trust", "--auth-host=reject"],
-            check=True,
             capture_output=True,
+            text=True,
             cwd=self.base,
             **self._user_kwargs(),
         )
+        if done.returncode:
+            raise RuntimeError(f"initdb {self.data} failed (exit {done.returncode}):\n{done.stderr.strip()}")
         # only this database user, only over the socket (whose folder only the cluster's owner can enter)
         (self.data / "pg_hba.conf").write_text(f"local all {self.db_user} trust\n")
 
