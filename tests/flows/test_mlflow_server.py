@@ -66,3 +66,19 @@ def test_train_compare_promote_load_and_roll_back_on_a_postgres_mlflow_server(
     again = compare(params)  # a rolled-back version is not promoted again
     assert again["champions"]["emotion"]["models"]["emotion-rnn"]["champion_version"] is None
     assert mlflow.pyfunc.load_model("models:/emotion-rnn/1").predict(texts) == labels
+
+
+@pytest.mark.integration
+def test_the_throwaway_cluster_listens_only_on_its_socket_and_trusts_only_its_user(mlflow_server):
+    import stat
+
+    import psycopg
+
+    cluster = mlflow_server.cluster
+    assert stat.S_IMODE(cluster.socket_dir.stat().st_mode) == 0o700
+    assert "127.0.0.1" in mlflow_server.url
+    with cluster._connect("mlflow") as conn:
+        assert conn.execute("SHOW listen_addresses").fetchone()[0] == ""  # no TCP at all
+        conn.execute("CREATE ROLE intruder LOGIN")
+    with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+        psycopg.connect(host=str(cluster.socket_dir), port=cluster.port, user="intruder", dbname="mlflow")
