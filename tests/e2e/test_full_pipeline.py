@@ -114,8 +114,8 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
                     kind, "i feel wonderful today"
                 )
                 predicted = loaded.predict([text])
-                if kind == "classification":  # transformers flavour: a DataFrame; text-to-text models: labels
-                    label = predicted["label"][0] if hasattr(predicted, "columns") else list(predicted)[0]
+                if kind == "classification":  # every family: [{"label", "score"}]
+                    label = predicted[0]["label"]
                     names = load_from_disk(str(repo / "data" / "prepared" / task))["train"].features["label"].names
                     assert label in names, f"{task}-{model} answered {predicted!r}"
                 elif kind == "ner":
