@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
+PORT ?= 5001
 # params profile for `make run` (profiles/<name>.yaml, e.g. gpu, smoke); empty: params.yaml's defaults
 PROFILE ?=
 
-.PHONY: help install run lint test test-fast bench ui serve rollback clean-data
+.PHONY: help install run lint test test-fast bench ui serve serve-model rollback clean-data
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -51,6 +52,10 @@ rollback: $(STAMP) ## undo the last champion promotion: make rollback TASK=emoti
 
 serve: $(STAMP) ## local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the scheduled retrain deployment
 	$(PY) -m flows.serve --port $(PREFECT_PORT)
+
+serve-model: $(STAMP) ## serve models:/<task>@champion on 127.0.0.1:$(PORT): make serve-model TASK=emotion [PORT=5001]
+	@test -n "$(TASK)" || { echo "usage: make serve-model TASK=<task, e.g. emotion> [PORT=5001]"; exit 2; }
+	$(PY) -m flows.serve_model $(TASK) --port $(PORT)
 
 clean-data: ## remove stage outputs (data/, reports/) but keep the MLflow store
 	rm -rf data reports
