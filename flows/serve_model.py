@@ -3,10 +3,10 @@
     python -m flows.serve_model emotion --port 5001
 
 Runs `mlflow models serve -m models:/<task>@champion --env-manager local` against the configured store
-(MLFLOW_TRACKING_URI, else params.common.mlflow_tracking_uri made absolute). `<task>@champion` is the task's
-best model across families (pipeline.compare.champion), so clients need not know which family won. Requests
-and responses: see pipeline.models.pyfunc (POST /invocations with {"inputs": ["text", ...]} or
-{"dataframe_records": [{"text": ...}]}; the answer is {"predictions": [...]}).
+(MLFLOW_TRACKING_URI, else params.common.mlflow_tracking_uri made absolute); see pipeline.tracking.serving.
+`<task>@champion` is the task's best model across families (pipeline.compare.champion). Requests and
+responses: POST /invocations with {"inputs": ["text", ...]} or {"dataframe_records": [{"text": ...}]}; the
+answer is {"predictions": [...]} in the task kind's shape (pipeline.models.pyfunc).
 """
 
 from __future__ import annotations
@@ -17,41 +17,7 @@ import sys
 
 from flows.common import params_or_exit, setup_logging
 
-HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
-
-
-def champion_uri(task: str) -> str:
-    from pipeline.compare.champion import CHAMPION_ALIAS
-
-    return f"models:/{task}@{CHAMPION_ALIAS}"
-
-
-def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        HOST,
-        "-p",
-        str(port),
-        "-w",
-        str(workers),
-    ]
-
-
-def serve_env(tracking: str) -> dict[str, str]:
-    """The environment of the server process: the store to resolve `models:/` from, and this interpreter's bin/
-    first on PATH (the server execs `uvicorn` from there, also when the venv is not activated)."""
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_REGISTRY_URI": tracking}
 
 
 def check_champion(task: str, tracking: str) -> str | None:
@@ -59,7 +25,7 @@ def check_champion(task: str, tracking: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipeline.compare.champion import CHAMPION_ALIAS
+    from pipeline.tracking.serving import CHAMPION_ALIAS, champion_uri
 
     try:
         MlflowClient(tracking_uri=tracking, registry_uri=tracking).get_model_version_by_alias(task, CHAMPION_ALIAS)
@@ -74,6 +40,7 @@ def check_champion(task: str, tracking: str) -> str | None:
 def main(argv: list[str]) -> None:
     from pipeline.core.config import TASKS
     from pipeline.tracking.runs import tracking_uri
+    from pipeline.tracking.serving import HOST, champion_uri, serve_command, serve_env
 
     parser = argparse.ArgumentParser(prog="python -m flows.serve_model", description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=TASKS, help="the task whose champion to serve")

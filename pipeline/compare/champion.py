@@ -54,10 +54,10 @@ from pathlib import Path
 from pipeline.core.config import TASKS, Params
 from pipeline.core.metrics import main_metric
 from pipeline.tracking.runs import configure, registered_name
+from pipeline.tracking.serving import CHAMPION_ALIAS
 
 log = logging.getLogger(__name__)
 
-CHAMPION_ALIAS = "champion"
 LEADER_TAG = "task_leader"
 BLOCKED_TAG = "champion.blocked"
 HISTORY_EXPERIMENT = "champions"  # one run per task holds that task's events

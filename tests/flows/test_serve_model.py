@@ -9,90 +9,15 @@ group) and checked gone.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 
-from flows.serve_model import HOST, champion_uri, check_champion, serve_command, serve_env
+from flows.serve_model import check_champion
+from pipeline.tracking.serving import alive, champion_uri, invoke, running_server
 
-STARTUP_TIMEOUT_S = 120
 ENTITY_KEYS = {"entity", "word", "start", "end", "word_start", "word_end"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def post(port: int, body: dict) -> list:
-    request = urllib.request.Request(
-        f"http://{HOST}:{port}/invocations",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status == 200
-        return json.loads(response.read())["predictions"]
-
-
-@contextlib.contextmanager
-def served(model_uri: str, tracking: str, log: Path):
-    """Start `mlflow models serve` (its own process group) and yield its port once /ping answers; stop it after,
-    every process of it."""
-    port = free_port()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            serve_command(model_uri, port),
-            env=serve_env(tracking),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc, port
-    finally:
-        family = [proc.pid]
-        with contextlib.suppress(psutil.NoSuchProcess):
-            family += [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in family[1:]):
-            time.sleep(0.2)
-        for pid in family[1:]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, f"server process {pid} left running"
-
-
-def wait_ready(proc, port: int, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow models serve not ready in {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture
@@ -129,32 +54,33 @@ def championed(t2t_repo, t2t_params, tmp_path, empty_mlflow_db):
 def test_each_tasks_champion_is_served_in_its_task_kinds_shape(championed, tmp_path):
     tracking, labels = championed
     assert check_champion("sst2", tracking).startswith("no models:/sst2@champion")  # never trained here
-    uris = {task: champion_uri(task) for task in ("emotion", "conll2003", "multi30k")}
-    with contextlib.ExitStack() as stack:  # the three servers start side by side
+    with contextlib.ExitStack() as stack:  # the three servers start side by side, then each is waited for
         servers = {
-            task: (*stack.enter_context(served(uri, tracking, tmp_path / f"{task}.log")), tmp_path / f"{task}.log")
-            for task, uri in uris.items()
+            task: stack.enter_context(running_server(champion_uri(task), tracking, tmp_path / f"{task}.log", False))
+            for task in ("emotion", "conll2003", "multi30k")
         }
-        for proc, port, log in servers.values():
-            wait_ready(proc, port, log)
+        for server in servers.values():
+            server.wait_ready()
 
-        _, port, _ = servers["emotion"]
-        answers = post(port, {"inputs": ["i feel wonderful today", "i am so scared of the dark"]})
+        port = servers["emotion"].port
+        answers = invoke(port, {"inputs": ["i feel wonderful today", "i am so scared of the dark"]})
         assert len(answers) == 2 and all(set(a) == {"label", "score"} and a["label"] in labels for a in answers)
-        assert post(port, {"dataframe_records": [{"text": "i feel wonderful today"}]}) == answers[:1]
+        assert invoke(port, {"dataframe_records": [{"text": "i feel wonderful today"}]}) == answers[:1]
 
-        _, port, _ = servers["conll2003"]
+        port = servers["conll2003"].port
         texts = ["Peter Blackburn flew to Germany .", "EU rejects German call to boycott British lamb ."]
-        answers = post(port, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}})
+        answers = invoke(port, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}})
         assert len(answers) == 2 and all(isinstance(found, list) for found in answers)
         for text, found in zip(texts, answers):
             for e in found:  # a few steps of training: whatever it finds must be well-formed
                 assert set(e) == ENTITY_KEYS and text[e["start"] : e["end"]] == e["word"]
                 assert e["entity"] in {"PER", "ORG", "LOC", "MISC"}
 
-        _, port, _ = servers["multi30k"]
-        german = post(port, {"dataframe_records": [{"en": "A man is riding a bike."}, {"en": "Two dogs play."}]})
+        port = servers["multi30k"].port
+        german = invoke(port, {"dataframe_records": [{"en": "A man is riding a bike."}, {"en": "Two dogs play."}]})
         assert len(german) == 2 and all(isinstance(t, str) for t in german)
-        assert post(port, {"inputs": ["A man is riding a bike."]}) == german[:1]
-        pids = [proc.pid for proc, _, _ in servers.values()]
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+        assert invoke(port, {"inputs": ["A man is riding a bike."]}) == german[:1]
+        processes = [s.process.pid for s in servers.values()] + [
+            child.pid for s in servers.values() for child in psutil.Process(s.process.pid).children(recursive=True)
+        ]
+    assert len(processes) > 3 and not [pid for pid in processes if alive(pid)], "a server process was left running"
