@@ -22,7 +22,8 @@ Design
   champion's metric. Fields: id, time, event (promote | rollback | leader | task_champion), task,
   registered_model, alias, old_version, new_version, metric, old_metric, new_metric, reason, and for a
   rollback `undoes` (the id of the promotion it undid); task_champion events add old_source / new_source.
-  Promoted versions get the tag `champion.promoted_at`.
+  Promoted versions get the tag `champion.promoted_at`. A store with the old local history
+  (`champion_history.jsonl` next to it) has it imported once, ids kept, so its promotions can still be rolled back.
 - Concurrency: on one machine a file lock (champions.lock next to the local store) serialises every
   promotion and rollback. Against a shared server the guarantees are weaker: each event is its own immutable
   artifact (never read-modify-write), so concurrent writers never lose or corrupt each other's events, and a
@@ -64,6 +65,7 @@ HISTORY_EXPERIMENT = "champions"  # one run per task holds that task's events
 TASK_TAG = "champion.task"  # on a history run: its task
 EVENTS_DIR = "events"  # a history run's artifact folder: one JSON file per event
 LOCK_FILE = "champions.lock"
+LEGACY_HISTORY_FILE = "champion_history.jsonl"  # the history's old, local home: imported once (import_legacy_history)
 PROMOTED_TAG = "champion.promoted_at"  # on a version: when it last became champion
 SOURCE_MODEL_TAG = "champion.source_model"  # on a version of `<task>`: the `<task>-<model>` it copies ...
 SOURCE_VERSION_TAG = "champion.source_version"  # ... and that model's version
@@ -175,6 +177,27 @@ class History:
     root: Path | None
 
 
+def import_legacy_history(client, history: History) -> int:
+    """Move the events of the old local `champion_history.jsonl` (next to the store) into MLflow once, keeping
+    their ids and times (so rollback can still undo them); the file is renamed `.imported`. Returns the count."""
+    path = lock_path(history.params, history.root).with_name(LEGACY_HISTORY_FILE)
+    if not path.exists():
+        return 0
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    for n, line in lines:
+        try:
+            event = json.loads(line)
+            when = datetime.fromisoformat(event["time"]).replace(microsecond=n % 1_000_000)  # file order kept
+        except (json.JSONDecodeError, KeyError, ValueError) as err:
+            raise ChampionError(f"{path}, line {n}: not a history event ({err}); fix or remove that line") from None
+        run_id = _history_run_id(client, event["task"], history.params, history.root)
+        name = f"{EVENTS_DIR}/{when.astimezone(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{event['id']}.json"
+        client.log_text(run_id, json.dumps(event, sort_keys=True, indent=1), name)
+    path.rename(path.with_name(path.name + ".imported"))
+    log.info("Imported %d champion events from %s into MLflow (experiment %r)", len(lines), path, HISTORY_EXPERIMENT)
+    return len(lines)
+
+
 @contextlib.contextmanager
 def _locked(params: Params, root: Path | None) -> Iterator[History]:
     """Serialise this machine's promotions and rollbacks (one writer of the aliases and the history at a time)."""
@@ -273,6 +296,7 @@ def update_champions(params: Params, tasks: tuple[str, ...] = TASKS, root: Path 
     configure(params, root)
     client = MlflowClient()
     with _locked(params, root) as history:
+        import_legacy_history(client, history)
         return {task: _update_task(client, task, params, history) for task in tasks}
 
 
@@ -513,6 +537,7 @@ def rollback(target: str, params: Params, root: Path | None = None) -> dict:
     configure(params, root)
     client = MlflowClient()
     with _locked(params, root) as history:
+        import_legacy_history(client, history)
         moves = [e for e in _open_promotions(read_history(params, root, task)) if e.get("registered_model") in names]
         if not moves:
             raise ChampionError(

@@ -108,6 +108,12 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
             champion = board["champion"][task]
             version = client.get_model_version_by_alias(f"{task}-{champion['model']}", "champion")
             assert str(version.version) == str(champion["version"])
+            served = client.get_model_version_by_alias(task, "champion")  # `<task>@champion`: the leader's copy
+            assert (served.tags["champion.source_model"], served.tags["champion.source_version"]) == (
+                f"{task}-{champion['model']}",
+                str(champion["version"]),
+            )
+            assert served.source == version.source
             for model in MODELS:
                 loaded = mlflow.pyfunc.load_model(f"models:/{task}-{model}/1")
                 text = {"ner": "John Smith lives in Berlin", "translation": "A man is riding a bike."}.get(

@@ -84,3 +84,13 @@ def test_each_tasks_champion_is_served_in_its_task_kinds_shape(championed, tmp_p
             child.pid for s in servers.values() for child in psutil.Process(s.process.pid).children(recursive=True)
         ]
     assert len(processes) > 3 and not [pid for pid in processes if alive(pid)], "a server process was left running"
+
+
+def test_serve_model_refuses_a_task_without_a_champion(compare_repo, capsys):
+    from flows.serve_model import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["emotion", "--port", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no models:/emotion@champion in sqlite:///" in err and "`make run`" in err

@@ -226,6 +226,27 @@ def test_history_of_several_history_runs_is_merged_in_time_order(compare_repo):
         read_history(params)
 
 
+def test_the_old_local_history_file_is_imported_once_and_can_be_rolled_back(compare_repo):
+    params = compare_repo.params
+    compare_repo.add_run("sst2", "bert", _acc(0.60))
+    compare_repo.add_run("sst2", "bert", _acc(0.70))
+    client = MlflowClient()
+    client.set_registered_model_alias("sst2-bert", CHAMPION_ALIAS, "2")  # what the old code did, with its file:
+    legacy = compare_repo.root / "mlflow" / "champion_history.jsonl"
+    old = {"event": "promote", "task": "sst2", "registered_model": "sst2-bert", "alias": CHAMPION_ALIAS}
+    legacy.write_text(
+        json.dumps({**old, "id": "a1", "time": "2026-01-01T10:00:00+00:00", "old_version": None, "new_version": "1"})
+        + "\n"
+        + json.dumps({**old, "id": "b2", "time": "2026-01-01T10:00:00+00:00", "old_version": "1", "new_version": "2"})
+        + "\n"
+    )
+    update_champions(params, tasks=("sst2",))
+    assert not legacy.exists() and legacy.with_name("champion_history.jsonl.imported").exists()
+    assert [e["id"] for e in read_history(params, task="sst2")][:2] == ["a1", "b2"]  # same-second order kept
+    assert rollback("sst2-bert", params)["undoes"] == "b2"
+    assert _alias("sst2-bert") == "1"
+
+
 def test_rollback_target_must_be_a_task_or_registered_model(compare_repo):
     with pytest.raises(ChampionError, match="neither a task nor a registered model"):
         rollback("emotion-t5", compare_repo.params)
