@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, str] = {
     "incremental_repro": "bench.incremental_repro",
     "orchestration_overhead": "bench.orchestration_overhead",
     "inference": "bench.inference",
+    "serving": "bench.serving",
     "data_tokenization": "bench.data_tokenization",
     "training_engine": "bench.training_engine",
     "cpu_utilisation": "bench.cpu_utilisation",

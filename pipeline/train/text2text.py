@@ -24,6 +24,7 @@ from pipeline.core.config import TASK_SPECS, Params
 from pipeline.core.io import write_json
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
 from pipeline.models.ner_tagger import text_entities
+from pipeline.models.pyfunc import label_answer
 from pipeline.train.family import ModelFamily, TestScores
 from pipeline.train.settings import RunSettings
 
@@ -148,10 +149,10 @@ class TaskFormat:
         return metrics
 
     def natural(self, prediction: Any, text: str) -> Any:
-        """The served form: a label name, the entities found in `text` (NER: its whitespace-separated words), or
-        the German text."""
+        """The served form (pipeline.models.pyfunc): {"label", "score": None}, the entities found in `text` (NER:
+        its whitespace-separated words), or the German text."""
         if self.kind == "classification":
-            return self.label_names[prediction] if prediction >= 0 else self.label_names[0]
+            return label_answer(self.label_names[prediction] if prediction >= 0 else self.label_names[0])
         if self.kind == "ner":
             return text_entities(text, prediction)  # the same entities as the fine-tuned NER models serve
         return prediction

@@ -109,14 +109,20 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
             champion = board["champion"][task]
             version = client.get_model_version_by_alias(f"{task}-{champion['model']}", "champion")
             assert str(version.version) == str(champion["version"])
+            served = client.get_model_version_by_alias(task, "champion")  # `<task>@champion`: the leader's copy
+            assert (served.tags["champion.source_model"], served.tags["champion.source_version"]) == (
+                f"{task}-{champion['model']}",
+                str(champion["version"]),
+            )
+            assert served.source == version.source
             for model in MODELS:
                 loaded = mlflow.pyfunc.load_model(f"models:/{task}-{model}/1")
                 text = {"ner": "John Smith lives in Berlin", "translation": "A man is riding a bike."}.get(
                     kind, "i feel wonderful today"
                 )
                 predicted = loaded.predict([text])
-                if kind == "classification":  # transformers flavour: a DataFrame; text-to-text models: labels
-                    label = predicted["label"][0] if hasattr(predicted, "columns") else list(predicted)[0]
+                if kind == "classification":  # every family: [{"label", "score"}]
+                    label = predicted[0]["label"]
                     names = load_from_disk(str(repo / "data" / "prepared" / task))["train"].features["label"].names
                     assert label in names, f"{task}-{model} answered {predicted!r}"
                 elif kind == "ner":
