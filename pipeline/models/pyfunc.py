@@ -1,15 +1,19 @@
-"""MLflow pyfunc wrappers for the fine-tuned models MLflow's transformers flavour cannot serve in natural form.
+"""MLflow pyfunc wrappers: every family of a task serves the same request and response shape.
 
-- `NerModel`: text -> list of entities {entity, word, start, end, word_start, word_end} per text
-  (the transformers flavour's pyfunc collapses entities to a "PER,LOC" string, losing the words).
-- `TranslationModel`: English text -> German text, for GPT prompt-style translation and for
-  EncoderDecoderModels with separate encoder/decoder tokenizers.
-- `QAModel`: rows {"question", "context"} -> [{"answer": str, "score": float | None}] (score: extractive models'
-  softmax over their n-best spans; None for generated answers). Every qa model (the text-to-text ones too)
-  answers in this shape.
-Each loads its weights/tokenizers from the `model` artifact (a folder saved by the matching class).
-Input: a list of strings, one string, or a DataFrame whose `text` column (or first column) holds them; qa: a
-DataFrame with `question` and `context` columns, a list of such dicts or one dict.
+Request (every task): a list of texts, one string, or a DataFrame whose `text` column holds them (translation
+also `en`; else the first column). NER texts are whitespace-separated words, as in CoNLL.
+Response, per task kind (one item per input text, in order):
+- classification: {"label": str, "score": float | None} (the score is the predicted label's probability; None
+  for models without one, the text-to-text families);
+- ner: a list of entities {"entity", "word", "start", "end", "word_start", "word_end"} (pipeline.models.
+  ner_tagger.text_entities; character and word ends exclusive);
+- translation: the German text (str);
+- qa (request: a DataFrame with `question` and `context` columns, a list of such dicts or one dict):
+  {"answer": str, "score": float | None} (the score: extractive models' softmax over their n-best spans; None
+  for generated answers).
+The fine-tuned transformers are served by the wrappers below; the scratch families by their own (rnn.py,
+encdec.py), all through pyfunc. Each wrapper loads its weights/tokenizer from the `model` artifact (a folder
+saved by the matching class) and pickles no weights.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import mlflow.pyfunc
 
 MODEL_ARTIFACT = "model"
+BATCH_SIZE = 32  # a request's texts go through the model this many at a time
+TEXT_COLUMNS = ("text", "en")  # DataFrame columns read as the input texts, in this order
 
 
 def texts_of(model_input) -> list[str]:
@@ -26,12 +32,14 @@ def texts_of(model_input) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, pd.DataFrame):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        column = next((c for c in TEXT_COLUMNS if c in model_input.columns), model_input.columns[0])
         return [str(x) for x in model_input[column].tolist()]
     if isinstance(model_input, pd.Series):
         return [str(x) for x in model_input.tolist()]
-    if isinstance(model_input, dict) and "text" in model_input:
-        return texts_of(model_input["text"])
+    if isinstance(model_input, dict):
+        column = next((c for c in TEXT_COLUMNS if c in model_input), None)
+        if column is not None:
+            return texts_of(model_input[column])
     return [str(x) for x in list(model_input)]
 
 
@@ -60,6 +68,57 @@ def qa_rows(model_input) -> tuple[list[str], list[str]]:
 def qa_answers(pairs) -> list[dict]:
     """The one served shape of every qa model: [{"answer": str, "score": float | None}]."""
     return [{"answer": text, "score": None if score is None else float(score)} for text, score in pairs]
+
+
+def label_answer(label: str, score: float | None = None) -> dict:
+    """One classification answer, as every classification model serves it."""
+    return {"label": label, "score": None if score is None else float(score)}
+
+
+class ClassificationModel(mlflow.pyfunc.PythonModel):
+    """A fine-tuned sequence classifier (safetensors weights + tokenizer): texts -> {"label", "score"}."""
+
+    def __init__(self, max_length: int = 512):
+        self.max_length = max_length
+        self.model = self.tokenizer = None
+
+    def __getstate__(self):
+        return {"max_length": self.max_length, "model": None, "tokenizer": None}
+
+    def load_context(self, context):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from pipeline.models.loading import load_tokenizer
+
+        folder = context.artifacts[MODEL_ARTIFACT]
+        self.tokenizer = load_tokenizer(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", self.max_length
+        )
+        self.max_length = min(self.max_length, positions)
+        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+
+    def predict(self, context, model_input, params=None) -> list[dict]:
+        import torch
+
+        texts, answers = texts_of(model_input), []
+        for lo in range(0, len(texts), BATCH_SIZE):
+            enc = self.tokenizer(
+                texts[lo : lo + BATCH_SIZE],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+                return_token_type_ids=False,
+            ).to(self.model.device)
+            with torch.no_grad():
+                probs = self.model(**enc).logits.float().softmax(-1)  # [batch, labels]
+            best, index = probs.max(-1)  # [batch]
+            answers += [label_answer(self.id2label[i], p) for i, p in zip(index.tolist(), best.tolist())]
+        return answers
 
 
 class NerModel(mlflow.pyfunc.PythonModel):
@@ -94,11 +153,13 @@ class TranslationModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         options = {**self.generation, **{k: v for k, v in (params or {}).items() if k in self.generation}}
-        return self.translator.translate(texts_of(model_input), **options)
+        return self.translator.translate(texts_of(model_input), batch_size=BATCH_SIZE, **options)
 
 
 class QAModel(mlflow.pyfunc.PythonModel):
-    def __init__(self, max_new_tokens: int = 64, batch_size: int = 32):
+    """A fine-tuned qa model (pipeline.models.qa: extractive reader or GPT answerer): rows -> {"answer", "score"}."""
+
+    def __init__(self, max_new_tokens: int = 64, batch_size: int = BATCH_SIZE):
         self.options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
         self.reader = None
 

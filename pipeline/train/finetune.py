@@ -2,8 +2,8 @@
 
 - Dynamic padding, validation every epoch, best epoch kept (the task's main metric), early stopping,
   checkpoints in checkpoints/finetune-<model>-<task>/ (resumed by the driver, pipeline/train/driver.py).
-- The test split is scored once, by the selected checkpoint. Classification is served through MLflow's
-  transformers flavour; NER, translation and QA through pyfunc wrappers (pipeline/models/pyfunc.py).
+- The test split is scored once, by the selected checkpoint. Every task is served through a pyfunc wrapper
+  (pipeline/models/pyfunc.py), with the task kind's one response shape (qa: {"answer", "score"}).
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ from pipeline.train.plots import learning_curve_from_history
 from pipeline.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
-
-# A served request's texts go through the model this many at a time (the transformers pipeline's default is one).
-SERVING_BATCH_SIZE = 32
 
 
 def param_count(model: torch.nn.Module) -> int:
@@ -258,36 +255,28 @@ class PretrainedTransformer(ModelFamily):
         setup.model(**enc).logits.argmax(-1)
 
     def register(self, export_dir: Path) -> str:
+        """Log the selected model as a pyfunc wrapper (pipeline.models.pyfunc: the task kind's one response shape,
+        the same as the scratch families') and register it as <task>-<model>."""
+        from pipeline.models.pyfunc import MODEL_ARTIFACT, ClassificationModel, NerModel, QAModel, TranslationModel
         from pipeline.tracking import registry
 
         setup, s = self.setup, self.settings
         test = setup.data["test"]
-        if setup.kind == "classification":
-            from transformers import pipeline as hf_pipeline
-
-            setup.tokenizer.model_max_length = setup.max_length  # served inputs are truncated like training ones
-            pipe = hf_pipeline("text-classification", model=setup.model, tokenizer=setup.tokenizer)
-            return registry.register_transformers(
-                pipe,
-                s.task,
-                s.model,
-                input_example=list(test["text"][:2]),
-                model_config={"truncation": True, "batch_size": SERVING_BATCH_SIZE},
-            )
-        from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel, QAModel, TranslationModel
-
         shutil.rmtree(export_dir, ignore_errors=True)
         if setup.kind == "qa":
             (setup.reader or setup.translator).save(export_dir)
             wrapper = QAModel(s.generation.max_new_tokens, s.common.eval_batch_size)
             example = test.select(range(min(2, len(test)))).to_pandas()[["question", "context"]]
-        elif setup.kind == "ner":
-            setup.model.save_pretrained(str(export_dir))
-            setup.tokenizer.save_pretrained(str(export_dir))
-            wrapper, example = NerModel(max_length=setup.max_length), [" ".join(t) for t in test["tokens"][:2]]
-        else:
+        elif setup.kind == "translation":
             setup.translator.save(export_dir)
             gen = s.generation
             wrapper = TranslationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
             example = list(test["en"][:2])
+        else:
+            setup.model.save_pretrained(str(export_dir))
+            setup.tokenizer.save_pretrained(str(export_dir))
+            if setup.kind == "ner":
+                wrapper, example = NerModel(max_length=setup.max_length), [" ".join(t) for t in test["tokens"][:2]]
+            else:  # served inputs are truncated like training ones
+                wrapper, example = ClassificationModel(max_length=setup.max_length), list(test["text"][:2])
         return registry.register_pyfunc(wrapper, {MODEL_ARTIFACT: export_dir}, s.task, s.model, input_example=example)

@@ -377,7 +377,8 @@ class RNNText2Text(Text2TextModel):
 
 class RNNPyfunc(mlflow.pyfunc.PythonModel):
     """Serves the registered rnn: texts (a DataFrame `text` column, a list or a string; NER: space-separated
-    words) -> label names / entities / German text."""
+    words) -> the task kind's response shape (pipeline.models.pyfunc):
+    {"label", "score": None} / entities / German text."""
 
     def load_context(self, context) -> None:
         meta, self.fmt = read_serving_meta(context.artifacts["vocab"])

@@ -26,7 +26,7 @@ from pipeline.core.config import TASK_SPECS, Params
 from pipeline.core.io import write_json
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, qa_metrics, translation_metrics
 from pipeline.models.ner_tagger import text_entities
-from pipeline.models.pyfunc import qa_rows, texts_of
+from pipeline.models.pyfunc import label_answer, qa_answers, qa_rows, texts_of
 from pipeline.train.family import ModelFamily, TestScores
 from pipeline.train.settings import RunSettings
 
@@ -165,14 +165,14 @@ class TaskFormat:
         return metrics
 
     def natural(self, prediction: Any, text: str) -> Any:
-        """The served form: a label name, the entities found in `text` (NER: its whitespace-separated words), the
-        German text, or (qa) {"answer": text, "score": None} as every qa model serves."""
+        """The served form (pipeline.models.pyfunc): {"label", "score": None}, the entities found in `text` (NER:
+        its whitespace-separated words), the German text, or (qa) {"answer", "score": None}."""
         if self.kind == "classification":
-            return self.label_names[prediction] if prediction >= 0 else self.label_names[0]
+            return label_answer(self.label_names[prediction] if prediction >= 0 else self.label_names[0])
         if self.kind == "ner":
             return text_entities(text, prediction)  # the same entities as the fine-tuned NER models serve
         if self.kind == "qa":
-            return {"answer": prediction, "score": None}
+            return qa_answers([(prediction, None)])[0]
         return prediction
 
 

@@ -49,6 +49,7 @@ def pipeline_run(tmp_path_factory, repo_root, mirror_dir, prefect_server):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "commit", "-qam", "the mirror's path")
     env = {**pipeline_env(prefect_server), PROFILE_ENV: "smoke"}
+    env.pop("HT_ALLOW_DIRTY", None)  # the copy is committed: `make run` registers without being told to
     output = make_run(repo, env)
     return {"repo": repo, "env": env, "output": output}
 
@@ -108,14 +109,20 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
             champion = board["champion"][task]
             version = client.get_model_version_by_alias(f"{task}-{champion['model']}", "champion")
             assert str(version.version) == str(champion["version"])
+            served = client.get_model_version_by_alias(task, "champion")  # `<task>@champion`: the leader's copy
+            assert (served.tags["champion.source_model"], served.tags["champion.source_version"]) == (
+                f"{task}-{champion['model']}",
+                str(champion["version"]),
+            )
+            assert served.source == version.source
             for model in MODELS:
                 loaded = mlflow.pyfunc.load_model(f"models:/{task}-{model}/1")
                 text = {"ner": "John Smith lives in Berlin", "translation": "A man is riding a bike."}.get(
                     kind, "i feel wonderful today"
                 )
                 predicted = loaded.predict([text])
-                if kind == "classification":  # transformers flavour: a DataFrame; text-to-text models: labels
-                    label = predicted["label"][0] if hasattr(predicted, "columns") else list(predicted)[0]
+                if kind == "classification":  # every family: [{"label", "score"}]
+                    label = predicted[0]["label"]
                     names = load_from_disk(str(repo / "data" / "prepared" / task))["train"].features["label"].names
                     assert label in names, f"{task}-{model} answered {predicted!r}"
                 elif kind == "ner":
@@ -176,3 +183,31 @@ def test_second_make_run_changes_nothing(pipeline_run):
     output = make_run(pipeline_run["repo"], pipeline_run["env"], timeout=600)
     assert not RAN.findall(output), output[-4000:]
     assert "nothing changed" in output
+
+
+def test_a_registered_version_records_its_lineage_and_make_reproduce_rebuilds_it(pipeline_run):
+    """The run was made from a committed tree: its lineage is complete, and `make reproduce` rebuilds the
+    version in a worktree at its commit and gets the identical test metric (CPU, same seed and threads)."""
+    from mlflow import MlflowClient
+
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    champion = json.loads((repo / "reports" / "comparison.json").read_text())["champion"]["emotion"]
+    name = f"emotion-{champion['model']}"  # the best smoke model: a metric above 0 to compare
+    with store_of(repo):
+        version = MlflowClient().get_model_version(name, str(champion["version"]))
+        tags = MlflowClient().get_run(version.run_id).data.tags
+    assert tags["git_dirty"] == "false" and tags["profile"] == "smoke" and len(tags["params_hash"]) == 16
+    assert "dvc.data/prepared/emotion" in tags
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.reproduce", name, str(champion["version"])],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert "-> identical" in output and "input differs" not in output, output[-3000:]
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True).stdout
+    assert len(worktrees.strip().splitlines()) == 1, worktrees  # the temp worktree is gone

@@ -147,10 +147,10 @@ def test_finetune_learns_tracks_and_registers(
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     served = mlflow.pyfunc.load_model(f"models:/{name}/{summary['registered_version']}")
     if KIND[task] == "classification":
-        predicted = served.predict(list(rows["text"]))
+        predicted = served.predict(list(rows["text"]))  # one {"label", "score"} per text, as every family's
         names = rows.features["label"].names
-        assert set(predicted["label"]) <= set(names)
-        served_accuracy = sum(p == names[y] for p, y in zip(predicted["label"], rows["label"])) / len(rows)
+        assert {p["label"] for p in predicted} <= set(names) and all(0 < p["score"] <= 1 for p in predicted)
+        served_accuracy = sum(p["label"] == names[y] for p, y in zip(predicted, rows["label"])) / len(rows)
         assert served_accuracy == pytest.approx(summary["test"]["accuracy"])  # the same model as scored
     elif KIND[task] == "ner":
         texts = [" ".join(tokens) for tokens in rows["tokens"]]

@@ -49,7 +49,7 @@ def test_classification_outputs_that_are_no_label_count_as_wrong():
     assert predictions == [1, -1, -1]
     assert metrics["accuracy"] == pytest.approx(1 / 3)
     assert metrics["invalid_rate"] == pytest.approx(2 / 3)
-    assert fmt.natural(-1, []) == "negative"  # served: the fallback label
+    assert fmt.natural(-1, []) == {"label": "negative", "score": None}  # served: the fallback label, no score
 
 
 def test_ner_outputs_are_repaired_to_the_word_count():
@@ -239,7 +239,8 @@ def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
 
     loaded = mlflow.pyfunc.load_model(f"models:/emotion-encdec/{summary['registered_version']}")
     predicted = loaded.predict(pd.DataFrame({"text": ["i feel so happy today", "i am scared of the dark"]}))
-    assert len(predicted) == 2 and set(predicted) <= labels
+    assert len(predicted) == 2 and {p["label"] for p in predicted} <= labels
+    assert all(p == {"label": p["label"], "score": None} for p in predicted)  # the classification shape
 
 
 @pytest.mark.integration
