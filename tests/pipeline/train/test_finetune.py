@@ -217,3 +217,73 @@ def test_an_unknown_model_or_task_is_refused_with_a_pointer(default_params_dict)
         finetune("nope", "emotion", params)
     with pytest.raises(RunSettingsError, match=r"train.tasks.imdb: no such task"):
         finetune("gpt", "imdb", params)
+
+
+# ---------------------------------------------------------------- squad: held-out real questions
+SQUAD_REAL = {"train": 200, "max_context_words": 80}  # held out: the 92 questions on such paragraphs of articles 38+
+
+
+def _squad_real_split(mirror_dir):
+    """Real SQuAD questions on short paragraphs: train from the first 38 articles, held-out (validation = test)
+    from the others, so no paragraph is shared."""
+    import json
+    import zipfile
+
+    import datasets
+
+    with zipfile.ZipFile(mirror_dir / "squad" / "dev-v1.1.json.zip") as z:
+        articles = json.loads(z.read("dev-v1.1.json"))["data"]
+
+    def rows(part):
+        return [
+            {
+                "id": qa["id"],
+                "title": a["title"],
+                "context": p["context"],
+                "question": qa["question"],
+                "answers": {
+                    "text": [x["text"] for x in qa["answers"]],
+                    "answer_start": [x["answer_start"] for x in qa["answers"]],
+                },
+            }
+            for a in part
+            for p in a["paragraphs"]
+            if len(p["context"].split()) <= SQUAD_REAL["max_context_words"]
+            for qa in p["qas"]
+        ]
+
+    train = datasets.Dataset.from_list(rows(articles[:38])[::2][: SQUAD_REAL["train"]])
+    held_out = datasets.Dataset.from_list(rows(articles[38:]))
+    return datasets.DatasetDict({"train": train, "validation": held_out, "test": held_out})
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_minilm_learns_extractive_qa_that_transfers_to_held_out_questions(in_tmp_repo, mirror_dir, default_params_dict):
+    """One epoch on 200 real questions (~100 s on 2 loaded cores): the held-out span loss falls below the untrained
+    model's (~ln(positions): no idea where answers are). Measured: F1 ~10-13 after 1-2 epochs on 200-300
+    questions, no better than answering with the context's first sentence (~13-14): MiniLM (a sentence-embedding
+    checkpoint) needs far more steps than a test affords to beat that, so the floor is on the loss."""
+    from pipeline.train.driver import build
+
+    data = _squad_real_split(mirror_dir)
+    raw = finetune_params(
+        in_tmp_repo,
+        default_params_dict,
+        "minilm",
+        "squad",
+        epochs=1,
+        batch_size=16,
+        learning_rate=0.0003,
+        max_length=128,
+    )
+    params = parse_params(raw)
+    mlflow.set_tracking_uri(params.common.mlflow_tracking_uri)
+    with mlflow.start_run():
+        trainer = build("minilm", "squad", params, data)
+        outcome = trainer.fit(None)
+        scores = trainer.score_test()
+    start, end = float(outcome.curve[0]["val_loss"]), float(outcome.curve[-1]["val_loss"])
+    print("minilm-squad held-out:", outcome.curve, scores.metrics, "first sentence", first_sentence_f1(data["test"]))
+    assert end <= 0.95 * start, f"held-out span loss {start:.3f} -> {end:.3f}"  # measured: 0.87-0.91
+    assert len(scores.items) == len(data["test"]) > 50 and scores.metrics["f1"] > 0
