@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, str] = {
     "inference": "bench.inference",
     "data_tokenization": "bench.data_tokenization",
     "training_engine": "bench.training_engine",
+    "ddp": "bench.ddp",
     "cpu_utilisation": "bench.cpu_utilisation",
     "gpu": "bench.gpu",
 }
