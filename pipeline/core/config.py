@@ -60,6 +60,7 @@ class CommonConfig(Strict):
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     num_threads: NonNegInt
+    torchrun_nproc: NonNegInt  # 0: a plain process; N: torchrun --nproc_per_node=N (pipeline/core/distributed.py)
 
 
 # ---------------------------------------------------------------- ingest

@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 
-from pipeline.core import paths
+from pipeline.core import distributed, paths
 from pipeline.core.config import PRETRAINED_FAMILIES, Params
 from pipeline.core.io import METRICS_FILE, PLOTS_DIR, atomic_dir, write_json
 from pipeline.data.task_data import load_prepared
@@ -75,7 +75,9 @@ def train(model: str, task: str, params: Params) -> dict:
     """Train `model` on `task` (fine-tune when it starts from pretrained weights); returns the run summary."""
     import mlflow
 
-    runs.require_clean_tree(f"train and register {model}-{task}")
+    main = distributed.is_main()  # under torchrun only rank 0 logs, saves and registers
+    if main:
+        runs.require_clean_tree(f"train and register {model}-{task}")
     trainer = build(model, task, params)
     s = trainer.settings
     log.info(
@@ -84,7 +86,10 @@ def train(model: str, task: str, params: Params) -> dict:
     inputs = [paths.prepared_dir(task), *trainer.inputs]
     fingerprint = {**s.as_dict(), "family": trainer.fingerprint(), "inputs": files_digest(inputs)}
     folder = s.checkpoint_dir
-    resume = prepare_checkpoints(folder, fingerprint, params)
+    resume = prepare_checkpoints(folder, fingerprint, params) if main else None
+    distributed.barrier()  # rank 0 has decided whether to resume (and cleaned up)
+    if not main:
+        return _follow(trainer, folder)
     tags = runs.base_tags(params, family=s.family, source=s.source, inputs=inputs, extra=s.tags())
     with runs.stage_run(params, runs.task_experiment(task), s.name, folder, tags) as run:
         runs.log_params_once(
@@ -111,6 +116,17 @@ def train(model: str, task: str, params: Params) -> dict:
     shutil.rmtree(folder, ignore_errors=True)  # finished: the next run of this stage starts fresh
     log.info("%s done -> %s", s.name, out)
     return summary
+
+
+def _follow(trainer: ModelFamily, folder) -> dict:
+    """A torchrun worker of rank > 0: train alongside rank 0 (DDP), take part in test scoring when it is
+    collective (Trainer.predict), nothing else."""
+    from pipeline.tracking.checkpoints import complete_checkpoints
+
+    trainer.fit((complete_checkpoints(folder) or [None])[-1])
+    if trainer.collective_scoring:
+        trainer.score_test()
+    return {}
 
 
 def _torch_threads() -> int:

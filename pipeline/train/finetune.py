@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.core import distributed
 from pipeline.core.config import Params
 from pipeline.core.metrics import classification_metrics, ner_metrics, translation_metrics
 from pipeline.data.task_data import word_predictions
@@ -52,8 +53,11 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         output_dir=str(s.checkpoint_dir),
         num_train_epochs=run.epochs,
         max_steps=run.max_steps or -1,
-        per_device_train_batch_size=s.batch_size,
-        per_device_eval_batch_size=common.eval_batch_size,
+        # batch sizes are global: under torchrun each of N processes takes 1/N (pipeline/core/distributed.py)
+        per_device_train_batch_size=distributed.per_process_batch(s.batch_size, f"{s.name} batch_size"),
+        per_device_eval_batch_size=distributed.per_process_batch(
+            common.eval_batch_size, "train.common.eval_batch_size"
+        ),
         learning_rate=run.learning_rate,
         weight_decay=common.weight_decay,
         warmup_steps=common.warmup_ratio,  # a float < 1 is a fraction of all steps
@@ -134,6 +138,10 @@ class PretrainedTransformer(ModelFamily):
             "tokenization": f"{type(setup.tokenizer).__name__} (vocab {len(setup.tokenizer)})",
             "device": str(setup.model.device),
         }
+
+    @property
+    def collective_scoring(self) -> bool:
+        return self.setup.kind in ("classification", "ner")  # scored by Trainer.predict; generation is not
 
     def fit(self, resume_from: Path | None) -> TrainOutcome:
         speed = TrainingSpeed()
