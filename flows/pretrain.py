@@ -26,7 +26,7 @@ def pretrain(family: str, params) -> dict:
         from flows.launch import run_under_torchrun
 
         metrics = paths.pretrain_dir(family) / "metrics.json"
-        return run_under_torchrun(params.common.torchrun_nproc, ["pretrain", family], metrics)
+        return run_under_torchrun(params.common.torchrun_nproc, "flows.pretrain", [family], metrics)
     from pipeline.pretrain.run import pretrain as run_pretraining
 
     return run_pretraining(family, params)
@@ -40,7 +40,24 @@ def pretrain_flow(family: str) -> dict:
     return external_task(pretrain, f"pretrain-{family}", params)(family, params)
 
 
+def worker(family: str) -> None:
+    """One torchrun worker (flows/launch.py): pretraining in this process's part of the process group."""
+    from flows.common import setup_logging
+    from flows.launch import process_group
+    from pipeline.pretrain.run import pretrain as run_pretraining
+
+    setup_logging()
+    params = params_or_exit()
+    with process_group():
+        run_pretraining(family, params)
+
+
 def main(argv: list[str]) -> None:
+    from flows.launch import WORKER_FLAG
+
+    if argv[:1] == [WORKER_FLAG]:
+        worker(*argv[1:])
+        return
     params_or_exit()  # fail on bad params before Prefect starts
     if len(argv) != 1 or argv[0] not in PRETRAINED_FAMILIES:
         raise SystemExit(f"{USAGE}\n(got {' '.join(argv)!r})")

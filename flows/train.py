@@ -29,7 +29,7 @@ def train(model: str, task: str, params: Params) -> dict:
     if nproc and params.models[model].family in PRETRAINED_FAMILIES:  # the Trainer-based families: DDP
         from flows.launch import run_under_torchrun
 
-        return run_under_torchrun(nproc, ["train", model, task], paths.model_dir(model, task) / METRICS_FILE)
+        return run_under_torchrun(nproc, "flows.train", [model, task], paths.model_dir(model, task) / METRICS_FILE)
     from pipeline.train.driver import train as run_training
 
     return run_training(model, task, params)
@@ -44,7 +44,24 @@ def train_flow(model: str, task: str) -> dict:
     return external_task(train, f"train-{model}-{task}", params)(model, task, params)
 
 
+def worker(model: str, task: str) -> None:
+    """One torchrun worker (flows/launch.py): the driver in this process's part of the process group."""
+    from flows.common import setup_logging
+    from flows.launch import process_group
+    from pipeline.train.driver import train as run_training
+
+    setup_logging()
+    params = params_or_exit()
+    with process_group():
+        run_training(model, task, params)
+
+
 def main(argv: list[str]) -> None:
+    from flows.launch import WORKER_FLAG
+
+    if argv[:1] == [WORKER_FLAG]:
+        worker(*argv[1:])
+        return
     params = params_or_exit()  # fail on bad params before Prefect starts
     if len(argv) != 2 or argv[0] not in params.models or argv[1] not in TASKS:
         raise SystemExit(f"{usage(params)}\n(got {' '.join(argv)!r})")
