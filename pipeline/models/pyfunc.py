@@ -4,6 +4,9 @@
   (the transformers flavour's pyfunc collapses entities to a "PER,LOC" string, losing the words).
 - `TranslationModel`: English text -> German text, for GPT prompt-style translation and for
   EncoderDecoderModels with separate encoder/decoder tokenizers.
+- `GenerationModel`: prompt -> sampled continuation, from this pipeline's pretrained GPT (registered as
+  `generation-gpt`); the sampling settings (params.yaml `generate`) can be changed per request through pyfunc
+  `params` (max_new_tokens, temperature, top_k, top_p, seed).
 Each loads its weights/tokenizers from the `model` artifact (a folder saved by the matching class).
 Input: a list of strings, one string, or a DataFrame whose `text` column (or first column) holds them.
 """
@@ -64,3 +67,31 @@ class TranslationModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         options = {**self.generation, **{k: v for k, v in (params or {}).items() if k in self.generation}}
         return self.translator.translate(texts_of(model_input), **options)
+
+
+class GenerationModel(mlflow.pyfunc.PythonModel):
+    """Completes prompts with the pretrained GPT (pipeline.models.generation.TextGenerator); returns one string per
+    prompt: the sampled continuation without the prompt."""
+
+    def __init__(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int):
+        self.sampling = {
+            "max_new_tokens": int(max_new_tokens),
+            "temperature": float(temperature),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
+            "seed": int(seed),
+        }
+        self.generator = None
+
+    def __getstate__(self):
+        return {"sampling": self.sampling, "generator": None}
+
+    def load_context(self, context):
+        from pipeline.models.generation import TextGenerator
+
+        self.generator = TextGenerator.load(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        chosen = {k: v for k, v in (params or {}).items() if k in self.sampling and v is not None}
+        options = {**self.sampling, **{k: type(self.sampling[k])(v) for k, v in chosen.items()}}
+        return self.generator.complete(texts_of(model_input), **options)
