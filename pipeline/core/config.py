@@ -210,6 +210,19 @@ class PretrainConfig(Strict):
     bert: BertPretrainConfig
 
 
+# ---------------------------------------------------------------- generate
+class GenerateConfig(Strict):
+    """Sampling from the pretrained GPT (generate stage and the registered generation model)."""
+
+    num_prompts: PosInt  # prompts: the first held-out corpus lines with at least prompt_words words ...
+    prompt_words: PosInt  # ... cut to their first prompt_words words
+    max_new_tokens: PosInt
+    temperature: PosFloat
+    top_k: NonNegInt  # 0 = no top-k filtering
+    top_p: Annotated[float, Field(gt=0, le=1)]  # 1.0 = no nucleus filtering
+    seed: NonNegInt  # prompt i is sampled with torch seed `seed + i`: the same prompts give the same samples
+
+
 # ---------------------------------------------------------------- models
 Source = Literal["pretrain", "pretrained", "scratch"]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
@@ -356,6 +369,7 @@ class Params(Strict):
     prepare: PrepareConfig
     tokenizers: TokenizersConfig
     pretrain: PretrainConfig
+    generate: GenerateConfig
     models: dict[str, ModelConfig]
     train: TrainConfig
     compare: CompareConfig

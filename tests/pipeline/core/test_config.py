@@ -65,6 +65,8 @@ INVALID = [
     ("validate.datasets.emotion.min_length_ratio", 0.5, "validate.datasets.emotion", "length_ratio_mostly goes with"),
     ("validate.datasets.emotion.language_check_mostly", 0.9, "validate", "only apply to translation datasets"),
     ("validate.datasets.squad.summary_shorter_mostly", 0.9, "validate", "only apply to summarization datasets"),
+    ("generate.top_p", 1.5, "generate.top_p", "less than or equal to 1"),
+    ("generate.temperature", 0, "generate.temperature", "greater than 0"),
     ("validate.datasets.samsum.language_check_mostly", 0.9, "validate", "only apply to translation datasets"),
     (
         "validate.datasets.multi30k.language_check_mostly",
@@ -109,6 +111,8 @@ REQUIRED = [
     "tokenizers.min_frequency",
     "pretrain.gpt.warmup_steps",
     "pretrain.bert.mlm_probability",
+    "generate",
+    "generate.top_p",
     "compare",
     "compare.min_improvement",
     "orchestration",
