@@ -30,7 +30,7 @@ def test_leaderboard_covers_every_task_and_model(compare_repo):
 
     models = list(compare_repo.params.models)
     assert {(r.task, r.model) for r in rows} == {(t, m) for t in TASKS for m in models}
-    assert len(rows) == len(TASKS) * len(models) == 20
+    assert len(rows) == len(TASKS) * len(models)
     done = {(r.task, r.model) for r in rows if r.status == OK}
     assert done == {("emotion", "rnn"), ("emotion", "bert"), ("conll2003", "minilm")}
     assert all(r.status == NOT_RUN and r.main_value is None for r in rows if (r.task, r.model) not in done)
