@@ -68,7 +68,9 @@ def test_a_control_trains_like_its_twin_unless_it_has_its_own_override(default_p
     assert (scratch.source, twin.source) == ("scratch", "pretrain")
     noattn = RunSettings.resolve("rnn_noattn", "conll2003", params)
     rnn = RunSettings.resolve("rnn", "conll2003", params)
-    assert noattn.training.learning_rate == 0.002 and noattn.training.epochs == rnn.training.epochs
+    # its own override replaces the twin's (rnn-conll2003 has epochs: 8): unset fields keep the task's value
+    task = default_params_dict["train"]["tasks"]["conll2003"]
+    assert noattn.training.learning_rate == 0.002 and noattn.training.epochs == task["epochs"] != rnn.training.epochs
     # the rnn control's sizes are its twin's; only the attention switch differs
     sizes = ("emb_dim", "hid_dim", "dropout", "teacher_forcing_ratio")
     assert [getattr(noattn.model_cfg, k) for k in sizes] == [getattr(rnn.model_cfg, k) for k in sizes]
