@@ -10,8 +10,8 @@ Every model of params.models x every task gets a row; a combination without a me
 status "not run", so nothing silently disappears. From each run's test_items.jsonl (pipeline.compare.significance)
 a row gets the 95% bootstrap interval of its main metric (`main_ci`), and a model with a control (a model whose
 params entry names it in `twin_of`) gets its gain over that control with a paired bootstrap test: `transfer_gain`
-(pretrained - its scratch twin, e.g. gpt - gpt_scratch) or `attention_gain` (rnn - rnn_noattn). pipeline.compare.report renders the rows,
-pipeline.compare.stage runs the compare stage.
+(pretrained - its scratch twin, e.g. gpt - gpt_scratch) or `attention_gain` (rnn - rnn_noattn).
+pipeline.compare.report renders the rows, pipeline.compare.stage runs the compare stage.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.compare.stage import compare
 from flows.ui import UI_MODEL_TRAINING_QUERY
+from pipeline.compare.stage import compare
 from pipeline.tracking.runs import COMPARE_EXPERIMENT, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, task_experiment
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 

@@ -29,7 +29,7 @@ def _classification(correct: list[bool]) -> list[dict]:
 def _items(kind: str, n: int, seed: int) -> list[dict]:
     """Random but realistic items of each kind (some right, some wrong)."""
     rng = random.Random(seed)
-    words = "ein Mann mit einem Hund läuft auf der Straße im Park .".split()
+    words = ["ein", "Mann", "mit", "einem", "Hund", "läuft", "auf", "der", "Straße", "im", "Park", "."]
     tags = ["O", "O", "O", "B-PER", "I-PER", "B-LOC", "B-ORG", "I-ORG"]
     items = []
     for _ in range(n):
