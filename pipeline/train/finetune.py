@@ -152,8 +152,9 @@ class PretrainedTransformer(ModelFamily):
 
     def describe(self) -> dict[str, object]:
         setup = self.setup
+        scratch = self.settings.source == "scratch"
         return {
-            "weights": str(self.weights),
+            "weights": f"{self.weights} (config and tokenizer only: random init)" if scratch else str(self.weights),
             "architecture": type(setup.model).__name__,
             "max_length_used": setup.max_length,
             "tokenization": f"{type(setup.tokenizer).__name__} (vocab {len(setup.tokenizer)})",
