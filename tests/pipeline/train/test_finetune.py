@@ -15,6 +15,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from pipeline.compare.significance import metric_from_items, read_items
 from pipeline.core.config import TASK_SPECS, TASKS, parse_params
 from pipeline.core.metrics import MAIN_METRIC, translation_metrics
 from pipeline.tracking.runs import registered_name, task_experiment
@@ -97,6 +98,9 @@ def test_finetune_learns_tracks_and_registers(
     assert [int(r["epoch"]) for r in curve] == list(range(0, epochs + 1))
     assert all(r["train_loss"] and r[f"val_{main}"] for r in curve[1:])
     assert_learned(model, task, summary, rows, curve)
+    items = read_items(out / "test_items.jsonl")  # one per test example: the compare stage's bootstrap input
+    assert len(items) == len(rows)
+    assert metric_from_items(KIND[task], items) == pytest.approx(summary["test"][main])
     if KIND[task] == "classification":
         confusion = read_csv(out / "plots" / "confusion.csv")
         names = rows.features["label"].names
@@ -229,7 +233,6 @@ def test_a_scratch_twin_has_its_twins_architecture_and_tokenizer_with_fresh_weig
 def test_a_scratch_twin_trains_tracks_and_writes_its_test_items(
     pretrained_repo, memorization_rows_by_task, default_params_dict
 ):
-    from pipeline.compare.significance import metric_from_items, read_items
     from pipeline.tracking.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
     root, model, task = pretrained_repo, "gpt_scratch", "sst2"
