@@ -84,6 +84,7 @@ def heldout_perplexity(generator: TextGenerator, docs: list[str]) -> dict[str, f
 def generate(params: Params) -> dict:
     """Sample the prompts' continuations, measure the held-out perplexity, write data/generate/, log to MLflow and
     register `generation-gpt`; returns the metrics written to metrics.json."""
+    tracking.require_clean_tree("sample and register generation-gpt")
     cfg = params.generate
     if params.common.num_threads:
         import torch
