@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, str] = {
     "serving": "bench.serving",
     "data_tokenization": "bench.data_tokenization",
     "training_engine": "bench.training_engine",
+    "ddp": "bench.ddp",
     "cpu_utilisation": "bench.cpu_utilisation",
     "gpu": "bench.gpu",
 }

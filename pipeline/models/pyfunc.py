@@ -11,6 +11,9 @@ Response, per task kind (one item per input text, in order):
 - qa (request: a DataFrame with `question` and `context` columns, a list of such dicts or one dict):
   {"answer": str, "score": float | None} (the score: extractive models' softmax over their n-best spans; None
   for generated answers).
+- generation (the pretrained GPT, `generation-gpt`): the sampled continuation (str); the sampling settings
+  (params.yaml `generate`) can be changed per request through pyfunc `params` (max_new_tokens, temperature,
+  top_k, top_p, seed).
 The fine-tuned transformers are served by the wrappers below; the scratch families by their own (rnn.py,
 encdec.py), all through pyfunc. Each wrapper loads its weights/tokenizer from the `model` artifact (a folder
 saved by the matching class) and pickles no weights.
@@ -178,3 +181,31 @@ class QAModel(mlflow.pyfunc.PythonModel):
         if isinstance(self.reader, ExtractiveReader):
             return qa_answers(self.reader.answer(questions, contexts, batch_size=self.options["batch_size"]))
         return qa_answers(self.reader.answer(questions, contexts, **self.options))
+
+
+class GenerationModel(mlflow.pyfunc.PythonModel):
+    """Completes prompts with the pretrained GPT (pipeline.models.generation.TextGenerator); returns one string per
+    prompt: the sampled continuation without the prompt."""
+
+    def __init__(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int):
+        self.sampling = {
+            "max_new_tokens": int(max_new_tokens),
+            "temperature": float(temperature),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
+            "seed": int(seed),
+        }
+        self.generator = None
+
+    def __getstate__(self):
+        return {"sampling": self.sampling, "generator": None}
+
+    def load_context(self, context):
+        from pipeline.models.generation import TextGenerator
+
+        self.generator = TextGenerator.load(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        chosen = {k: v for k, v in (params or {}).items() if k in self.sampling and v is not None}
+        options = {**self.sampling, **{k: type(self.sampling[k])(v) for k, v in chosen.items()}}
+        return self.generator.complete(texts_of(model_input), **options)

@@ -102,10 +102,12 @@ def register_pyfunc(
     input_example: Any,
     pip_requirements: list[str] | None = None,
     code_paths: list[str | Path] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> str:
     """Log an mlflow.pyfunc.PythonModel (weights/tokenizers in `artifacts`) and register it; returns the version.
 
-    The signature comes from running the wrapper on `input_example`. `code_paths` defaults to this
+    The signature comes from running the wrapper on `input_example`; `params` (name -> default) are the inference
+    params a request may set (pyfunc `predict(..., params=...)`). `code_paths` defaults to this
     `pipeline` package, so the wrapper class (defined in it) loads anywhere the pinned requirements are installed.
     """
     import mlflow
@@ -127,7 +129,7 @@ def register_pyfunc(
         name=MODEL_ARTIFACT,
         python_model=python_model,
         artifacts={k: str(v) for k, v in artifacts.items()},
-        signature=infer_signature(input_example, output),
+        signature=infer_signature(input_example, output, params=params),
         input_example=input_example,
         pip_requirements=pip_requirements or default_pip_requirements(),
         code_paths=[str(p) for p in (code_paths or [package])],

@@ -1,5 +1,8 @@
 """Fine-tuning a pretrained transformer (families gpt and bert: gpt, bert, minilm) on one task with the HF Trainer.
 
+A scratch twin (source scratch, twin_of: a pretrained model, e.g. gpt_scratch) is trained the same way from the
+same architecture and tokenizer, randomly initialised (scratch_copy): the control that shows what pretraining adds.
+
 - Dynamic padding, validation every epoch, best epoch kept (the task's main metric), early stopping,
   checkpoints in checkpoints/finetune-<model>-<task>/ (resumed by the driver, pipeline/train/driver.py).
 - The test split is scored once, by the selected checkpoint. Every task is served through a pyfunc wrapper
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.core import distributed
 from pipeline.core.config import Params
 from pipeline.core.metrics import classification_metrics, ner_metrics, qa_metrics, translation_metrics
 from pipeline.data.task_data import word_predictions
@@ -39,6 +43,20 @@ def weights_path(model: str, params: Params) -> Path:
     return Path(checked_model_path(model, params))
 
 
+def scratch_copy(model, seed: int):
+    """The same architecture as `model` (its config: sizes, task head, special token ids), randomly initialised
+    with `seed`: the scratch twin's starting point. Parameter count equal, weights not."""
+    import copy
+
+    from transformers import set_seed
+
+    set_seed(seed)
+    fresh = type(model)(copy.deepcopy(model.config)).to(dtype=model.dtype, device=model.device)
+    if getattr(model, "generation_config", None) is not None:
+        fresh.generation_config = copy.deepcopy(model.generation_config)
+    return fresh
+
+
 def _device_settings() -> dict:
     cuda = torch.cuda.is_available()
     return {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
@@ -52,8 +70,11 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         output_dir=str(s.checkpoint_dir),
         num_train_epochs=run.epochs,
         max_steps=run.max_steps or -1,
-        per_device_train_batch_size=s.batch_size,
-        per_device_eval_batch_size=common.eval_batch_size,
+        # batch sizes are global: under torchrun each of N processes takes 1/N (pipeline/core/distributed.py)
+        per_device_train_batch_size=distributed.per_process_batch(s.batch_size, f"{s.name} batch_size"),
+        per_device_eval_batch_size=distributed.per_process_batch(
+            common.eval_batch_size, "train.common.eval_batch_size"
+        ),
         learning_rate=run.learning_rate,
         weight_decay=common.weight_decay,
         warmup_steps=common.warmup_ratio,  # a float < 1 is a fraction of all steps
@@ -125,10 +146,17 @@ class PretrainedTransformer(ModelFamily):
         super().__init__(settings, data, params)
         self.family = settings.family
         set_seed(settings.seed)
-        self.weights = weights_path(settings.model, params)
+        # a scratch twin reads its twin's folder for the architecture (config.json) and the tokenizer only
+        self.weights = weights_path(settings.twin_of or settings.model, params)
         self.setup = build_setup(
             settings.family, self.weights, settings.task, data, settings.training.max_length, settings.qa
         )
+        if settings.source == "scratch":
+            self.setup.model = scratch_copy(self.setup.model, settings.seed)
+            if self.setup.translator is not None:
+                self.setup.translator.model = self.setup.model
+            if self.setup.reader is not None:
+                self.setup.reader.model = self.setup.model
         self.trainer = None
 
     @property
@@ -142,13 +170,18 @@ class PretrainedTransformer(ModelFamily):
 
     def describe(self) -> dict[str, object]:
         setup = self.setup
+        scratch = self.settings.source == "scratch"
         return {
-            "weights": str(self.weights),
+            "weights": f"{self.weights} (config and tokenizer only: random init)" if scratch else str(self.weights),
             "architecture": type(setup.model).__name__,
             "max_length_used": setup.max_length,
             "tokenization": f"{type(setup.tokenizer).__name__} (vocab {len(setup.tokenizer)})",
             "device": str(setup.model.device),
         }
+
+    @property
+    def collective_scoring(self) -> bool:
+        return self.setup.kind in ("classification", "ner")  # scored by Trainer.predict; generation is not
 
     def fit(self, resume_from: Path | None) -> TrainOutcome:
         speed = TrainingSpeed()
@@ -187,7 +220,8 @@ class PretrainedTransformer(ModelFamily):
             beam = translation_metrics(test["de"], hyps)
             for source, hyp, ref in list(zip(test["en"], hyps, test["de"]))[:3]:
                 log.info("test example:\n  en:  %s\n  hyp: %s\n  ref: %s", source, hyp, ref)
-            return TestScores({**beam, **{f"{k}_greedy": v for k, v in greedy.items()}})
+            items = [{"gold": ref, "prediction": hyp} for ref, hyp in zip(test["de"], hyps)]
+            return TestScores({**beam, **{f"{k}_greedy": v for k, v in greedy.items()}}, items=items)
         if setup.kind == "qa":
             return self._score_qa(test)
         output = self.trainer.predict(setup.encoded["test"], metric_key_prefix="test")
@@ -196,14 +230,16 @@ class PretrainedTransformer(ModelFamily):
             actual = [int(x) for x in test["label"]]
             predicted = predictions.tolist()
             metrics = classification_metrics(actual, predicted, len(setup.labels))
-            return TestScores(metrics, (actual, predicted, list(setup.labels)))
+            items = [{"gold": a, "prediction": p} for a, p in zip(actual, predicted)]
+            return TestScores(metrics, (actual, predicted, list(setup.labels)), items)
         # ner: truth = every word's tag (words cut off by max_length count as predicted 'O')
         pred_tags = [
             [setup.labels[p] for p in word_predictions(pred, [int(x) for x in labels])]
             for pred, labels in zip(predictions, output.label_ids)
         ]
         true_tags = [[setup.labels[t] for t in tags] for tags in test["ner_tags"]]
-        return TestScores(ner_metrics(true_tags, pred_tags))
+        items = [{"gold": t, "prediction": p} for t, p in zip(true_tags, pred_tags)]
+        return TestScores(ner_metrics(true_tags, pred_tags), items=items)
 
     def _answers(self, questions, contexts, progress: bool = False) -> list[tuple[str, float | None]]:
         """(answer, score) per question: extracted span (bert family) or greedy generation (gpt)."""

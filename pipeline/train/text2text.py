@@ -233,19 +233,20 @@ class Text2TextModel(ModelFamily):
     def score_test(self) -> TestScores:
         test_split = self.data["test"]
         metrics, predictions = score_outputs(self.fmt, test_split, self.predict_test())
+        golds = [self.fmt.gold(ex) for ex in test_split]
+        items = [{"gold": g, "prediction": p} for g, p in zip(golds, predictions)]  # classification: -1 = no label
         if self.fmt.kind == "qa":
-            golds = [self.fmt.gold(ex) for ex in test_split]
             for ex, gold, prediction in list(zip(test_split, golds, predictions))[:3]:
                 log.info(
                     "test example:\n  question: %s\n  gold: %s\n  prediction: %s", ex["question"], gold, prediction
                 )
-            return TestScores(metrics, items=[{"gold": g, "prediction": p} for g, p in zip(golds, predictions)])
         if self.fmt.kind != "classification":
-            return TestScores(metrics)
+            return TestScores(metrics, items=items)
         invalid = len(self.fmt.label_names)  # an output that is no label gets its own row/column
-        golds = [self.fmt.gold(ex) for ex in test_split]
         return TestScores(
-            metrics, (golds, [p if p >= 0 else invalid for p in predictions], [*self.fmt.label_names, INVALID_LABEL])
+            metrics,
+            (golds, [p if p >= 0 else invalid for p in predictions], [*self.fmt.label_names, INVALID_LABEL]),
+            items,
         )
 
     def latency_examples(self, n: int) -> list[str]:

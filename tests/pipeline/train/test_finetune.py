@@ -12,8 +12,10 @@ from collections import Counter
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
+from pipeline.compare.significance import metric_from_items, read_items
 from pipeline.core.config import TASK_SPECS, TASKS, parse_params
 from pipeline.core.metrics import MAIN_METRIC, qa_metrics, translation_metrics
 from pipeline.tracking.runs import registered_name, task_experiment
@@ -112,6 +114,9 @@ def test_finetune_learns_tracks_and_registers(
     assert [int(r["epoch"]) for r in curve] == list(range(0, epochs + 1))
     assert all(r["train_loss"] and r[f"val_{main}"] for r in curve[1:])
     assert_learned(model, task, summary, rows, curve)
+    items = read_items(out / "test_items.jsonl")  # one per test example: the compare stage's bootstrap input
+    assert len(items) == len(rows)
+    assert metric_from_items(KIND[task], items) == pytest.approx(summary["test"][main])
     if KIND[task] == "classification":
         confusion = read_csv(out / "plots" / "confusion.csv")
         names = rows.features["label"].names
@@ -257,6 +262,40 @@ def _squad_real_split(mirror_dir):
     return datasets.DatasetDict({"train": train, "validation": held_out, "test": held_out})
 
 
+# ---------------------------------------------------------------- scratch twins (controls)
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("twin", "task"), [("gpt_scratch", "emotion"), ("bert_scratch", "multi30k")])
+def test_a_scratch_twin_has_its_twins_architecture_and_tokenizer_with_fresh_weights(
+    twin, task, pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    """Same class, config, parameter count and tokenizer as the pretrained twin; different, seeded weights.
+    bert_scratch on multi30k: the whole encoder-decoder (the GPT decoder too) starts from random weights."""
+    from pipeline.train.driver import build
+
+    root, pretrained = pretrained_repo, default_params_dict["models"][twin]["twin_of"]
+    data = memorization_split(twin, task, memorization_rows_by_task[task])
+    params = parse_params(finetune_params(root, default_params_dict, twin, task))
+
+    original, scratch, again = (build(m, task, params, data) for m in (pretrained, twin, twin))
+
+    a, b = original.setup.model, scratch.setup.model
+    assert type(a) is type(b) and a.config.to_dict() == b.config.to_dict()
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    assert original.setup.tokenizer.get_vocab() == scratch.setup.tokenizer.get_vocab()
+    wa, wb = _weights(a), _weights(b)
+    same = [k for k, v in wa.items() if v.ndim >= 2 and torch.equal(v, wb[k])]  # biases/norms may start equal
+    assert not same, f"weight matrices still the pretrained ones: {same}"
+    assert all(torch.equal(v, _weights(again.setup.model)[k]) for k, v in wb.items()), "seeded: the same init"
+    if scratch.setup.translator is not None:
+        assert scratch.setup.translator.model is b
+    assert scratch.settings.stage == "train" and scratch.settings.init == "scratch"
+    assert scratch.describe()["architecture"] == original.describe()["architecture"]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_minilm_learns_extractive_qa_that_transfers_to_held_out_questions(in_tmp_repo, mirror_dir, default_params_dict):
@@ -287,3 +326,31 @@ def test_minilm_learns_extractive_qa_that_transfers_to_held_out_questions(in_tmp
     print("minilm-squad held-out:", outcome.curve, scores.metrics, "first sentence", first_sentence_f1(data["test"]))
     assert end <= 0.95 * start, f"held-out span loss {start:.3f} -> {end:.3f}"  # measured: 0.87-0.91
     assert len(scores.items) == len(data["test"]) > 50 and scores.metrics["f1"] > 0
+
+
+def test_a_scratch_twin_trains_tracks_and_writes_its_test_items(
+    pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    from pipeline.tracking.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+    root, model, task = pretrained_repo, "gpt_scratch", "sst2"
+    rows = memorization_rows_by_task[task]
+    write_prepared(root, task, memorization_split(model, task, rows))
+    params = parse_params(finetune_params(root, default_params_dict, model, task))
+
+    summary = finetune(model, task, params)
+
+    assert (summary["stage"], summary["init"], summary["weight_source"]) == ("train", "scratch", "scratch")
+    out = root / "data" / "models" / f"{model}-{task}"
+    items = read_items(out / "test_items.jsonl")
+    assert [i["gold"] for i in items] == [int(y) for y in rows["label"]]
+    assert metric_from_items("classification", items) == pytest.approx(summary["test"]["accuracy"])
+    assert summary["test"]["accuracy"] >= majority_rate(rows["label"]) + 0.1, "a scratch model memorises too"
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(task_experiment(task))
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    [run] = client.search_runs([experiment.experiment_id])
+    tags = run.data.tags
+    assert (tags["family"], tags["init"], tags["twin_of"], tags["stage"]) == ("gpt", "scratch", "gpt", "train")
+    assert "attention" not in tags
+    assert run.data.params["architecture"] == "GPT2ForSequenceClassification"

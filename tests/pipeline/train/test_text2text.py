@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from pipeline.data.task_data import load_prepared
 from pipeline.models.ner_tagger import text_entities
 from pipeline.train.driver import build, train
 from pipeline.train.text2text import (
@@ -336,3 +337,29 @@ def test_scratch_models_learn_squad_answers_and_serve_them(
     served = qa_metrics([list(a["text"]) for a in rows["answers"]], [a["answer"] for a in answers])["f1"]
     assert served == pytest.approx(f1)  # the registered model is the one scored
     assert loaded.predict(frame.to_dict(orient="records")) == answers
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rnn_without_attention_trains_and_writes_test_items_but_no_heatmaps(t2t_repo, t2t_params):
+    """The control rnn_noattn: the rnn's sizes (twin_of: rnn), a fixed context vector, no attention heatmaps."""
+    import mlflow
+
+    from pipeline.compare.significance import metric_from_items, read_items
+
+    params = t2t_params("rnn_noattn", "multi30k", epochs=1, learning_rate=0.005, batch_size=64, max_steps=10)
+    summary = train("rnn_noattn", "multi30k", params)
+
+    out = t2t_repo / "data" / "models" / "rnn_noattn-multi30k"
+    assert not list((out / "plots").glob("attention_*.png"))
+    items = read_items(out / "test_items.jsonl")
+    test = load_prepared("multi30k")["test"]
+    assert [i["gold"] for i in items] == list(test["de"]) and all(isinstance(i["prediction"], str) for i in items)
+    assert metric_from_items("translation", items) == pytest.approx(summary["test"]["bleu"])
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    tags = run.data.tags
+    assert (tags["attention"], tags["twin_of"], tags["family"], tags["stage"]) == ("none", "rnn", "rnn", "train")
+    assert run.data.params["model.hid_dim"] == "64" and run.data.params["model.attention"] == "False"
+    assert "no attention" in run.data.params["architecture"]
+    loaded = mlflow.pyfunc.load_model(f"models:/multi30k-rnn_noattn/{summary['registered_version']}")
+    assert isinstance(loaded.predict(["A man is riding a bike."])[0], str)
