@@ -92,11 +92,37 @@ def tokenize_split(split: datasets.Dataset, encode) -> datasets.Dataset:
     )
 
 
+def encodings(tokenizer, texts: list[str], max_length: int) -> list:
+    """The fast tokenizer's Rust encodings of `texts` (special tokens added, truncated to max_length, no padding):
+    what `tokenizer(texts, truncation=True, max_length=max_length)` computes before it copies every field of every
+    encoding into Python lists (BatchEncoding: token type ids, masks, offsets ...), which took more time than the
+    tokenization itself on short texts (bench data_tokenization). Read only the fields needed: `.ids`,
+    `.attention_mask`, `.offsets`. The tokenizer's truncation/padding are set as its own call sets them."""
+    from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+
+    tokenizer.set_truncation_and_padding(
+        padding_strategy=PaddingStrategy.DO_NOT_PAD,
+        truncation_strategy=TruncationStrategy.LONGEST_FIRST,
+        max_length=max_length,
+        stride=0,
+        pad_to_multiple_of=None,
+        padding_side=None,
+    )
+    backend = tokenizer.backend_tokenizer
+    if backend.encode_special_tokens != tokenizer.split_special_tokens:
+        backend.encode_special_tokens = tokenizer.split_special_tokens
+    return backend.encode_batch(list(texts), add_special_tokens=True)
+
+
 # ---------------------------------------------------------------- classification
 def encode_classification(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     def encode(batch):
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": batch["label"]}
+        enc = encodings(tokenizer, batch["text"], max_length)
+        return {
+            "input_ids": [e.ids for e in enc],
+            "attention_mask": [e.attention_mask for e in enc],
+            "labels": batch["label"],
+        }
 
     return tokenize_split(split, encode)
 
@@ -133,11 +159,13 @@ def token_words(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, i
 
 def encode_words(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]], max_length: int) -> dict:
     """Tokenize texts; return input_ids, attention_mask and word_index per token (-1: not a word)."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
-    word_index = [
-        [-1 if w is None else w for w in token_words(offsets, s)] for offsets, s in zip(enc["offset_mapping"], spans)
-    ]
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "word_index": word_index}
+    enc = encodings(tokenizer, texts, max_length)
+    word_index = [[-1 if w is None else w for w in token_words(e.offsets, s)] for e, s in zip(enc, spans)]
+    return {
+        "input_ids": [e.ids for e in enc],
+        "attention_mask": [e.attention_mask for e in enc],
+        "word_index": word_index,
+    }
 
 
 def first_subtoken_labels(word_index: Sequence[int], word_labels: Sequence[int]) -> list[int]:
