@@ -144,23 +144,28 @@ def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
 
 def token_words(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int | None]:
     """For each token (character offsets), the index of the word it belongs to (None: special token/space)."""
-    out: list[int | None] = []
-    w = 0
+    return [None if w < 0 else w for w in _word_index(offsets, spans)]
+
+
+def _word_index(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """token_words with -1 for "no word" (one pass per token: the tokenization hot loop)."""
+    out: list[int] = []
+    append, n, w = out.append, len(spans), 0
     for start, end in offsets:
         if end <= start:  # special tokens have empty offsets
-            out.append(None)
+            append(-1)
             continue
-        while w < len(spans) and spans[w][1] <= start:
+        while w < n and spans[w][1] <= start:
             w += 1
         # byte-level tokens may start on the space before the word they belong to
-        out.append(w if w < len(spans) and spans[w][0] < end else None)
+        append(w if w < n and spans[w][0] < end else -1)
     return out
 
 
 def encode_words(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]], max_length: int) -> dict:
     """Tokenize texts; return input_ids, attention_mask and word_index per token (-1: not a word)."""
     enc = encodings(tokenizer, texts, max_length)
-    word_index = [[-1 if w is None else w for w in token_words(e.offsets, s)] for e, s in zip(enc, spans)]
+    word_index = [_word_index(e.offsets, s) for e, s in zip(enc, spans)]
     return {
         "input_ids": [e.ids for e in enc],
         "attention_mask": [e.attention_mask for e in enc],
@@ -169,22 +174,41 @@ def encode_words(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]]
 
 
 def first_subtoken_labels(word_index: Sequence[int], word_labels: Sequence[int]) -> list[int]:
-    labels, seen = [], set()
+    """The word's label on its first token, IGNORE_INDEX elsewhere (word indices never decrease along a text)."""
+    labels: list[int] = []
+    append, last = labels.append, -1
     for w in word_index:
-        if w < 0 or w in seen:
-            labels.append(IGNORE_INDEX)
+        if w > last:
+            last = w
+            append(int(word_labels[w]))
         else:
-            seen.add(w)
-            labels.append(int(word_labels[w]))
+            append(IGNORE_INDEX)
+    return labels
+
+
+def first_token_labels(encoding, spans: Sequence[tuple[int, int]], word_labels: Sequence[int]) -> list[int]:
+    """Each word's label on the token that holds its first character (the Rust encoding's `char_to_token`, one
+    call per word instead of every token's offsets), IGNORE_INDEX elsewhere; a word cut off by truncation gets
+    none. The same first tokens as token_words + first_subtoken_labels (byte-level tokens that start on the
+    space before a word hold its first character too)."""
+    labels = [IGNORE_INDEX] * len(encoding)
+    char_to_token = encoding.char_to_token
+    for (start, end), label in zip(spans, word_labels):
+        token = char_to_token(start)
+        if token is None:  # a first character without a token of its own (e.g. dropped by the normalizer)
+            token = next((t for t in map(char_to_token, range(start + 1, end)) if t is not None), None)
+            if token is None:
+                continue
+        labels[token] = int(label)
     return labels
 
 
 def encode_ner(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     def encode(batch):
         joined = [join_words(words) for words in batch["tokens"]]
-        enc = encode_words(tokenizer, [t for t, _ in joined], [s for _, s in joined], max_length)
-        labels = [first_subtoken_labels(wi, tags) for wi, tags in zip(enc["word_index"], batch["ner_tags"])]
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        enc = encodings(tokenizer, [t for t, _ in joined], max_length)
+        labels = [first_token_labels(e, s, tags) for e, (_, s), tags in zip(enc, joined, batch["ner_tags"])]
+        return {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc], "labels": labels}
 
     return tokenize_split(split, encode)
 

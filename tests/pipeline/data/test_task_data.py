@@ -16,7 +16,9 @@ from pipeline.data.task_data import (
     encode_classification,
     encode_ner,
     encode_seq2seq_translation,
+    encode_words,
     encodings,
+    first_subtoken_labels,
     join_words,
     label_names,
     prompt_ids,
@@ -94,6 +96,12 @@ def test_rust_encodings_equal_the_tokenizer_call(name, tokenizers, conll):
             [tuple(o) for o in x] for x in expected["offset_mapping"]
         ]
     assert tok(texts[:2])["input_ids"] == [tok(t)["input_ids"] for t in texts[:2]]  # no truncation left behind
+    # NER training labels (char_to_token per word) == the serving path's alignment (every token's offsets)
+    for max_length in (8, 512):
+        joined = [join_words(words) for words in conll["tokens"]]
+        aligned = encode_words(tok, [t for t, _ in joined], [s for _, s in joined], max_length)
+        expected = [first_subtoken_labels(w, tags) for w, tags in zip(aligned["word_index"], conll["ner_tags"])]
+        assert list(encode_ner(conll, tok, max_length)["labels"]) == expected
     assert max(len(ids) for ids in tok(texts)["input_ids"]) > 8
 
 
