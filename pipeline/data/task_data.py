@@ -78,18 +78,13 @@ def label_names(data: datasets.DatasetDict, task: str) -> list[str]:
 
 
 def tokenize_split(split: datasets.Dataset, encode) -> datasets.Dataset:
-    """split.map(encode) in memory. A fixed fingerprint skips hashing the closure (and the tokenizer in it),
-    which took most of the time on small splits; nothing is cached, so no cache-*.arrow lands in data/."""
-    return split.map(
-        encode,
-        batched=True,
-        batch_size=1000,
-        remove_columns=split.column_names,
-        keep_in_memory=True,
-        load_from_cache_file=False,
-        new_fingerprint=f"{split._fingerprint}-tokenized",
-        desc="tokenize",
-    )
+    """encode(the whole split as one batch) as an in-memory Dataset: one Arrow write. `datasets.map`'s per-batch
+    machinery (batch formatting, writer, feature inference, fingerprinting the closure and the tokenizer in it)
+    cost more than the tokenization on short texts (bench data_tokenization); nothing is cached on disk, so no
+    cache-*.arrow lands in data/."""
+    if len(split) == 0:  # no rows to infer the columns' types from: map keeps the empty columns typed
+        return split.map(encode, batched=True, remove_columns=split.column_names, keep_in_memory=True)
+    return datasets.Dataset.from_dict(encode(split[:]))
 
 
 def encodings(tokenizer, texts: list[str], max_length: int) -> list:
