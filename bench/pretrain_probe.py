@@ -268,10 +268,38 @@ def adopt(opts) -> None:
     _save(opts.name, result)
 
 
+def _row(run: dict) -> str:
+    cfg = run.get("config") or {}
+    last = (run.get("curve") or [{}])[-1]
+    if "adopted" in run:
+        held = run.get("adopted_metrics", {}).get("heldout", {})
+        last = {**held, "step": run.get("adopted_metrics", {}).get("steps")}
+        setup = f"pipeline run ({run['adopted']})"
+    else:
+        setup = f"{cfg.get('max_steps')} steps, batch {cfg.get('batch_size')}, lr {cfg.get('learning_rate')}" + (
+            f", NSP negatives {run['negatives']}, split single {run['split_single']}" if run["family"] == "bert" else ""
+        )
+    held = (
+        f"MLM {last.get('mlm_accuracy', float('nan')):.3f}, NSP {last.get('nsp_accuracy', float('nan')):.3f}"
+        if run["family"] == "bert"
+        else f"ppl {last.get('perplexity', float('nan')):.0f}"
+    )
+    down = "; ".join(
+        f"{task}: " + " vs ".join(f"{w} {v['test'].get('accuracy', v['test'].get('entity_f1'))}" for w, v in r.items())
+        for task, r in run.get("downstream", {}).items()
+    )
+    wall = run.get("pretrain_wall_s", "")
+    return f"| {run['name']} | {run['family']} | {setup} | {held} | {down} | {wall} |"
+
+
 def merge(_opts) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     MERGED.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     print(f"{len(runs)} runs -> {MERGED}")
+    print("| run | family | pretraining | held-out at the end | downstream test (pretrained vs scratch) | pretrain s |")
+    print("|---|---|---|---|---|---|")
+    for run in runs:
+        print(_row(run))
 
 
 def main() -> None:
