@@ -4,10 +4,13 @@
   them concatenated and cut into blocks of `block_size` tokens (the tail that does not fill a block is dropped).
 - BERT (MLM + NSP, as in BERT's create_pretraining_data): documents are split into sentences; consecutive
   sentences are grouped into chunks of about `block_size - 3` tokens and each chunk is cut at a random
-  sentence boundary into segments A and B. Half of the pairs keep the true B (IsNext, label 0), the other half
-  take B from a random other document (NotNext, label 1). Only documents with at least two sentences give pairs;
-  any document can supply a random B. Masking happens per batch in mlm_collator: `mlm_probability` (15%) of the
-  non-special tokens are picked; of those 80% become [MASK], 10% a random token, 10% stay as they are.
+  sentence boundary into segments A and B. Half of the pairs keep the true B (IsNext, label 0); the other half
+  (NotNext, label 1) are, with pretrain.bert.nsp_negatives, either the same two segments swapped ("swapped", the
+  default: ALBERT's sentence order, no shortcut) or A with a B from a random other document ("random_document",
+  BERT's: on this corpus of unrelated short texts a topic shortcut). Only documents with at least two sentences give
+  pairs, unless pretrain.bert.split_single_sentences cuts a one-sentence document (most task texts) at a random
+  word. Masking happens per batch in mlm_collator: `mlm_probability` (15%) of the non-special tokens are picked;
+  of those 80% become [MASK], 10% a random token, 10% stay as they are.
 """
 
 from __future__ import annotations
