@@ -203,6 +203,10 @@ class PretrainModelConfig(Strict):
 
 class BertPretrainConfig(PretrainModelConfig):
     mlm_probability: Annotated[float, Field(gt=0, lt=1)]  # masked language modelling: share of tokens masked
+    # NSP negatives: "swapped" (the pair's two segments in the wrong order, ALBERT's sentence order) or
+    # "random_document" (BERT's: B from another document; a topic shortcut on this corpus of unrelated texts).
+    nsp_negatives: Literal["swapped", "random_document"]
+    split_single_sentences: bool  # a one-sentence document (most task texts) becomes a pair cut at a random word
 
 
 class PretrainConfig(Strict):

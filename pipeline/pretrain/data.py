@@ -4,10 +4,13 @@
   them concatenated and cut into blocks of `block_size` tokens (the tail that does not fill a block is dropped).
 - BERT (MLM + NSP, as in BERT's create_pretraining_data): documents are split into sentences; consecutive
   sentences are grouped into chunks of about `block_size - 3` tokens and each chunk is cut at a random
-  sentence boundary into segments A and B. Half of the pairs keep the true B (IsNext, label 0), the other half
-  take B from a random other document (NotNext, label 1). Only documents with at least two sentences give pairs;
-  any document can supply a random B. Masking happens per batch in mlm_collator: `mlm_probability` (15%) of the
-  non-special tokens are picked; of those 80% become [MASK], 10% a random token, 10% stay as they are.
+  sentence boundary into segments A and B. Half of the pairs keep the true B (IsNext, label 0); the other half
+  (NotNext, label 1) are, with pretrain.bert.nsp_negatives, either the same two segments swapped ("swapped", the
+  default: ALBERT's sentence order, no shortcut) or A with a B from a random other document ("random_document",
+  BERT's: on this corpus of unrelated short texts a topic shortcut). Only documents with at least two sentences give
+  pairs, unless pretrain.bert.split_single_sentences cuts a one-sentence document (most task texts) at a random
+  word. Masking happens per batch in mlm_collator: `mlm_probability` (15%) of the non-special tokens are picked;
+  of those 80% become [MASK], 10% a random token, 10% stay as they are.
 """
 
 from __future__ import annotations
@@ -128,11 +131,41 @@ def _pack(tokenizer, a: list[int], b: list[int], label: int) -> dict:
     }
 
 
-def nsp_pairs(docs: list[str], tokenizer, block_size: int, seed: int, what: str = "corpus") -> PairDataset:
+NSP_NEGATIVES = ("random_document", "swapped")
+
+
+def _halves(sentence: str, rng: random.Random) -> list[str]:
+    """A one-sentence document cut at a random word boundary into two parts (one part when it has one word)."""
+    words = sentence.split()
+    if len(words) < 2:
+        return [sentence]
+    cut = rng.randint(1, len(words) - 1)
+    return [" ".join(words[:cut]), " ".join(words[cut:])]
+
+
+def nsp_pairs(
+    docs: list[str],
+    tokenizer,
+    block_size: int,
+    seed: int,
+    what: str = "corpus",
+    *,
+    negatives: str = "random_document",
+    split_single: bool = False,
+) -> PairDataset:
+    """Sentence pairs for MLM + NSP. `negatives`: where a NotNext B comes from, "random_document" (BERT's: another
+    document, which on a corpus of unrelated short texts is a topic/style shortcut) or "swapped" (the same two
+    segments in the wrong order, as ALBERT's sentence-order prediction: no shortcut, and every document keeps its
+    own text). `split_single`: a one-sentence document is cut at a random word boundary into two parts, so that the
+    (mostly one-line) task texts become pairs too instead of only wikitext paragraphs."""
+    if negatives not in NSP_NEGATIVES:
+        raise ValueError(f"unknown NSP negatives {negatives!r}: choose one of {list(NSP_NEGATIVES)}")
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.mask_token_id is None:
         raise PretrainDataError("the BERT tokenizer lacks [CLS]/[SEP]/[MASK]: retrain it (python -m flows.tokenizers)")
     rng = random.Random(seed)
     sentences = [split_sentences(doc) for doc in docs]
+    if split_single:
+        sentences = [_halves(doc[0], rng) if len(doc) == 1 else doc for doc in sentences]
     flat = [s for doc in sentences for s in doc]
     flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"]
     tokenized: list[list[list[int]]] = []
@@ -159,13 +192,15 @@ def nsp_pairs(docs: list[str], tokenizer, block_size: int, seed: int, what: str 
                 if len(chunk) >= 2:
                     a_end = rng.randint(1, len(chunk) - 1)
                     a = [t for s in chunk[:a_end] for t in s]
+                    b = [t for s in chunk[a_end:] for t in s]
+                    label = IS_NEXT
                     if rng.random() < 0.5:
-                        b = _random_segment(tokenized, d, max_tokens - len(a), rng)
                         label = NOT_NEXT
-                        i -= len(chunk) - a_end  # the unused true continuation starts the next chunk
-                    else:
-                        b = [t for s in chunk[a_end:] for t in s]
-                        label = IS_NEXT
+                        if negatives == "swapped":
+                            a, b = b, a
+                        else:
+                            b = _random_segment(tokenized, d, max_tokens - len(a), rng)
+                            i -= len(chunk) - a_end  # the unused true continuation starts the next chunk
                     _truncate_pair(a, b, max_tokens, rng)
                     if a and b:
                         examples.append(_pack(tokenizer, a, b, label))

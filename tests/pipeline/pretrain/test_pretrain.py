@@ -90,7 +90,7 @@ def test_gpt_pretraining_lowers_heldout_loss(pretrained_models, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_bert_pretraining_reports_mlm_and_nsp(pretrained_models, monkeypatch):
+def test_bert_pretraining_reports_mlm_and_nsp(pretrained_models, monkeypatch, default_params_dict):
     root = _root(pretrained_models)
     family_dir = root / "data" / "pretrain" / "bert"
     metrics = _metrics(family_dir)
@@ -105,7 +105,15 @@ def test_bert_pretraining_reports_mlm_and_nsp(pretrained_models, monkeypatch):
     assert type(model).__name__ == "BertForPreTraining"
     monkeypatch.chdir(root)
     tok = AutoTokenizer.from_pretrained(str(pretrained_models["bert"]))
-    heldout = nsp_pairs(read_corpus("heldout"), tok, TINY_PRETRAIN["block_size"], seed=43)
+    cfg = parse_params(default_params_dict).pretrain.bert
+    heldout = nsp_pairs(
+        read_corpus("heldout"),
+        tok,
+        TINY_PRETRAIN["block_size"],
+        seed=43,
+        negatives=cfg.nsp_negatives,
+        split_single=cfg.split_single_sentences,
+    )
     again = pt.evaluate_bert(model, heldout, tok, 0.15, 16, seed=42)
     assert again == pytest.approx(final, rel=1e-4)
 
@@ -213,6 +221,23 @@ def test_killed_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(
     assert not folder.exists()
     rows = _loss_csv(tmp_path / "data" / "pretrain" / "bert")
     assert int(rows[0]["step"]) == 1 and int(rows[-1]["step"]) == max_steps  # history kept across the resume
+
+
+def test_bert_loss_on_masked_positions_only_equals_the_models_own(pretrain_inputs, default_params_dict):
+    from transformers import TrainingArguments
+
+    from pipeline.pretrain.data import mlm_collator
+
+    tok = AutoTokenizer.from_pretrained(str(pretrain_inputs / "data" / "tokenizers" / "bert"))
+    docs = (pretrain_inputs / "data" / "corpus" / "heldout.txt").read_text(encoding="utf-8").splitlines()
+    pairs = nsp_pairs([d for d in docs if d.strip()], tok, 64, seed=0, negatives="swapped", split_single=True)
+    cfg = parse_params(default_params_dict).pretrain.bert.model_copy(update={**TINY_PRETRAIN, "n_layer": 1})
+    torch.manual_seed(0)
+    model = pt.build_model("bert", cfg, tok).eval()  # eval: no dropout, both losses see the same network
+    batch = mlm_collator(tok, 0.15, seed=0)([pairs[i] for i in range(8)])
+    expected = model(**{k: v.clone() for k, v in batch.items()}).loss
+    trainer = pt.BertPretrainer(model=model, args=TrainingArguments("unused", report_to="none", use_cpu=True))
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_unknown_family_is_refused(default_params_dict):

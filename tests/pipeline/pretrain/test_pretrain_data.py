@@ -106,6 +106,47 @@ def test_bert_pairs_need_multi_sentence_documents(tokenizers):
         nsp_pairs(["one sentence only", "another single line"], tokenizers["bert"], block_size=64, seed=0)
 
 
+def _segments(tok, e: dict) -> tuple[str, str]:
+    ids = e["input_ids"]
+    sep = ids.index(tok.sep_token_id)
+    return tok.decode(ids[1:sep]).replace(" ", ""), tok.decode(ids[sep + 1 : -1]).replace(" ", "")
+
+
+def test_swapped_negatives_are_the_same_text_in_the_wrong_order(tokenizers):
+    tok = tokenizers["bert"]
+    docs = [f"Alpha{d} one . Beta{d} two . Gamma{d} three . Delta{d} four ." for d in range(20)]
+    data = nsp_pairs(docs, tok, block_size=128, seed=3, negatives="swapped")
+    joined = [
+        tok.decode(d_ids, clean_up_tokenization_spaces=False).replace(" ", "")
+        for d_ids in tok(docs, add_special_tokens=False)["input_ids"]
+    ]
+    labels = [e["next_sentence_label"] for e in data.examples]
+    assert set(labels) == {IS_NEXT, NOT_NEXT}
+    for e in data.examples:
+        a, b = _segments(tok, e)
+        first, second = (a, b) if e["next_sentence_label"] == IS_NEXT else (b, a)
+        assert any(first + second in doc for doc in joined), (a, b, e["next_sentence_label"])
+        assert not any(a + b in doc for doc in joined) or e["next_sentence_label"] == IS_NEXT
+
+
+def test_split_single_turns_one_sentence_documents_into_pairs(tokenizers):
+    tok = tokenizers["bert"]
+    docs = [f"i feel quite happy about item{d} today" for d in range(30)]
+    with pytest.raises(PretrainDataError, match="at least two sentences"):
+        nsp_pairs(docs, tok, block_size=64, seed=0)
+    data = nsp_pairs(docs, tok, block_size=64, seed=0, negatives="swapped", split_single=True)
+    assert len(data) == len(docs)
+    joined = {tok.decode(ids).replace(" ", "") for ids in tok(docs, add_special_tokens=False)["input_ids"]}
+    for e in data.examples:
+        a, b = _segments(tok, e)
+        assert (a + b if e["next_sentence_label"] == IS_NEXT else b + a) in joined
+
+
+def test_unknown_nsp_negatives_are_refused(tokenizers):
+    with pytest.raises(ValueError, match="unknown NSP negatives 'shuffled'"):
+        nsp_pairs(["A one . B two ."] * 3, tokenizers["bert"], block_size=64, seed=0, negatives="shuffled")
+
+
 def test_missing_corpus_says_which_stage_to_run(in_tmp_repo):
     with pytest.raises(CorpusError, match=r"data/corpus/train.txt not found.*flows.data corpus"):
         read_corpus("train")
