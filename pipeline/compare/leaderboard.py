@@ -7,7 +7,8 @@ Sources, in order of authority:
   timings, registered version, family, weight source) are filled from it.
 
 Every model of params.models x every task gets a row; a combination without a metrics file is a row with
-status "not run", so nothing silently disappears. pipeline.compare.report renders the rows,
+status "not run", so nothing silently disappears. Baselines (BASELINES: the lead-n-words summary of
+pipeline/train/baseline.py) get a row when their metrics file exists. pipeline.compare.report renders the rows,
 pipeline.compare.stage runs the compare stage.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from pipeline.compare.champion import CHAMPION_ALIAS
 from pipeline.core import paths
-from pipeline.core.config import TASKS, Params
+from pipeline.core.config import TASK_SPECS, TASKS, Params
 from pipeline.core.metrics import main_metric
 from pipeline.tracking.runs import configure, registered_name
 
@@ -32,6 +33,7 @@ NOT_RUN = "not run"
 NOT_AVAILABLE = "n/a"
 COST_FIELDS = ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")
 REL_TOL = 1e-6
+BASELINES = {"summarization": ("lead",)}  # task kind -> baseline rows (data/models/<baseline>-<task>/metrics.json)
 
 
 class CompareError(RuntimeError):
@@ -175,10 +177,14 @@ def build_leaderboard(params: Params, root: Path | None = None) -> list[Row]:
     configure(params, root)
     client = MlflowClient()
     rows = [read_metrics_file(task, model, root) for task in TASKS for model in params.models]
+    for task in TASKS:
+        baselines = (read_metrics_file(task, b, root) for b in BASELINES.get(TASK_SPECS[task].kind, ()))
+        rows += [row for row in baselines if row.status == OK]
     for row in rows:
         enrich_from_mlflow(row, client)
-        row.family = row.family or params.models[row.model].family
-        row.weight_source = row.weight_source or params.models[row.model].source
+        if row.model in params.models:
+            row.family = row.family or params.models[row.model].family
+            row.weight_source = row.weight_source or params.models[row.model].source
     mark_champions(rows, client)
     done = sum(r.status == OK for r in rows)
     log.info("Leaderboard: %d of %d task x model combinations have test metrics", done, len(rows))

@@ -2,10 +2,12 @@
 
 - `NerModel`: text -> list of entities {entity, word, start, end, word_start, word_end} per text
   (the transformers flavour's pyfunc collapses entities to a "PER,LOC" string, losing the words).
-- `TranslationModel`: English text -> German text, for GPT prompt-style translation and for
-  EncoderDecoderModels with separate encoder/decoder tokenizers.
+- `TextGenerationModel`: source text -> target text (translation: English -> German; summarization:
+  dialogue -> summary), for GPT prompt-style generation and for EncoderDecoderModels with separate
+  encoder/decoder tokenizers (pipeline.models.text_generation). Answers a list of strings.
 Each loads its weights/tokenizers from the `model` artifact (a folder saved by the matching class).
-Input: a list of strings, one string, or a DataFrame whose `text` column (or first column) holds them.
+Input: a list of strings, one string, or a DataFrame whose `text` (or `dialogue`) column, else its first
+column, holds them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import mlflow.pyfunc
 
 MODEL_ARTIFACT = "model"
+TEXT_COLUMNS = ("text", "dialogue")  # a DataFrame's input column, by name (else its first column)
 
 
 def texts_of(model_input) -> list[str]:
@@ -22,12 +25,12 @@ def texts_of(model_input) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, pd.DataFrame):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        column = next((c for c in TEXT_COLUMNS if c in model_input.columns), model_input.columns[0])
         return [str(x) for x in model_input[column].tolist()]
     if isinstance(model_input, pd.Series):
         return [str(x) for x in model_input.tolist()]
-    if isinstance(model_input, dict) and "text" in model_input:
-        return texts_of(model_input["text"])
+    if isinstance(model_input, dict) and any(c in model_input for c in TEXT_COLUMNS):
+        return texts_of(model_input[next(c for c in TEXT_COLUMNS if c in model_input)])
     return [str(x) for x in list(model_input)]
 
 
@@ -48,19 +51,19 @@ class NerModel(mlflow.pyfunc.PythonModel):
         return self.tagger.entities(texts_of(model_input))
 
 
-class TranslationModel(mlflow.pyfunc.PythonModel):
+class TextGenerationModel(mlflow.pyfunc.PythonModel):
     def __init__(self, num_beams: int = 4, max_new_tokens: int = 64, length_penalty: float = 1.0):
         self.generation = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "length_penalty": length_penalty}
-        self.translator = None
+        self.generator = None
 
     def __getstate__(self):
-        return {"generation": self.generation, "translator": None}
+        return {"generation": self.generation, "generator": None}
 
     def load_context(self, context):
-        from pipeline.models.translation import load_translator
+        from pipeline.models.text_generation import load_generator
 
-        self.translator = load_translator(context.artifacts[MODEL_ARTIFACT])
+        self.generator = load_generator(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         options = {**self.generation, **{k: v for k, v in (params or {}).items() if k in self.generation}}
-        return self.translator.translate(texts_of(model_input), **options)
+        return self.generator.generate(texts_of(model_input), **options)

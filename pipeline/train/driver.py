@@ -10,7 +10,9 @@ The same steps for every family (pipeline/train/family.py says what a family pro
 - the test split scored once by the selected model, batch-1 latency, model logged and registered as
   <task>-<model>;
 - outputs written atomically: data/models/<model>-<task>/{metrics.json, plots/} (learning curve, confusion matrix,
-  attention heatmaps); the checkpoints are removed after success.
+  attention heatmaps), plus examples.jsonl for tasks that write text (the first test examples' source,
+  reference and output; also an MLflow table, pipeline/train/examples.py); the checkpoints are removed after
+  success.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.data.task_data import load_prepared
 from pipeline.tracking import runs
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 from pipeline.train.attention_plots import save_heatmap
+from pipeline.train.examples import EXAMPLES_FILE, log_examples, run_examples, write_examples
 from pipeline.train.family import (
     ATTENTION_EXAMPLES,
     LATENCY_EXAMPLES,
@@ -97,7 +100,9 @@ def train(model: str, task: str, params: Params) -> dict:
             {k: float(summary[k]) for k in ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")}
         )
         summary["registered_version"] = trainer.register(folder / EXPORT_DIR)
-        out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES))
+        examples = run_examples(s.kind, trainer.data["test"], scores.items)
+        log_examples(examples)
+        out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES), examples)
         mlflow.log_artifacts(str(out / PLOTS_DIR), artifact_path="plots")
         mlflow.log_artifact(str(out / METRICS_FILE))
     shutil.rmtree(folder, ignore_errors=True)  # finished: the next run of this stage starts fresh
@@ -124,9 +129,14 @@ def run_summary(s: RunSettings, outcome: TrainOutcome, scores: TestScores, laten
 
 
 def write_outputs(
-    s: RunSettings, summary: dict, outcome: TrainOutcome, scores: TestScores, attention: list[AttentionMap]
+    s: RunSettings,
+    summary: dict,
+    outcome: TrainOutcome,
+    scores: TestScores,
+    attention: list[AttentionMap],
+    examples: list[dict] | None = None,
 ):
-    """data/models/<model>-<task>/{metrics.json, plots/} built in a temp folder, then swapped in."""
+    """data/models/<model>-<task>/{metrics.json, plots/, examples.jsonl} built in a temp folder, then swapped in."""
     with atomic_dir(s.output_dir) as tmp:
         plots = tmp / PLOTS_DIR
         write_learning_curve(plots, outcome.curve)
@@ -140,5 +150,7 @@ def write_outputs(
                 plots / f"attention_{i}.png",
                 title=f"{s.model} on {s.task}: validation example {i}",
             )
+        if examples:
+            write_examples(tmp / EXAMPLES_FILE, examples)
         write_json(tmp / METRICS_FILE, summary)
     return s.output_dir

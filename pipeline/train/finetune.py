@@ -3,7 +3,8 @@
 - Dynamic padding, validation every epoch, best epoch kept (the task's main metric), early stopping,
   checkpoints in checkpoints/finetune-<model>-<task>/ (resumed by the driver, pipeline/train/driver.py).
 - The test split is scored once, by the selected checkpoint. Classification is served through MLflow's
-  transformers flavour; NER and translation through pyfunc wrappers (pipeline/models/pyfunc.py).
+  transformers flavour; NER and the source -> target text kinds (translation, summarization) through pyfunc
+  wrappers (pipeline/models/pyfunc.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 
 from pipeline.core.config import Params
-from pipeline.core.metrics import classification_metrics, ner_metrics, translation_metrics
-from pipeline.data.task_data import word_predictions
+from pipeline.core.metrics import classification_metrics, ner_metrics, text_metrics
+from pipeline.data.task_data import TEXT_PAIRS, word_predictions
 from pipeline.train.family import ModelFamily, TestScores, TrainOutcome
 from pipeline.train.finetune_setup import TaskSetup, argmax_logits, build_setup
 from pipeline.train.hf_trainer import GenerationEvalTrainer, MlflowEpochLogger, TrainingSpeed, best_epoch
@@ -68,7 +69,7 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         load_best_model_at_end=True,
         metric_for_best_model=setup.main_metric,
         greater_is_better=True,
-        prediction_loss_only=setup.kind == "translation",  # translations are scored from generation
+        prediction_loss_only=setup.generator is not None,  # generated text is scored from generation
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         report_to="none",
@@ -92,12 +93,13 @@ def _trainer(setup: TaskSetup, s: RunSettings, callbacks: list, resuming: bool):
         processing_class=setup.tokenizer,
         callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=s.common.patience)],
     )
-    if setup.kind == "translation":
-        validation = setup.data["validation"]
+    if setup.generator is not None:
+        pair, validation = TEXT_PAIRS[setup.kind], setup.data["validation"]
+        scored = validation.select(range(min(s.training.val_generation_examples or len(validation), len(validation))))
         return GenerationEvalTrainer(
-            translator=setup.translator,
-            sources=validation["en"],
-            references=validation["de"],
+            generator=setup.generator,
+            sources=scored[pair.source],
+            references=scored[pair.target],
             max_new_tokens=s.generation.max_new_tokens,
             batch_size=s.common.eval_batch_size,
             **kwargs,
@@ -116,7 +118,14 @@ class PretrainedTransformer(ModelFamily):
         self.family = settings.family
         set_seed(settings.seed)
         self.weights = weights_path(settings.model, params)
-        self.setup = build_setup(settings.family, self.weights, settings.task, data, settings.training.max_length)
+        self.setup = build_setup(
+            settings.family,
+            self.weights,
+            settings.task,
+            data,
+            settings.training.max_length,
+            settings.generation.max_new_tokens,
+        )
         self.trainer = None
 
     @property
@@ -147,8 +156,8 @@ class PretrainedTransformer(ModelFamily):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - start
         self.setup.model = trainer.model  # the selected (best) checkpoint's weights
-        if self.setup.translator is not None:
-            self.setup.translator.model = trainer.model
+        if self.setup.generator is not None:
+            self.setup.generator.model = trainer.model
         return TrainOutcome(
             curve=learning_curve_from_history(trainer.state.log_history),
             best_epoch=best_epoch(trainer),
@@ -160,20 +169,8 @@ class PretrainedTransformer(ModelFamily):
     def score_test(self) -> TestScores:
         """Test metrics of the selected model; classification also gets its confusion matrix."""
         setup, test = self.setup, self.setup.data["test"]
-        if setup.kind == "translation":
-            gen = self.settings.generation
-            options = dict(
-                max_new_tokens=gen.max_new_tokens,
-                length_penalty=gen.length_penalty,
-                batch_size=self.settings.common.eval_batch_size,
-                progress=True,
-            )
-            greedy = translation_metrics(test["de"], setup.translator.translate(test["en"], num_beams=1, **options))
-            hyps = setup.translator.translate(test["en"], num_beams=gen.num_beams, **options)
-            beam = translation_metrics(test["de"], hyps)
-            for source, hyp, ref in list(zip(test["en"], hyps, test["de"]))[:3]:
-                log.info("test example:\n  en:  %s\n  hyp: %s\n  ref: %s", source, hyp, ref)
-            return TestScores({**beam, **{f"{k}_greedy": v for k, v in greedy.items()}})
+        if setup.generator is not None:
+            return self._score_generated(test)
         output = self.trainer.predict(setup.encoded["test"], metric_key_prefix="test")
         predictions = np.asarray(output.predictions)
         if setup.kind == "classification":
@@ -189,6 +186,24 @@ class PretrainedTransformer(ModelFamily):
         true_tags = [[setup.labels[t] for t in tags] for tags in test["ner_tags"]]
         return TestScores(ner_metrics(true_tags, pred_tags))
 
+    def _score_generated(self, test) -> TestScores:
+        """Beam search (train.generation) gives the test metrics; greedy ones are kept as <metric>_greedy."""
+        setup, gen, pair = self.setup, self.settings.generation, TEXT_PAIRS[self.setup.kind]
+        sources, references = test[pair.source], test[pair.target]
+        options = dict(
+            max_new_tokens=gen.max_new_tokens,
+            length_penalty=gen.length_penalty,
+            batch_size=self.settings.common.eval_batch_size,
+            progress=True,
+        )
+        greedy = text_metrics(setup.kind, references, setup.generator.generate(sources, num_beams=1, **options))
+        outputs = setup.generator.generate(sources, num_beams=gen.num_beams, **options)
+        beam = text_metrics(setup.kind, references, outputs)
+        for source, out, ref in list(zip(sources, outputs, references))[:3]:
+            log.info("test example:\n  source: %s\n  output: %s\n  reference: %s", source, out, ref)
+        items = [{"gold": ref, "prediction": out} for ref, out in zip(references, outputs)]
+        return TestScores({**beam, **{f"{k}_greedy": v for k, v in greedy.items()}}, items=items)
+
     def latency_examples(self, n: int) -> list:
         test = self.setup.data["test"]
         self.setup.model.eval()
@@ -198,10 +213,10 @@ class PretrainedTransformer(ModelFamily):
     def infer_one(self, row: dict) -> None:
         """Tokenize + forward (or generate), batch 1."""
         setup = self.setup
-        if setup.kind == "translation":
+        if setup.generator is not None:
             gen = self.settings.generation
-            setup.translator.translate(
-                [row["en"]],
+            setup.generator.generate(
+                [row[TEXT_PAIRS[setup.kind].source]],
                 num_beams=gen.num_beams,
                 max_new_tokens=gen.max_new_tokens,
                 length_penalty=gen.length_penalty,
@@ -230,7 +245,7 @@ class PretrainedTransformer(ModelFamily):
                 input_example=list(test["text"][:2]),
                 model_config={"truncation": True, "batch_size": SERVING_BATCH_SIZE},
             )
-        from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel, TranslationModel
+        from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel, TextGenerationModel
 
         shutil.rmtree(export_dir, ignore_errors=True)
         if setup.kind == "ner":
@@ -238,8 +253,8 @@ class PretrainedTransformer(ModelFamily):
             setup.tokenizer.save_pretrained(str(export_dir))
             wrapper, example = NerModel(max_length=setup.max_length), [" ".join(t) for t in test["tokens"][:2]]
         else:
-            setup.translator.save(export_dir)
+            setup.generator.save(export_dir)
             gen = s.generation
-            wrapper = TranslationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
-            example = list(test["en"][:2])
+            wrapper = TextGenerationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
+            example = list(test[TEXT_PAIRS[setup.kind].source][:2])
         return registry.register_pyfunc(wrapper, {MODEL_ARTIFACT: export_dir}, s.task, s.model, input_example=example)

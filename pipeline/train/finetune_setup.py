@@ -2,8 +2,9 @@
 
 - classification: AutoModelForSequenceClassification (GPT-2 pools its last non-pad token: pad_token_id set).
 - ner: AutoModelForTokenClassification; labels on each word's first sub-token.
-- translation: GPT as a conditional LM; BERT-family models as the encoder of an EncoderDecoderModel whose
-  decoder is this pipeline's pretrained GPT (cross-attention added), with the GPT byte-level tokenizer.
+- source -> target text (translation, summarization: task_data.TEXT_PAIRS): GPT as a conditional LM;
+  BERT-family models as the encoder of an EncoderDecoderModel whose decoder is this pipeline's pretrained GPT
+  (cross-attention added), with the GPT byte-level tokenizer. Both are scored from generated text.
 Weights are read as safetensors only; no remote code.
 """
 
@@ -21,11 +22,12 @@ import numpy as np
 from pipeline.core import paths
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics
 from pipeline.data.task_data import (
+    TEXT_PAIRS,
     PaddingCollator,
-    encode_causal_translation,
+    encode_causal,
     encode_classification,
     encode_ner,
-    encode_seq2seq_translation,
+    encode_seq2seq,
     label_names,
     task_kind,
     word_predictions,
@@ -48,7 +50,7 @@ class TaskSetup:
     main_metric: str
     max_length: int
     labels: list[str] | None = None
-    translator: Any = None
+    generator: Any = None  # source -> target text kinds: GptGenerator / EncoderDecoderGenerator
     compute_metrics: Callable | None = None
     inputs: list[Path] = field(default_factory=list)  # files this run depends on (for tags)
 
@@ -68,15 +70,20 @@ def argmax_logits(logits, labels):
     return logits.argmax(-1)
 
 
-def build_setup(family: str, weights: Path, task: str, data: datasets.DatasetDict, max_length: int) -> TaskSetup:
+def build_setup(
+    family: str, weights: Path, task: str, data: datasets.DatasetDict, max_length: int, max_new_tokens: int
+) -> TaskSetup:
+    """max_new_tokens: the run's generation cap (source -> target text kinds keep that much room for the target)."""
     kind = task_kind(task)
     if kind == "classification":
         return _classification(family, weights, task, data, max_length)
     if kind == "ner":
         return _ner(family, weights, task, data, max_length)
+    if kind not in TEXT_PAIRS:
+        raise ValueError(f"fine-tuning has no setup for task kind {kind!r} ({task})")
     if family == "gpt":
-        return _gpt_translation(weights, data, max_length)
-    return _encoder_decoder_translation(weights, data, max_length)
+        return _gpt_generation(weights, data, kind, max_length, max_new_tokens)
+    return _encoder_decoder_generation(weights, data, kind, max_length)
 
 
 def _labelled_config(names: list[str], tokenizer):
@@ -153,54 +160,61 @@ def _ner(family, weights, task, data, max_length) -> TaskSetup:
     )
 
 
-def _gpt_translation(weights, data, max_length) -> TaskSetup:
+def _gpt_generation(weights, data, kind, max_length, max_new_tokens) -> TaskSetup:
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models.translation import GptTranslator
+    from pipeline.models.text_generation import GptGenerator
 
     tokenizer = load_tokenizer(weights)
     model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, trust_remote_code=False)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     max_length = min(max_length, max_positions(model.config))
-    encoded = datasets.DatasetDict({s: encode_causal_translation(data[s], tokenizer, max_length) for s in data})
+    encoded = datasets.DatasetDict(
+        {s: encode_causal(data[s], tokenizer, max_length, kind, max_new_tokens) for s in data}
+    )
     return TaskSetup(
-        "translation",
+        kind,
         model,
         tokenizer,
         data,
         encoded,
         PaddingCollator(tokenizer.pad_token_id),
-        MAIN_METRIC["translation"],
+        MAIN_METRIC[kind],
         max_length,
-        translator=GptTranslator(model, tokenizer),
+        generator=GptGenerator(model, tokenizer, kind),
     )
 
 
-def _encoder_decoder_translation(weights, data, max_length) -> TaskSetup:
-    from pipeline.models.translation import EncoderDecoderTranslator, build_encoder_decoder
+def _encoder_decoder_generation(weights, data, kind, max_length) -> TaskSetup:
+    from pipeline.models.text_generation import EncoderDecoderGenerator, build_encoder_decoder
 
     if not (GPT_DECODER / "config.json").exists():
         raise FileNotFoundError(
-            f"{GPT_DECODER} not found: BERT-family translation uses this pipeline's pretrained GPT as its decoder; "
+            f"{GPT_DECODER} not found: BERT-family {kind} uses this pipeline's pretrained GPT as its decoder; "
             "run the GPT pretraining stage first (python -m flows.pretrain gpt)"
         )
     encoder_tokenizer = load_tokenizer(weights)
     decoder_tokenizer = load_tokenizer(GPT_DECODER)
     model = build_encoder_decoder(weights, GPT_DECODER, decoder_tokenizer)
-    max_length = min(max_length, max_positions(model.config.encoder), max_positions(model.config.decoder))
+    # sources fill the encoder's positions, targets the decoder's (each at most max_length)
+    source_length = min(max_length, max_positions(model.config.encoder))
+    target_length = min(max_length, max_positions(model.config.decoder))
     encoded = datasets.DatasetDict(
-        {s: encode_seq2seq_translation(data[s], encoder_tokenizer, decoder_tokenizer, max_length) for s in data}
+        {
+            s: encode_seq2seq(data[s], encoder_tokenizer, decoder_tokenizer, kind, source_length, target_length)
+            for s in data
+        }
     )
     return TaskSetup(
-        "translation",
+        kind,
         model,
         encoder_tokenizer,
         data,
         encoded,
         PaddingCollator(encoder_tokenizer.pad_token_id),
-        MAIN_METRIC["translation"],
-        max_length,
-        translator=EncoderDecoderTranslator(model, encoder_tokenizer, decoder_tokenizer),
+        MAIN_METRIC[kind],
+        source_length,
+        generator=EncoderDecoderGenerator(model, encoder_tokenizer, decoder_tokenizer, kind),
         inputs=[GPT_DECODER],
     )

@@ -1,5 +1,6 @@
 """transformers Trainer pieces for fine-tuning: MLflow per-epoch logging, a training-speed meter, and a
-Trainer that adds BLEU/chrF from generation to each validation pass (for translation model selection)."""
+Trainer that adds the metrics of generated text (BLEU/chrF, ROUGE) to each validation pass (for model selection
+on source -> target text tasks)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 from transformers import Trainer, TrainerCallback
 
-from pipeline.core.metrics import translation_metrics
+from pipeline.core.metrics import text_metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,13 @@ class TrainingSpeed(TrainerCallback):
 
 
 class GenerationEvalTrainer(Trainer):
-    """Validation = loss plus corpus BLEU/chrF of greedy translations of the validation sources."""
+    """Validation = loss plus the task kind's metrics (text_metrics) of greedy outputs for the validation
+    sources (the first `sources` given: the caller caps them, generation is the dear part)."""
 
     def __init__(
         self,
         *args,
-        translator,
+        generator,
         sources: Sequence[str],
         references: Sequence[str],
         max_new_tokens: int,
@@ -80,7 +82,7 @@ class GenerationEvalTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.translator = translator
+        self.generator = generator
         self.sources = list(sources)
         self.references = list(references)
         self.max_new_tokens = max_new_tokens
@@ -91,13 +93,13 @@ class GenerationEvalTrainer(Trainer):
     ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if metric_key_prefix == "eval":
-            hyps = self.translator.translate(
+            outputs = self.generator.generate(
                 self.sources, num_beams=1, max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size
             )
-            scores = translation_metrics(self.references, hyps)
+            scores = text_metrics(self.generator.kind, self.references, outputs)
             for key, value in scores.items():
                 output.metrics[f"{metric_key_prefix}_{key}"] = value
-            log.info("validation (greedy): %s", {k: round(v, 2) for k, v in scores.items()})
+            log.info("validation (greedy, %d examples): %s", len(outputs), {k: round(v, 2) for k, v in scores.items()})
         return output
 
 

@@ -2,9 +2,11 @@
 encoder-decoder (encdec).
 
 Each task becomes source -> target text: emotion/sst2 -> the label name, conll2003 -> one tag per source word,
-multi30k -> the German sentence. Outputs are mapped back to labels/tags/text and scored with pipeline.core.metrics like
-every other model; an output that is no label (or a tag sequence with invalid tags or the wrong length) is
-scored as wrong (classification) or repaired to 'O'/padded (NER), and its rate is reported as `invalid_rate`.
+multi30k -> the German sentence, samsum -> the dialogue's summary (the columns of the text kinds come from
+pipeline.data.task_data.TEXT_PAIRS). Outputs are mapped back to labels/tags/text and scored with
+pipeline.core.metrics like every other model; an output that is no label (or a tag sequence with invalid tags
+or the wrong length) is scored as wrong (classification) or repaired to 'O'/padded (NER), and its rate is
+reported as `invalid_rate`.
 
 The families (rnn.py, encdec.py) subclass Text2TextModel; pipeline/train/driver.py runs them like any other.
 """
@@ -22,7 +24,8 @@ from typing import Any
 
 from pipeline.core.config import TASK_SPECS, Params
 from pipeline.core.io import write_json
-from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, translation_metrics
+from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, text_metrics
+from pipeline.data.task_data import TEXT_PAIRS
 from pipeline.models.ner_tagger import text_entities
 from pipeline.train.family import ModelFamily, TestScores
 from pipeline.train.settings import RunSettings
@@ -86,17 +89,22 @@ class TaskFormat:
     """How one task becomes text-to-text and back."""
 
     task: str
-    kind: str  # classification | ner | translation
+    kind: str  # classification | ner | translation | summarization
     label_names: list[str] = field(default_factory=list)  # class names, or the NER tag set
 
     @property
     def main_metric(self) -> str:
         return MAIN_METRIC[self.kind]
 
+    @property
+    def writes_text(self) -> bool:
+        """The target is free text (translation, summarization), not a label or tags."""
+        return self.kind in TEXT_PAIRS
+
     def source_words(self, example: dict) -> list[str]:
         if self.kind == "ner":
             return list(example["tokens"])
-        return word_tokenize(example["en"] if self.kind == "translation" else example["text"])
+        return word_tokenize(self.source_text(example))
 
     def served_words(self, text: str) -> list[str]:
         """A served request's words: NER texts are whitespace-separated words, others are word-tokenized."""
@@ -105,18 +113,18 @@ class TaskFormat:
     def source_text(self, example: dict) -> str:
         if self.kind == "ner":
             return " ".join(example["tokens"])
-        return example["en"] if self.kind == "translation" else example["text"]
+        return example[TEXT_PAIRS[self.kind].source] if self.writes_text else example["text"]
 
     def target_words(self, example: dict) -> list[str]:
         if self.kind == "classification":
             return [self.label_names[example["label"]]]
         if self.kind == "ner":
             return [self.label_names[t] for t in example["ner_tags"]]
-        return word_tokenize(example["de"])
+        return word_tokenize(example[TEXT_PAIRS[self.kind].target])
 
     def target_text(self, example: dict) -> str:
-        if self.kind == "translation":
-            return example["de"]
+        if self.writes_text:
+            return example[TEXT_PAIRS[self.kind].target]
         return " ".join(self.target_words(example))
 
     def gold(self, example: dict) -> Any:
@@ -124,7 +132,7 @@ class TaskFormat:
             return int(example["label"])
         if self.kind == "ner":
             return [self.label_names[t] for t in example["ner_tags"]]
-        return example["de"]
+        return example[TEXT_PAIRS[self.kind].target]
 
     def prediction(self, output: Sequence[str], n_words: int) -> tuple[Any, bool]:
         """A model's output words -> (prediction in the gold's form, whether the output was valid)."""
@@ -143,13 +151,13 @@ class TaskFormat:
         elif self.kind == "ner":
             metrics = ner_metrics(golds, predictions)
         else:
-            metrics = translation_metrics(golds, predictions)
+            metrics = text_metrics(self.kind, golds, predictions)
         metrics["invalid_rate"] = 1.0 - sum(valid) / max(len(valid), 1)
         return metrics
 
     def natural(self, prediction: Any, text: str) -> Any:
         """The served form: a label name, the entities found in `text` (NER: its whitespace-separated words), or
-        the German text."""
+        the output text (German, a summary)."""
         if self.kind == "classification":
             return self.label_names[prediction] if prediction >= 0 else self.label_names[0]
         if self.kind == "ner":
@@ -198,6 +206,13 @@ class Text2TextModel(ModelFamily):
         self.batch_size = settings.batch_size
         self.name = settings.model
 
+    def scored_validation(self):
+        """The validation examples each epoch decodes and scores: the first train.tasks.<task>.
+        val_generation_examples of them (all when unset)."""
+        validation = self.data["validation"]
+        cap = self.run.val_generation_examples
+        return validation if cap is None or cap >= len(validation) else validation.select(range(cap))
+
     def predict_test(self) -> list[list[str]]:
         """Output words per test example (tags for NER; one text for encdec), by beam search."""
         raise NotImplementedError
@@ -205,12 +220,15 @@ class Text2TextModel(ModelFamily):
     def score_test(self) -> TestScores:
         test_split = self.data["test"]
         metrics, predictions = score_outputs(self.fmt, test_split, self.predict_test())
-        if self.fmt.kind != "classification":
-            return TestScores(metrics)
-        invalid = len(self.fmt.label_names)  # an output that is no label gets its own row/column
         golds = [self.fmt.gold(ex) for ex in test_split]
+        items = [{"gold": g, "prediction": p} for g, p in zip(golds, predictions)]
+        if self.fmt.kind != "classification":
+            return TestScores(metrics, items=items)
+        invalid = len(self.fmt.label_names)  # an output that is no label gets its own row/column
         return TestScores(
-            metrics, (golds, [p if p >= 0 else invalid for p in predictions], [*self.fmt.label_names, INVALID_LABEL])
+            metrics,
+            (golds, [p if p >= 0 else invalid for p in predictions], [*self.fmt.label_names, INVALID_LABEL]),
+            items=items,
         )
 
     def latency_examples(self, n: int) -> list[str]:
