@@ -311,6 +311,8 @@ class TaskOverride(Strict):
     max_length: Annotated[int, Field(ge=8)] | None = None
     max_steps: PosInt | None = None
     batch_size: PosInt | None = None
+    max_new_tokens: PosInt | None = None
+    val_generation_examples: PosInt | None = None
 
 
 class GenerationConfig(Strict):

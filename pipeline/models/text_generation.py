@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.data.task_data import prompt_ids, text_pair
+from pipeline.data.task_data import prompt_ids, target_room, text_pair
 from pipeline.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,10 @@ class GptGenerator:
         save_kind(Path(folder), self.kind)
 
     def max_prompt_length(self, max_new_tokens: int) -> int:
-        """Prompt tokens that still leave room for the output within the model's positions."""
-        return max(8, self.model.config.n_positions - max_new_tokens)
+        """Prompt tokens: the model's positions less the output's room, as in training rows of the model's full
+        length (task_data.encode_causal: at most half of them for the output)."""
+        positions = self.model.config.n_positions
+        return max(8, positions - target_room(positions, max_new_tokens))
 
     @torch.no_grad()
     def generate(
@@ -119,9 +121,10 @@ class GptGenerator:
             for batch in tqdm(list(_batches(list(sources), batch_size)), desc="generate", disable=not progress):
                 ids = prompt_ids(tok, batch, self.max_prompt_length(max_new_tokens), self.kind)
                 enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(model.device)
+                room = model.config.n_positions - enc["input_ids"].shape[1]  # never past the last position
                 generated = model.generate(
                     **enc,  # input_ids [batch, prompt_len]
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=max(1, min(max_new_tokens, room)),
                     num_beams=num_beams,
                     do_sample=False,
                     length_penalty=length_penalty,
