@@ -78,3 +78,59 @@ def test_example_rows_check_lengths_and_a_bad_file_names_its_line(tmp_path):
     bad.write_text('{"index": 0, "source": "s", "reference": "r", "output": "o"}\n{"index": 1}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"line 2 lacks \['source', 'reference', 'output'\]"):
         read_examples(bad)
+
+
+# ---------------------------------------------------------------- the baseline stage (real rows, real MLflow store)
+def _samsum_rows(name: str, n: int) -> datasets.Dataset:
+    import zipfile
+
+    from tests.fixtures.models import MIRROR
+
+    with zipfile.ZipFile(MIRROR / "samsum" / "samsum.zip") as z:
+        rows = json.loads(z.read(f"samsum/{name}.json"))[:n]
+    return datasets.Dataset.from_list(
+        [{"id": r["id"], "dialogue": r["dialogue"].replace("\r\n", "\n"), "summary": r["summary"]} for r in rows]
+    )
+
+
+@pytest.mark.integration
+def test_lead_baseline_stage_writes_metrics_logs_a_run_registers_nothing_and_shows_on_the_leaderboard(
+    in_tmp_repo, default_params_dict
+):
+    import copy
+
+    from mlflow import MlflowClient
+
+    from pipeline.compare.leaderboard import OK, build_leaderboard
+    from pipeline.core.config import parse_params
+    from pipeline.tracking.runs import task_experiment
+    from pipeline.train.baseline import run_lead_baseline
+
+    raw = copy.deepcopy(default_params_dict)
+    raw["common"]["mlflow_tracking_uri"] = f"sqlite:///{in_tmp_repo / 'mlflow.db'}"
+    raw["common"]["mlflow_artifact_root"] = str(in_tmp_repo / "mlartifacts")
+    params = parse_params(raw)
+    data = datasets.DatasetDict(
+        {"train": _samsum_rows("train", 10), "validation": _samsum_rows("val", 40), "test": _samsum_rows("test", 30)}
+    )
+    data.save_to_disk(str(in_tmp_repo / "data" / "prepared" / "samsum"))
+
+    summary = run_lead_baseline("samsum", params)
+
+    written = json.loads((in_tmp_repo / "data" / "models" / "lead-samsum" / "metrics.json").read_text())
+    assert written == summary and (summary["model"], summary["family"]) == ("lead", "baseline")
+    assert summary["lead_words"] in LEAD_WORDS and summary["registered_version"] is None
+    expected = summarization_metrics(
+        data["test"]["summary"], [lead(d, summary["lead_words"]) for d in data["test"]["dialogue"]]
+    )
+    assert summary["test"] == pytest.approx(expected) and 5 < summary["test"]["rouge1"] < 60
+    client = MlflowClient()
+    [run] = client.search_runs([client.get_experiment_by_name(task_experiment("samsum")).experiment_id])
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["family"] == "baseline" and run.data.params["lead_words"] == str(summary["lead_words"])
+    assert run.data.metrics["test_rouge1"] == pytest.approx(summary["test"]["rouge1"])
+    assert client.search_registered_models() == []
+
+    [row] = [r for r in build_leaderboard(params, in_tmp_repo) if r.model == "lead"]
+    assert (row.task, row.status, row.family) == ("samsum", OK, "baseline")
+    assert row.main_value == pytest.approx(summary["test"]["rouge1"]) and not row.notes
