@@ -11,7 +11,7 @@ PREFECT_PORT ?= 4200
 # params profile for `make run` (profiles/<name>.yaml, e.g. gpu, smoke); empty: params.yaml's defaults
 PROFILE ?=
 
-.PHONY: help install run lint test test-fast bench ui serve rollback clean-data
+.PHONY: help install run lint test test-fast bench ui serve rollback reproduce clean-data
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -51,6 +51,10 @@ rollback: $(STAMP) ## undo the last champion promotion: make rollback TASK=emoti
 
 serve: $(STAMP) ## local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the scheduled retrain deployment
 	$(PY) -m flows.serve --port $(PREFECT_PORT)
+
+reproduce: $(STAMP) ## rebuild a registered version from its lineage: make reproduce MODEL=emotion-rnn VERSION=3
+	@test -n "$(MODEL)" || { echo "usage: make reproduce MODEL=<registered model, e.g. emotion-rnn> [VERSION=<n or alias; default champion>]"; exit 2; }
+	$(PY) -m flows.reproduce $(MODEL) $(or $(VERSION),champion)
 
 clean-data: ## remove stage outputs (data/, reports/) but keep the MLflow store
 	rm -rf data reports

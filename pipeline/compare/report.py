@@ -130,6 +130,8 @@ def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: s
         f"Test-set results of {len({r.model for r in rows})} models on {len(TASKS)} tasks "
         f"({done} of {len(rows)} combinations run). Higher is better for every quality metric.",
         "",
+        "GPT vs BERT (objectives, use cases, architecture), measured on this run: [gpt_vs_bert.md](gpt_vs_bert.md).",
+        "",
         "## Best model per task",
         "",
         "| task | metric | best model (this run) | value | champion (registry) |",

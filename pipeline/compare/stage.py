@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from pipeline.compare import champion, report
+from pipeline.compare.gpt_vs_bert import write_gpt_vs_bert
 from pipeline.compare.leaderboard import (
     COST_FIELDS,
     NOT_AVAILABLE,
@@ -59,6 +60,7 @@ def compare(params: Params, root: Path | None = None) -> dict:
     mark_champions(rows, _client())
     history = champion.read_history(params, root)
     outputs, markdown = report.write_reports(rows, champions, history, root)
+    outputs["gpt_vs_bert.md"], _ = write_gpt_vs_bert(rows, root)
     parent_id = log_comparison(rows, outputs, markdown, params, root)
     return {
         "leaderboard": [r.to_dict() for r in rows],

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.core import profiles
 from pipeline.core.profiles import ParamsError
 
-DatasetName = Literal["emotion", "sst2", "conll2003", "multi30k", "wikitext"]
-TaskName = Literal["emotion", "sst2", "conll2003", "multi30k"]
+DatasetName = Literal["emotion", "sst2", "conll2003", "multi30k", "wikitext", "squad", "samsum"]
+TaskName = Literal["emotion", "sst2", "conll2003", "multi30k", "squad", "samsum"]
 TaskKind = Literal["classification", "ner", "translation", "qa", "summarization"]
 Family = Literal["rnn", "encdec", "gpt", "bert"]
 
@@ -38,6 +38,8 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sst2", "classification"),
     "conll2003": TaskSpec("conll2003", "ner"),
     "multi30k": TaskSpec("multi30k", "translation"),
+    "squad": TaskSpec("squad", "qa"),
+    "samsum": TaskSpec("samsum", "summarization"),
 }
 MIRROR_ENV = "HT_MIRROR_DIR"
 
@@ -106,6 +108,8 @@ class DatasetChecks(Strict):
     # optional (translation pairs only): the fraction of each side's texts that must look like that side's
     # language (GX `mostly`); far fewer means the files are swapped or hold another language
     language_check_mostly: Fraction | None = None
+    # optional (summarization only): the fraction of examples whose summary must be shorter than its dialogue
+    summary_shorter_mostly: Fraction | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> DatasetChecks:
@@ -123,21 +127,28 @@ class DatasetChecks(Strict):
 
 
 TRANSLATION_ONLY_CHECKS = ("min_length_ratio", "max_length_ratio", "length_ratio_mostly", "language_check_mostly")
+SUMMARIZATION_ONLY_CHECKS = ("summary_shorter_mostly",)
+# task kind -> the optional DatasetChecks keys that only apply to datasets of that kind
+KIND_ONLY_CHECKS: dict[str, tuple[str, ...]] = {
+    "translation": TRANSLATION_ONLY_CHECKS,
+    "summarization": SUMMARIZATION_ONLY_CHECKS,
+}
 
 
 class ValidateConfig(Strict):
     datasets: dict[DatasetName, DatasetChecks]
 
     @model_validator(mode="after")
-    def _translation_only(self) -> ValidateConfig:
-        translation = {spec.dataset for spec in TASK_SPECS.values() if spec.kind == "translation"}
-        for name, checks in self.datasets.items():
-            used = [key for key in TRANSLATION_ONLY_CHECKS if getattr(checks, key) is not None]
-            if used and name not in translation:
-                raise ValueError(
-                    f"datasets.{name}: {', '.join(used)} only apply to translation datasets "
-                    f"({', '.join(sorted(translation))}); remove from {name}"
-                )
+    def _kind_only(self) -> ValidateConfig:
+        for kind, keys in KIND_ONLY_CHECKS.items():
+            allowed = {spec.dataset for spec in TASK_SPECS.values() if spec.kind == kind}
+            for name, checks in self.datasets.items():
+                used = [key for key in keys if getattr(checks, key) is not None]
+                if used and name not in allowed:
+                    raise ValueError(
+                        f"datasets.{name}: {', '.join(used)} only apply to {kind} datasets "
+                        f"({', '.join(sorted(allowed))}); remove from {name}"
+                    )
         return self
 
 

@@ -8,6 +8,10 @@ expectations cannot express on raw lists or across splits:
   len_ratio    multi30k only: len(de) / len(en) (inf when en is empty)
   en_looks_english / de_looks_german   multi30k only: the side's text looks like its language (looks_like)
   is_blank     wikitext only: empty line (a legitimate paragraph break there)
+  n_answers / answers_aligned   squad only: answers of the question; every answer_start indexes its answer text
+  summary_shorter   samsum only: the summary has fewer characters than its dialogue
+  id_repeated  squad/samsum: the row's id occurs more than once across all splits
+  in_other_split    squad: the row's article (title) is also in another split; samsum: its dialogue is
   is_duplicate the row's content already appeared earlier in the split (wikitext: non-blank lines only)
   in_test      train/validation only: the row's content also appears in the test split (leakage)
 """
@@ -23,7 +27,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import DatasetChecks
-from pipeline.data.readers import FEATURES, MIRROR_FILES, NER_TAGS
+from pipeline.data.readers import (
+    FEATURES,
+    MIRROR_FILES,
+    NER_TAGS,
+    SAMSUM_FILE,
+    SAMSUM_MEMBERS,
+    SQUAD_FILE,
+    SQUAD_MEMBER,
+)
 
 ROW = "row"
 # columns shown when a row is reported as offending
@@ -33,6 +45,8 @@ DISPLAY_COLUMNS: dict[str, list[str]] = {
     "conll2003": ["text", "tags"],
     "multi30k": ["en", "de"],
     "wikitext": ["text"],
+    "squad": ["id", "title", "question"],
+    "samsum": ["id", "dialogue", "summary"],
 }
 TEXT_COLUMNS: dict[str, list[str]] = {
     "emotion": ["text"],
@@ -40,7 +54,11 @@ TEXT_COLUMNS: dict[str, list[str]] = {
     "conll2003": ["text"],
     "multi30k": ["en", "de"],
     "wikitext": ["text"],
+    "squad": ["question", "context"],
+    "samsum": ["dialogue", "summary"],
 }
+# squad/samsum: the column whose value may not occur in two splits
+SPLIT_KEY = {"squad": "title", "samsum": "dialogue"}
 WIKITEXT_MAX_BLANK_FRACTION = 0.5  # real WikiText-2: about a third of the lines are blank paragraph breaks
 
 # ---------------------------------------------------------------- language of a translation side
@@ -98,6 +116,8 @@ def language_column(side: str) -> str:
 def build_frames(name: str, dsdict: datasets.DatasetDict) -> dict[str, pd.DataFrame]:
     """split -> the frame the suite runs on (leakage flags need the test split)."""
     frames = {split: _base_frame(name, ds) for split, ds in dsdict.items()}
+    if name in SPLIT_KEY:
+        _flag_across_splits(name, frames)
     test_keys = set(frames["test"]["_key"].dropna()) if "test" in frames else set()
     for split, frame in frames.items():
         if split == "test":
@@ -108,6 +128,18 @@ def build_frames(name: str, dsdict: datasets.DatasetDict) -> dict[str, pd.DataFr
         frame["is_duplicate"] = key.notna() & key.duplicated(keep="first")
         frames[split] = frame.drop(columns="_key")
     return frames
+
+
+def _flag_across_splits(name: str, frames: dict[str, pd.DataFrame]) -> None:
+    """id_repeated (the id occurs twice anywhere) and in_other_split (SPLIT_KEY's value is in another split)."""
+    ids = pd.concat([frame["id"] for frame in frames.values()], ignore_index=True)
+    counts = ids.value_counts(dropna=True)
+    key = SPLIT_KEY[name]
+    values = {split: set(frame[key].dropna()) for split, frame in frames.items()}
+    for split, frame in frames.items():
+        others = set().union(*(v for s, v in values.items() if s != split))
+        frame["id_repeated"] = frame["id"].map(counts).fillna(0).gt(1)
+        frame["in_other_split"] = frame[key].isin(others) & frame[key].notna()
 
 
 def _base_frame(name: str, ds: datasets.Dataset) -> pd.DataFrame:
@@ -143,12 +175,50 @@ def _base_frame(name: str, ds: datasets.Dataset) -> pd.DataFrame:
         for side in ("en", "de"):
             frame[language_column(side)] = raw[side].map(lambda text, side=side: looks_like(text, side)).astype(bool)
         frame["_key"] = raw["en"] + "\t" + raw["de"]
+    elif name == "squad":
+        for column in ("id", "title", "question", "context"):
+            frame[column] = raw[column]
+        answers = raw["answers"].map(_answer_lists)
+        frame["n_answers"] = answers.map(lambda a: len(a[0])).astype("int64")
+        frame["answers_aligned"] = [
+            answers_aligned(context, texts, starts) for context, (texts, starts) in zip(raw["context"], answers)
+        ]
+        frame["_key"] = raw["context"] + "\n" + raw["question"]
+    elif name == "samsum":
+        for column in ("id", "dialogue", "summary"):
+            frame[column] = raw[column]
+        frame["summary_shorter"] = [
+            isinstance(d, str) and isinstance(s, str) and len(s) < len(d)
+            for d, s in zip(raw["dialogue"], raw["summary"])
+        ]
+        frame["_key"] = raw["dialogue"]
     else:  # wikitext
         frame["text"] = raw["text"]
         frame["n_chars"] = raw["text"].str.len()
         frame["is_blank"] = raw["text"].eq("")
         frame["_key"] = raw["text"].where(~frame["is_blank"])
     return frame
+
+
+def _answer_lists(answers) -> tuple[list, list]:
+    """(texts, starts) of one row's answers struct (None-safe)."""
+    if not isinstance(answers, dict):
+        return [], []
+    texts, starts = answers.get("text"), answers.get("answer_start")
+    return ([] if texts is None else list(texts)), ([] if starts is None else list(starts))
+
+
+def answers_aligned(context: str | None, texts: list, starts: list) -> bool:
+    """Every answer_start indexes its answer text in the context: context[start:start+len(text)] == text."""
+    if not isinstance(context, str) or len(texts) != len(starts):
+        return False
+    return all(
+        isinstance(text, str)
+        and start is not None
+        and int(start) >= 0
+        and context[int(start) : int(start) + len(text)] == text
+        for text, start in zip(texts, starts)
+    )
 
 
 def bio_valid(tags: list[str]) -> bool:
@@ -183,6 +253,17 @@ def frame_columns(name: str) -> list[str]:
         "conll2003": ["text", "tags", "n_chars", "n_tokens", "n_tags", "tags_known", "bio_valid"],
         "multi30k": ["en", "de", "n_chars_en", "n_chars_de", "len_ratio", *map(language_column, ("en", "de"))],
         "wikitext": ["text", "n_chars", "is_blank"],
+        "squad": [
+            "id",
+            "title",
+            "question",
+            "context",
+            "n_answers",
+            "answers_aligned",
+            "id_repeated",
+            "in_other_split",
+        ],
+        "samsum": ["id", "dialogue", "summary", "summary_shorter", "id_repeated", "in_other_split"],
     }
     return [ROW, *per_kind[name], "is_duplicate", "in_test"]
 
@@ -230,8 +311,52 @@ def _kind_expectations(name: str, checks: DatasetChecks) -> list:
         if checks.language_check_mostly is not None:
             out += [_language_expectation(name, side, checks.language_check_mostly) for side in ("en", "de")]
         return out
+    if name in ("squad", "samsum"):
+        out = [
+            gxe.ExpectColumnValuesToNotBeNull(column="id"),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="id_repeated",
+                value_set=[False],
+                description="Every id is unique across the train, validation and test splits.",
+            ),
+            _no_other_split(name),
+        ]
+        if name == "squad":
+            out += [
+                gxe.ExpectColumnValuesToNotBeNull(column="title"),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="n_answers", min_value=1, description="Every question has at least one answer."
+                ),
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="answers_aligned",
+                    value_set=[True],
+                    description="Every answer_start indexes its answer text: context[start:start+len(text)] == text.",
+                ),
+            ]
+        elif checks.summary_shorter_mostly is not None:
+            out.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column="summary_shorter",
+                    value_set=[True],
+                    mostly=checks.summary_shorter_mostly,
+                    description=(
+                        f"At least {checks.summary_shorter_mostly:.1%} of the summaries are shorter than their "
+                        "dialogue."
+                    ),
+                )
+            )
+        return out
     # wikitext: blank lines are paragraph breaks, but a file that is mostly blank is broken
     return [gxe.ExpectColumnMeanToBeBetween(column="is_blank", min_value=0, max_value=WIKITEXT_MAX_BLANK_FRACTION)]
+
+
+def _no_other_split(name: str):
+    what = {"squad": "article (title)", "samsum": "dialogue"}[name]
+    return gxe.ExpectColumnValuesToBeInSet(
+        column="in_other_split",
+        value_set=[False],
+        description=f"No {what} occurs in two of the train, validation and test splits.",
+    )
 
 
 def _language_expectation(name: str, side: str, mostly: float):
@@ -252,6 +377,10 @@ def _language_expectation(name: str, side: str, mostly: float):
 
 def failure_hint(name: str, split: str, column: str | None) -> str | None:
     """What a failed expectation on `column` most likely means for this split's source files, if known."""
+    if name == "squad":
+        return f"split {split!r} holds articles of {SQUAD_FILE} (member {SQUAD_MEMBER}), split by title at ingest"
+    if name == "samsum":
+        return f"split {split!r} is read from {SAMSUM_FILE} (member {SAMSUM_MEMBERS.get(split, split)})"
     sides = {language_column(side): side for side in LANGUAGE_NAMES} if name == "multi30k" else {}
     if column not in sides:
         return None

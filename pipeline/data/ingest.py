@@ -17,7 +17,16 @@ import datasets
 from pipeline.core.config import DATASETS, MIRROR_ENV, HubSource, Params
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.core.paths import raw_dir
-from pipeline.data.readers import FEATURES, MIRROR_FOLDERS, carve_validation, has_mirror, read_mirror, split_files
+from pipeline.data.readers import (
+    FEATURES,
+    MIRROR_FOLDERS,
+    carve_validation,
+    has_mirror,
+    normalise_turns,
+    read_mirror,
+    split_by_article,
+    split_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,8 @@ def ingest_dataset(name: str, params: Params) -> Path:
         )
         dsdict = load_from_hub(name, source, seed=params.common.seed)
         fingerprint = hub_fingerprint(source)
+    if name == "samsum":
+        dsdict, fingerprint["dropped"] = drop_unusable_samsum(dsdict)
     fingerprint["rows"] = {split: len(ds) for split, ds in dsdict.items()}
     target = raw_dir(name)
     save_atomically(dsdict, fingerprint, target)
@@ -86,19 +97,71 @@ def canonical_from_hub(
 
         train, validation = carve_validation(to_canonical("train"), validation_size or 872, seed)
         return datasets.DatasetDict({"train": train, "validation": validation, "test": to_canonical("validation")})
+    if name == "squad":  # only the official dev set is used (the mirror has nothing else): split it by article
+        return split_by_article(_canonical_split(name, hub, "validation"), seed)
     out = {}
     for split in ("train", "validation", "test"):
-        if split not in hub:
-            raise ValueError(f"hub dataset for {name} has no {split!r} split (has {list(hub)})")
-        ds = hub[split]
-        missing = [c for c in features if c not in ds.column_names]
-        if missing:
-            raise ValueError(
-                f"hub dataset for {name}, split {split}: missing column(s) {missing} (has {ds.column_names})"
-            )
-        ds = ds.select_columns(list(features))
-        out[split] = ds.cast(features)
+        out[split] = _canonical_split(name, hub, split)
     return datasets.DatasetDict(out)
+
+
+def _canonical_split(name: str, hub: datasets.DatasetDict, split: str) -> datasets.Dataset:
+    features = FEATURES[name]
+    if split not in hub:
+        raise ValueError(f"hub dataset for {name} has no {split!r} split (has {list(hub)})")
+    ds = hub[split]
+    missing = [c for c in features if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"hub dataset for {name}, split {split}: missing column(s) {missing} (has {ds.column_names})")
+    ds = ds.select_columns(list(features)).cast(features)
+    if name == "samsum":  # as the mirror reader: turns separated by "\n"
+        ds = ds.map(
+            lambda row: {key: normalise_turns(row[key] or "") for key in ("dialogue", "summary")},
+            keep_in_memory=True,
+        )
+    return ds
+
+
+# ---------------------------------------------------------------- samsum
+LATER_SPLITS = {"train": ("validation", "test"), "validation": ("test",)}
+MAX_LOGGED_IDS = 20
+
+
+def drop_unusable_samsum(dsdict: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict]:
+    """SAMSum as released has one train example with an empty dialogue, and dialogues that occur in two splits
+    (with different summaries): drop the empty train dialogues, and every train/validation example whose
+    dialogue is also in a later split (test > validation > train), so test stays the released test set and
+    no evaluation dialogue is trained on. Each drop is logged (INFO) with its ids; returns what was dropped.
+    Empty dialogues in validation/test are left for the validate stage to reject."""
+    dropped: dict[str, dict[str, list[str]]] = {"empty_dialogue": {}, "dialogue_in_later_split": {}}
+    out = {}
+    for split, ds in dsdict.items():
+        dialogues, ids = ds["dialogue"], ds["id"]
+        later = set().union(*(dsdict[s]["dialogue"] for s in LATER_SPLITS.get(split, ()) if s in dsdict))
+        empty = [i for i, d in enumerate(dialogues) if split == "train" and not d.strip()]
+        leaked = [i for i, d in enumerate(dialogues) if d in later and d.strip()]
+        if empty:
+            dropped["empty_dialogue"][split] = [ids[i] for i in empty]
+            log.info(
+                "dropped %d samsum example%s with an empty dialogue: ids %s",
+                len(empty),
+                "" if len(empty) == 1 else "s",
+                [ids[i] for i in empty][:MAX_LOGGED_IDS],
+            )
+        if leaked:
+            dropped["dialogue_in_later_split"][split] = [ids[i] for i in leaked]
+            log.info(
+                "dropped %d samsum %s example%s whose dialogue is also in %s: ids %s",
+                len(leaked),
+                split,
+                "" if len(leaked) == 1 else "s",
+                "/".join(LATER_SPLITS[split]),
+                [ids[i] for i in leaked][:MAX_LOGGED_IDS],
+            )
+        drop = set(empty) | set(leaked)
+        keep = [i for i in range(len(ds)) if i not in drop]
+        out[split] = ds.select(keep, keep_in_memory=True).flatten_indices(keep_in_memory=True) if drop else ds
+    return datasets.DatasetDict(out), dropped
 
 
 def hub_fingerprint(source: HubSource) -> dict:

@@ -4,7 +4,8 @@
   columns) + meta.json. Caps are sampled deterministically with common.seed.
 - build_corpus: WikiText-2 (every split in data/raw/wikitext) + the unlabeled text of the task datasets'
   TRAIN splits -> data/corpus/{train,heldout}.txt (one document per line) + stats.json. Task validation
-  and test text never enters the corpus, not even as a duplicate that also occurs in a train split.
+  and test text never enters the corpus, not even as a duplicate that also occurs in a train split. The corpus
+  takes the tasks of CORPUS_KINDS only (SQuAD/SAMSum stay out: the pretraining data did not change with them).
 
 Both refuse to run on a dataset whose validation report is missing or failed.
 """
@@ -33,6 +34,10 @@ SPLITS = ("train", "validation", "test")
 # The canonical columns of each raw dataset (the ingest stage's schema); prepared data keeps exactly these.
 CANONICAL_COLUMNS: dict[str, tuple[str, ...]] = {name: tuple(features) for name, features in FEATURES.items()}
 META_FILE = "meta.json"
+# the task kinds whose train text enters the pretraining corpus (and whose evaluation text is blocked from it)
+CORPUS_KINDS = ("classification", "ner", "translation")
+CORPUS_TASKS: tuple[str, ...] = tuple(task for task in TASKS if TASK_SPECS[task].kind in CORPUS_KINDS)
+CORPUS_DATASETS: tuple[str, ...] = ("wikitext", *dict.fromkeys(TASK_SPECS[task].dataset for task in CORPUS_TASKS))
 # A WikiText article starts with a level-1 heading " = Title = " (sections are " = = Section = = ").
 _WIKI_ARTICLE = re.compile(r"= [^=].*[^=] =|= [^=] =")
 
@@ -208,7 +213,7 @@ def wikitext_articles(data: DatasetDict) -> list[list[str]]:
 def evaluation_keys() -> set[str]:
     """Keys of every validation/test text of the task datasets: none of these may enter the corpus."""
     keys: set[str] = set()
-    for task in TASKS:
+    for task in CORPUS_TASKS:
         dataset = TASK_SPECS[task].dataset
         raw = load_raw(dataset)
         for split in ("validation", "test"):
@@ -220,7 +225,7 @@ def evaluation_keys() -> set[str]:
 def _collect_groups(min_chars: int) -> tuple[dict[str, list[list[str]]], dict[str, dict], set[str]]:
     """Corpus groups per source (a group = lines that go to the same side of the held-out split)."""
     sources: dict[str, list[list[str]]] = {"wikitext": wikitext_articles(load_raw("wikitext", splits=()))}
-    for task in TASKS:
+    for task in CORPUS_TASKS:
         dataset = TASK_SPECS[task].dataset
         for source, text in task_texts(dataset, load_raw(dataset)["train"]):
             sources.setdefault(source, []).append([clean_line(text)])
@@ -274,7 +279,7 @@ def split_heldout(groups: list[list[str]], fraction: float, rng: random.Random) 
 
 def build_corpus(params: Params) -> Path:
     """Write data/corpus/{train,heldout}.txt and stats.json; returns data/corpus."""
-    for dataset in CANONICAL_COLUMNS:
+    for dataset in CORPUS_DATASETS:
         require_validated(dataset)
     cfg = params.prepare.corpus
     seed = params.common.seed

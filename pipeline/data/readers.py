@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import json
 import logging
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ MIRROR_FOLDERS: dict[str, str] = {
     "conll2003": "conll2003",
     "multi30k": "multi30k",
     "wikitext": "wikitext-2",
+    "squad": "squad",
+    "samsum": "samsum",
 }
 
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
@@ -44,7 +48,27 @@ FEATURES: dict[str, datasets.Features] = {
     ),
     "multi30k": datasets.Features({"en": datasets.Value("string"), "de": datasets.Value("string")}),
     "wikitext": datasets.Features({"text": datasets.Value("string")}),
+    # as the hub's rajpurkar/squad (answers: {"text": [str], "answer_start": [int]}, character offsets)
+    "squad": datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "title": datasets.Value("string"),
+            "context": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "answers": datasets.Sequence({"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}),
+        }
+    ),
+    # dialogue turns separated by "\n" (the original's "\r\n" normalised)
+    "samsum": datasets.Features(
+        {"id": datasets.Value("string"), "dialogue": datasets.Value("string"), "summary": datasets.Value("string")}
+    ),
 }
+
+SQUAD_FILE, SQUAD_MEMBER = "dev-v1.1.json.zip", "dev-v1.1.json"
+SAMSUM_FILE = "samsum.zip"
+SAMSUM_MEMBERS = {"train": "samsum/train.json", "validation": "samsum/val.json", "test": "samsum/test.json"}
+# SQuAD: share of the articles (titles) that go to validation and to test; the rest is train
+SQUAD_ARTICLE_FRACTIONS = {"validation": 0.1, "test": 0.1}
 
 # dataset -> split -> the file(s) it is read from, relative to the dataset's mirror folder
 MIRROR_FILES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -58,6 +82,9 @@ MIRROR_FILES: dict[str, dict[str, tuple[str, ...]]] = {
         "test": ("test_2016_flickr.en.gz", "test_2016_flickr.de.gz"),
     },
     "wikitext": {"train": ("wiki.train.raw",), "validation": ("wiki.valid.raw",), "test": ("wiki.test.raw",)},
+    # only the official dev set: every split is carved from it by article (split_by_article)
+    "squad": {split: (SQUAD_FILE,) for split in ("train", "validation", "test")},
+    "samsum": {split: (SAMSUM_FILE,) for split in ("train", "validation", "test")},
 }
 OPTIONAL_SPLITS: dict[str, set[str]] = {"wikitext": {"train"}}  # this mirror has no wiki.train.raw
 
@@ -114,7 +141,7 @@ def has_mirror(name: str, mirror_dir: Path | None) -> bool:
 
 
 # ---------------------------------------------------------------- decoding
-def strip_bom(raw: bytes, path: Path) -> bytes:
+def strip_bom(raw: bytes, path: Path | str) -> bytes:
     """`raw` without a leading UTF-8 byte-order mark (some editors write one; it would stick to the first text).
     Logs at INFO, naming `path`, when one was stripped."""
     if not raw.startswith(codecs.BOM_UTF8):
@@ -131,18 +158,63 @@ def _decode(path: Path) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise SourceDataError(f"{path}: not a valid gzip file ({err}); the file is damaged or truncated") from None
-    raw = strip_bom(raw, path)
+    return _utf8(strip_bom(raw, path), str(path), " of the decompressed text" if path.suffix == ".gz" else "")
+
+
+def _utf8(raw: bytes, where: str, note: str = "") -> str:
+    """`raw` (BOM already stripped) decoded as UTF-8; `where` names the file (or zip member) in errors."""
     if not raw.strip():
-        raise SourceDataError(f"{path}: empty file (expected at least one record)")
+        raise SourceDataError(f"{where}: empty file (expected at least one record)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         bad = raw[err.start : err.end].hex(" ")
         raise SourceDataError(
-            f"{path}:{line}: non-UTF-8 bytes ({bad}) at byte offset {err.start}"
-            f"{' of the decompressed text' if path.suffix == '.gz' else ''}; the file must be UTF-8"
+            f"{where}:{line}: non-UTF-8 bytes ({bad}) at byte offset {err.start}{note}; the file must be UTF-8"
         ) from None
+
+
+def member_name(path: Path, member: str) -> str:
+    """How errors and logs name a member of a zip file: <zip path>[<member>]."""
+    return f"{path}[{member}]"
+
+
+def _zip_json(path: Path, member: str):
+    """The JSON value held by `member` of the zip file `path` (BOM stripped)."""
+    where = member_name(path, member)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if member not in names:
+                raise SourceDataError(
+                    f"{path}: missing member {member!r} (has {names}); restore the file from the source in SOURCE.md"
+                )
+            raw = archive.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise SourceDataError(f"{path}: not a valid zip file ({err}); the file is damaged or truncated") from None
+    text = _utf8(strip_bom(raw, where), where, " of the unzipped text")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SourceDataError(
+            f"{where}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}); the file is damaged or truncated"
+        ) from None
+
+
+def _json_field(record, key: str, expected: type, where: str, name: str):
+    """record[key], which must be of type `expected`; else an error naming the file, the record and the field."""
+    if not isinstance(record, dict):
+        raise SourceDataError(f"{where}: record {name}: expected a JSON object, got {type(record).__name__}")
+    if key not in record:
+        raise SourceDataError(f"{where}: record {name}: field {key!r}: missing field")
+    value = record[key]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise SourceDataError(
+            f"{where}: record {name}: field {key!r}: expected {expected.__name__}, got {type(value).__name__} "
+            f"{str(value)[:60]!r}"
+        )
+    return value
 
 
 def _lines(path: Path) -> list[Line]:
@@ -249,7 +321,77 @@ def _read_wikitext(path: Path) -> dict[str, list]:
     return {"text": rows}
 
 
+def _read_squad(path: Path) -> dict[str, list]:
+    """The official SQuAD JSON flattened to one row per question (all articles, in file order)."""
+    where = member_name(path, SQUAD_MEMBER)
+    top = _zip_json(path, SQUAD_MEMBER)
+    articles = _json_field(top, "data", list, where, "<top level>")
+    rows: dict[str, list] = {column: [] for column in FEATURES["squad"]}
+    for i, article in enumerate(articles):
+        title = _json_field(article, "title", str, where, f"data[{i}]")
+        for j, paragraph in enumerate(_json_field(article, "paragraphs", list, where, f"data[{i}] ({title!r})")):
+            at = f"data[{i}].paragraphs[{j}] ({title!r})"
+            context = _json_field(paragraph, "context", str, where, at)
+            for k, qa in enumerate(_json_field(paragraph, "qas", list, where, at)):
+                at = f"data[{i}].paragraphs[{j}].qas[{k}] ({title!r})"
+                qid = _json_field(qa, "id", str, where, at)
+                at = f"{at} id {qid!r}"
+                question = _json_field(qa, "question", str, where, at)
+                answers = _json_field(qa, "answers", list, where, at)
+                texts = [_json_field(a, "text", str, where, f"{at} answers[{n}]") for n, a in enumerate(answers)]
+                starts = [
+                    _json_field(a, "answer_start", int, where, f"{at} answers[{n}]") for n, a in enumerate(answers)
+                ]
+                rows["id"].append(qid)
+                rows["title"].append(title)
+                rows["context"].append(context)
+                rows["question"].append(question)
+                rows["answers"].append({"text": texts, "answer_start": starts})
+    if not rows["id"]:
+        raise SourceDataError(f"{where}: no questions found (expected the SQuAD JSON {{'data': [articles]}})")
+    return rows
+
+
+def normalise_turns(text: str) -> str:
+    """Dialogue turns separated by "\n" (the SAMSum files mostly use "\r\n")."""
+    return text.replace("\r\n", "\n")
+
+
+def _read_samsum(path: Path, member: str) -> dict[str, list]:
+    where = member_name(path, member)
+    records = _zip_json(path, member)
+    if not isinstance(records, list):
+        raise SourceDataError(
+            f"{where}: expected a JSON list of {{id, summary, dialogue}}, got {type(records).__name__}"
+        )
+    rows: dict[str, list] = {"id": [], "dialogue": [], "summary": []}
+    for i, record in enumerate(records):
+        rid = _json_field(record, "id", str, where, f"[{i}]")
+        at = f"[{i}] id {rid!r}"
+        rows["id"].append(rid)
+        rows["dialogue"].append(normalise_turns(_json_field(record, "dialogue", str, where, at)))
+        rows["summary"].append(normalise_turns(_json_field(record, "summary", str, where, at)))
+    return rows
+
+
 # ---------------------------------------------------------------- public
+def split_by_article(ds: datasets.Dataset, seed: int) -> datasets.DatasetDict:
+    """SQuAD rows split into train/validation/test BY ARTICLE (title): SQUAD_ARTICLE_FRACTIONS of the titles
+    (at least one each) go to validation and test, picked with `seed` from the sorted titles (so the row order
+    of the source does not matter); rows keep their order within a split."""
+    titles = sorted(set(ds["title"]))
+    sizes = {split: max(1, round(fraction * len(titles))) for split, fraction in SQUAD_ARTICLE_FRACTIONS.items()}
+    if sum(sizes.values()) >= len(titles):
+        raise SourceDataError(f"squad: {len(titles)} article(s) cannot be split into train/validation/test by article")
+    order = [titles[i] for i in np.random.default_rng(seed).permutation(len(titles))]
+    split_of = {title: "test" for title in order[: sizes["test"]]}
+    split_of.update({title: "validation" for title in order[sizes["test"] : sizes["test"] + sizes["validation"]]})
+    rows: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    for i, title in enumerate(ds["title"]):
+        rows[split_of.get(title, "train")].append(i)
+    return datasets.DatasetDict({split: ds.select(idx) for split, idx in rows.items()})
+
+
 def carve_validation(train: datasets.Dataset, size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Split `size` rows off train as validation, chosen by `seed`; both keep the original row order."""
     if not 0 < size < len(train):
@@ -271,9 +413,13 @@ def read_mirror(
 ) -> datasets.DatasetDict:
     """One dataset from its mirror folder, in the canonical schema (splits train/validation/test;
     wikitext: the splits present). SST-2: dev.tsv -> test, validation = `validation_size` rows of train
-    picked with `seed` (defaults: 872 and 42, as in params.yaml)."""
+    picked with `seed` (defaults: 872 and 42, as in params.yaml). SQuAD: the dev set split by article with
+    `seed` (split_by_article). SAMSum: as in the files (ingest drops the examples unfit for training)."""
     files = split_files(name, folder)
     features = FEATURES[name]
+    if name == "squad":
+        every = datasets.Dataset.from_dict(_read_squad(files["train"][0]), features=features)
+        return split_by_article(every, seed)
     splits: dict[str, datasets.Dataset] = {}
     for split, paths in files.items():
         if name == "emotion":
@@ -284,6 +430,8 @@ def read_mirror(
             columns = _read_conll(paths[0])
         elif name == "multi30k":
             columns = _read_multi30k(*paths)
+        elif name == "samsum":
+            columns = _read_samsum(paths[0], SAMSUM_MEMBERS[split])
         else:
             columns = _read_wikitext(paths[0])
         splits[split] = datasets.Dataset.from_dict(columns, features=features)

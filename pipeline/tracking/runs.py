@@ -5,12 +5,17 @@
 - One experiment per task (`task-<task>`), one for pretraining (`pretraining`), one for comparisons.
 - A stage run remembers its run id in its checkpoint folder, so a killed run that resumes from its checkpoint
   continues the same MLflow run instead of starting a new one.
-- Every run carries: git commit, DVC hashes of its inputs, seed, family, weight source, Prefect flow-run id.
+- Every run carries its lineage: git commit and whether the working tree was dirty, the params' hash and
+  profile, DVC hashes of its inputs, seed, family, weight source, Prefect flow-run id (`make reproduce` rebuilds
+  a registered version from them). A run that would register a model refuses to start from a dirty tree
+  (code or params not committed) unless HT_ALLOW_DIRTY=1 says so; the run is then tagged `git_dirty=true`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -30,6 +35,13 @@ RUN_ID_FILE = "mlflow_run_id"
 PREFECT_TAG = "prefect.flow_run_id"
 # Set by flows/ (pipeline/ never imports Prefect) so runs can be tagged with their flow run.
 FLOW_RUN_ENV = "HT_PREFECT_FLOW_RUN_ID"
+ALLOW_DIRTY_ENV = "HT_ALLOW_DIRTY"
+# Written by the pipeline itself (the params stage, dvc repro): they never make a tree "dirty".
+GENERATED_FILES = ("dvc.lock", "params.effective.yaml")
+
+
+class DirtyTreeError(RuntimeError):
+    """A model would be registered from uncommitted code or params."""
 
 
 def task_experiment(task: str) -> str:
@@ -111,6 +123,45 @@ def git_commit(root: Path | None = None, mark_dirty: bool = False) -> str:
         return "unknown"
 
 
+def dirty_files(root: Path | None = None) -> list[str]:
+    """Files that differ from HEAD (modified, staged, deleted or untracked and not ignored), except the files the
+    pipeline writes itself (GENERATED_FILES). Empty outside a git repository (nothing to compare with)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=normal"],
+            cwd=root or Path.cwd(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    files = [line[3:].strip().strip('"') for line in out.stdout.splitlines() if line.strip()]
+    return [f for f in files if f.split(" -> ")[-1] not in GENERATED_FILES]
+
+
+def require_clean_tree(what: str, root: Path | None = None) -> bool:
+    """Refuse (DirtyTreeError) to produce `what` from a working tree with uncommitted changes, unless
+    HT_ALLOW_DIRTY=1; returns whether the tree is dirty (then the run is tagged so)."""
+    dirty = dirty_files(root)
+    if dirty and os.environ.get(ALLOW_DIRTY_ENV) != "1":
+        shown = ", ".join(dirty[:8]) + (f" and {len(dirty) - 8} more" if len(dirty) > 8 else "")
+        raise DirtyTreeError(
+            f"refusing to {what} from a dirty working tree ({shown}): a registered version must be reproducible "
+            f"from its git commit. Commit (or stash) the changes and run again, or set {ALLOW_DIRTY_ENV}=1 to "
+            "register anyway (the run is then tagged git_dirty=true)."
+        )
+    return bool(dirty)
+
+
+def params_hash(params: Params) -> str:
+    """A short hash of the effective params (params.yaml + profile), as validated: equal params, equal hash."""
+    canonical = json.dumps(params.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def dvc_hashes(paths: list[str | Path], root: Path | None = None) -> dict[str, str]:
     """DVC md5 of each input path, read from dvc.lock (the outs of the stages that produced them)."""
     lock = (root or Path.cwd()) / "dvc.lock"
@@ -138,6 +189,9 @@ def base_tags(
 ) -> dict[str, str]:
     tags = {
         "git_commit": git_commit(root),
+        "git_dirty": str(bool(dirty_files(root))).lower(),
+        "params_hash": params_hash(params),
+        "profile": params.profile or "none",
         "seed": str(params.common.seed),
         "model_family": family,
         "weight_source": source,

@@ -78,6 +78,7 @@ def train(model: str, task: str, params: Params) -> dict:
     """Train `model` on `task` (fine-tune when it starts from pretrained weights); returns the run summary."""
     import mlflow
 
+    runs.require_clean_tree(f"train and register {model}-{task}")
     trainer = build(model, task, params)
     s = trainer.settings
     log.info(
@@ -89,7 +90,14 @@ def train(model: str, task: str, params: Params) -> dict:
     resume = prepare_checkpoints(folder, fingerprint, params)
     tags = runs.base_tags(params, family=s.family, source=s.source, inputs=inputs, extra=s.tags())
     with runs.stage_run(params, runs.task_experiment(task), s.name, folder, tags) as run:
-        runs.log_params_once({**s.mlflow_params(), "train_examples": len(trainer.data["train"]), **trainer.describe()})
+        runs.log_params_once(
+            {
+                **s.mlflow_params(),
+                "train_examples": len(trainer.data["train"]),
+                "torch_threads": _torch_threads(),  # CPU results reproduce exactly only with the same count
+                **trainer.describe(),
+            }
+        )
         outcome = trainer.fit(resume)
         scores = trainer.score_test()
         log.info("%s test: %s", s.name, json.dumps({k: round(v, 4) for k, v in scores.metrics.items()}))
@@ -108,6 +116,12 @@ def train(model: str, task: str, params: Params) -> dict:
     shutil.rmtree(folder, ignore_errors=True)  # finished: the next run of this stage starts fresh
     log.info("%s done -> %s", s.name, out)
     return summary
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_summary(s: RunSettings, outcome: TrainOutcome, scores: TestScores, latency_ms: float, run_id: str) -> dict:

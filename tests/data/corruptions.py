@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.fixtures.data import json_bytes, read_zip_json, write_zip
 
 
 # ---------------------------------------------------------------- file editing (gzip-aware, bytes-exact)
@@ -183,6 +186,96 @@ def wikitext_mostly_blank(m: Path) -> None:
     edit(m / "wikitext-2" / "wiki.valid.raw", lambda lines: [b" " if i % 5 else line for i, line in enumerate(lines)])
 
 
+# ---------------------------------------------------------------- squad / samsum (JSON inside a zip)
+SQUAD_ZIP, SQUAD_MEMBER = "squad/dev-v1.1.json.zip", "dev-v1.1.json"
+SAMSUM_ZIP = "samsum/samsum.zip"
+# articles of the small mirror's splits with common.seed 42 (the same as the real split: all 48 articles stay)
+SQUAD_TRAIN_ARTICLE, SQUAD_TEST_ARTICLE = "Super_Bowl_50", "Oxygen"
+
+
+def edit_zip_json(path: Path, member: str, change: Callable[[object], None]) -> None:
+    """Apply `change` (in place) to the JSON of one member; the other members are copied unchanged."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    value = read_zip_json(path, member)
+    change(value)
+    members[member] = json_bytes(value)
+    write_zip(path, members)
+
+
+def _squad_qa(top: dict, title: str, paragraph: int = 0, question: int = 0) -> dict:
+    (article,) = [a for a in top["data"] if a["title"] == title]
+    return article["paragraphs"][paragraph]["qas"][question]
+
+
+def squad_answer_misaligned(m: Path) -> None:
+    """answer_start moved 3 characters: it no longer indexes the answer text (question 56be4db0acb8001400a502ed)."""
+
+    def change(top):
+        for answer in _squad_qa(top, SQUAD_TRAIN_ARTICLE, 0, 1)["answers"]:
+            answer["answer_start"] += 3
+
+    edit_zip_json(m / SQUAD_ZIP, SQUAD_MEMBER, change)
+
+
+def squad_duplicate_id(m: Path) -> None:
+    """A test article's question reuses the id of a train article's question."""
+
+    def change(top):
+        _squad_qa(top, SQUAD_TEST_ARTICLE)["id"] = _squad_qa(top, SQUAD_TRAIN_ARTICLE)["id"]
+
+    edit_zip_json(m / SQUAD_ZIP, SQUAD_MEMBER, change)
+
+
+def squad_no_answer(m: Path) -> None:
+    edit_zip_json(m / SQUAD_ZIP, SQUAD_MEMBER, lambda top: _squad_qa(top, SQUAD_TEST_ARTICLE, 1, 2)["answers"].clear())
+
+
+def squad_missing_question(m: Path) -> None:
+    edit_zip_json(m / SQUAD_ZIP, SQUAD_MEMBER, lambda top: top["data"][1]["paragraphs"][0]["qas"][2].pop("question"))
+
+
+def squad_broken_json(m: Path) -> None:
+    """The JSON member cut in the middle (a truncated download re-zipped)."""
+    path = m / SQUAD_ZIP
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(SQUAD_MEMBER)
+    write_zip(path, {SQUAD_MEMBER: data[: len(data) // 2]})
+
+
+def _samsum_record(split_member: str, index: int, change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(m: Path) -> None:
+        edit_zip_json(m / SAMSUM_ZIP, split_member, lambda records: change(records[index]))
+
+    return apply
+
+
+samsum_empty_summary = _samsum_record("samsum/val.json", 3, lambda r: r.update(summary=""))
+samsum_empty_dialogue_in_test = _samsum_record("samsum/test.json", 4, lambda r: r.update(dialogue="  "))
+samsum_missing_dialogue = _samsum_record("samsum/test.json", 5, lambda r: r.pop("dialogue"))
+
+
+def samsum_duplicate_id(m: Path) -> None:
+    """A test example reuses the id of a train example (different dialogues)."""
+    train_id = read_zip_json(m / SAMSUM_ZIP, "samsum/train.json")[0]["id"]
+    edit_zip_json(m / SAMSUM_ZIP, "samsum/test.json", lambda records: records[7].update(id=train_id))
+
+
+def samsum_summaries_too_long(m: Path) -> None:
+    """10 of the 100 test summaries longer than their dialogue (params allow 1 %)."""
+
+    def change(records):
+        for record in records[:10]:
+            record["summary"] = record["dialogue"].replace("\r\n", " ") + " " + record["summary"]
+
+    edit_zip_json(m / SAMSUM_ZIP, "samsum/test.json", change)
+
+
+def samsum_truncated_zip(m: Path) -> None:
+    path = m / SAMSUM_ZIP
+    path.write_bytes(path.read_bytes()[:1000])
+
+
 @dataclass(frozen=True)
 class Corruption:
     kind: str
@@ -301,6 +394,88 @@ CORRUPTIONS: list[Corruption] = [
         "validate",
         ("split 'validation'", "column 'is_blank'", "max_value=0.5"),
     ),
+    Corruption(
+        "squad_answer_misaligned",
+        "squad",
+        squad_answer_misaligned,
+        "validate",
+        ("split 'train'", "expect_column_values_to_be_in_set", "column 'answers_aligned'", "56be4db0acb8001400a502ed"),
+    ),
+    Corruption(
+        "squad_duplicate_id",
+        "squad",
+        squad_duplicate_id,
+        "validate",
+        ("split 'train'", "split 'test'", "column 'id_repeated'", "56be4db0acb8001400a502ec", "1 unexpected"),
+    ),
+    Corruption(
+        "squad_no_answer",
+        "squad",
+        squad_no_answer,
+        "validate",
+        ("split 'test'", "expect_column_values_to_be_between", "column 'n_answers'", '"title": "Oxygen"'),
+    ),
+    Corruption(
+        "squad_missing_field",
+        "squad",
+        squad_missing_question,
+        "ingest",
+        (
+            "dev-v1.1.json.zip[dev-v1.1.json]",
+            "record data[1].paragraphs[0].qas[2]",
+            "field 'question'",
+            "missing field",
+        ),
+    ),
+    Corruption(
+        "squad_broken_json",
+        "squad",
+        squad_broken_json,
+        "ingest",
+        ("dev-v1.1.json.zip[dev-v1.1.json]", "not valid JSON"),
+    ),
+    Corruption(
+        "samsum_empty_summary",
+        "samsum",
+        samsum_empty_summary,
+        "validate",
+        (
+            "split 'validation'",
+            "expect_column_value_lengths_to_be_between",
+            "column 'summary'",
+            '"row": 3',
+            "samsum/val.json",
+        ),
+    ),
+    Corruption(
+        "samsum_empty_dialogue_in_test",
+        "samsum",
+        samsum_empty_dialogue_in_test,
+        "validate",
+        ("split 'test'", "expect_column_values_to_not_match_regex", "column 'dialogue'", '"row": 4'),
+    ),
+    Corruption(
+        "samsum_missing_field",
+        "samsum",
+        samsum_missing_dialogue,
+        "ingest",
+        ("samsum.zip[samsum/test.json]", "record [5]", "field 'dialogue'", "missing field"),
+    ),
+    Corruption(
+        "samsum_duplicate_id",
+        "samsum",
+        samsum_duplicate_id,
+        "validate",
+        ("split 'train'", "split 'test'", "column 'id_repeated'", '"row": 7'),
+    ),
+    Corruption(
+        "samsum_summaries_too_long",
+        "samsum",
+        samsum_summaries_too_long,
+        "validate",
+        ("split 'test'", "column 'summary_shorter'", "mostly=0.99", "10 unexpected of 100 rows"),
+    ),
+    Corruption("samsum_broken_zip", "samsum", samsum_truncated_zip, "ingest", ("samsum.zip", "not a valid zip file")),
 ]
 
 

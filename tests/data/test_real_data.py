@@ -19,6 +19,10 @@ EXPECTED_ROWS = {
     "conll2003": {"train": 14041, "validation": 3250, "test": 3453},
     "multi30k": {"train": 29000, "validation": 1014, "test": 1000},
     "wikitext": {"validation": 3760, "test": 4358},
+    # SQuAD dev (10,570 questions) split by its 48 articles: 38/5/5 articles with common.seed 42
+    "squad": {"train": 8315, "validation": 1197, "test": 1058},
+    # 14,732 / 818 / 819 less the empty train dialogue and 93 train + 4 validation dialogues of a later split
+    "samsum": {"train": 14638, "validation": 814, "test": 819},
 }
 
 

@@ -49,6 +49,7 @@ def pipeline_run(tmp_path_factory, repo_root, mirror_dir, prefect_server):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "commit", "-qam", "the mirror's path")
     env = {**pipeline_env(prefect_server), PROFILE_ENV: "smoke"}
+    env.pop("HT_ALLOW_DIRTY", None)  # the copy is committed: `make run` registers without being told to
     output = make_run(repo, env)
     return {"repo": repo, "env": env, "output": output}
 
@@ -176,3 +177,31 @@ def test_second_make_run_changes_nothing(pipeline_run):
     output = make_run(pipeline_run["repo"], pipeline_run["env"], timeout=600)
     assert not RAN.findall(output), output[-4000:]
     assert "nothing changed" in output
+
+
+def test_a_registered_version_records_its_lineage_and_make_reproduce_rebuilds_it(pipeline_run):
+    """The run was made from a committed tree: its lineage is complete, and `make reproduce` rebuilds the
+    version in a worktree at its commit and gets the identical test metric (CPU, same seed and threads)."""
+    from mlflow import MlflowClient
+
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    champion = json.loads((repo / "reports" / "comparison.json").read_text())["champion"]["emotion"]
+    name = f"emotion-{champion['model']}"  # the best smoke model: a metric above 0 to compare
+    with store_of(repo):
+        version = MlflowClient().get_model_version(name, str(champion["version"]))
+        tags = MlflowClient().get_run(version.run_id).data.tags
+    assert tags["git_dirty"] == "false" and tags["profile"] == "smoke" and len(tags["params_hash"]) == 16
+    assert "dvc.data/prepared/emotion" in tags
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.reproduce", name, str(champion["version"])],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert "-> identical" in output and "input differs" not in output, output[-3000:]
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True).stdout
+    assert len(worktrees.strip().splitlines()) == 1, worktrees  # the temp worktree is gone

@@ -64,6 +64,8 @@ INVALID = [
     ("pretrain.gpt.mlm_probability", 0.15, "pretrain.gpt.mlm_probability", "unknown key"),  # bert only
     ("validate.datasets.emotion.min_length_ratio", 0.5, "validate.datasets.emotion", "length_ratio_mostly goes with"),
     ("validate.datasets.emotion.language_check_mostly", 0.9, "validate", "only apply to translation datasets"),
+    ("validate.datasets.squad.summary_shorter_mostly", 0.9, "validate", "only apply to summarization datasets"),
+    ("validate.datasets.samsum.language_check_mostly", 0.9, "validate", "only apply to translation datasets"),
     (
         "validate.datasets.multi30k.language_check_mostly",
         1.5,

@@ -11,8 +11,9 @@ import datasets
 import pytest
 
 from pipeline.core.config import MIRROR_ENV
-from pipeline.data.ingest import SOURCE_FILE, canonical_from_hub, ingest_dataset
-from pipeline.data.readers import FEATURES, NER_TAGS, SourceDataError
+from pipeline.data.ingest import SOURCE_FILE, canonical_from_hub, drop_unusable_samsum, ingest_dataset
+from pipeline.data.readers import FEATURES, NER_TAGS, SourceDataError, read_mirror
+from tests.fixtures.data import SAMSUM_EMPTY_DIALOGUE_ID
 
 pytestmark = pytest.mark.integration  # the small mirror is cut from the real mirror files
 
@@ -165,3 +166,78 @@ def test_hub_missing_column_is_named():
     hub = datasets.DatasetDict({s: datasets.Dataset.from_dict({"en": ["x"]}) for s in ("train", "validation", "test")})
     with pytest.raises(ValueError, match=r"multi30k, split train: missing column\(s\) \['de'\]"):
         canonical_from_hub("multi30k", hub, seed=0)
+
+
+# ---------------------------------------------------------------- squad / samsum
+def test_mirror_squad_is_split_by_article(in_tmp_repo, small_mirror, make_params):
+    target = ingest_dataset("squad", make_params(small_mirror))
+    ds = datasets.load_from_disk(str(target))
+    titles = {split: set(d["title"]) for split, d in ds.items()}
+    assert [len(titles[s]) for s in ("train", "validation", "test")] == [38, 5, 5]  # 48 articles, ~80/10/10
+    assert not (
+        titles["train"] & titles["validation"]
+        or titles["train"] & titles["test"]
+        or titles["validation"] & titles["test"]
+    )
+    assert all(d.features == FEATURES["squad"] for d in ds.values())
+    source = json.loads((target / SOURCE_FILE).read_text())
+    assert list(source["files"]) == ["dev-v1.1.json.zip"] and source["rows"] == {s: len(d) for s, d in ds.items()}
+
+
+def test_hub_squad_takes_validation_and_splits_it_as_the_mirror(small_mirror):
+    mirror = read_mirror("squad", small_mirror / "squad", seed=42)
+    every = datasets.concatenate_datasets(list(mirror.values()))
+    hub_features = datasets.Features({"extra": datasets.Value("int32"), **FEATURES["squad"]})
+    hub_validation = every.add_column("extra", list(range(len(every)))).cast(hub_features)
+    hub = datasets.DatasetDict({"train": hub_validation.select(range(3)), "validation": hub_validation})
+    ds = canonical_from_hub("squad", hub, seed=42)
+    assert {s: d.to_dict() for s, d in ds.items()} == {s: d.to_dict() for s, d in mirror.items()}
+
+
+def test_mirror_samsum_drops_the_empty_dialogue_with_a_logged_count(in_tmp_repo, small_mirror, make_params, caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.ingest"):
+        target = ingest_dataset("samsum", make_params(small_mirror))
+    assert f"dropped 1 samsum example with an empty dialogue: ids ['{SAMSUM_EMPTY_DIALOGUE_ID}']" in caplog.text
+    ds = datasets.load_from_disk(str(target))
+    assert SAMSUM_EMPTY_DIALOGUE_ID not in ds["train"]["id"] and all(d.strip() for d in ds["train"]["dialogue"])
+    assert not any("\r" in d for split in ds.values() for d in split["dialogue"])
+    source = json.loads((target / SOURCE_FILE).read_text())
+    assert source["dropped"]["empty_dialogue"] == {"train": [SAMSUM_EMPTY_DIALOGUE_ID]}
+    assert (
+        source["rows"]["train"]
+        == len(ds["train"])
+        == 400 - 1 - len(source["dropped"]["dialogue_in_later_split"].get("train", []))
+    )
+
+
+def samsum_hub(train: list[str], validation: list[str], test: list[str]) -> datasets.DatasetDict:
+    def split(name: str, dialogues: list[str]) -> datasets.Dataset:
+        n = len(dialogues)
+        return datasets.Dataset.from_dict(
+            {"id": [f"{name}{i}" for i in range(n)], "dialogue": dialogues, "summary": ["S\r\nT."] * n}
+        )
+
+    return datasets.DatasetDict(
+        {"train": split("tr", train), "validation": split("va", validation), "test": split("te", test)}
+    )
+
+
+def test_samsum_drops_empty_train_dialogues_and_dialogues_of_a_later_split(caplog):
+    hub = canonical_from_hub(
+        "samsum", samsum_hub(["A: hi\r\nB: yo", "", "A: x", "A: y"], ["A: x", "A: z"], ["A: z"]), seed=0
+    )
+    assert hub["train"]["dialogue"][0] == "A: hi\nB: yo" and hub["train"]["summary"][0] == "S\nT."
+    with caplog.at_level(logging.INFO, logger="pipeline.data.ingest"):
+        ds, dropped = drop_unusable_samsum(hub)
+    assert {s: d["id"] for s, d in ds.items()} == {"train": ["tr0", "tr3"], "validation": ["va0"], "test": ["te0"]}
+    assert dropped == {
+        "empty_dialogue": {"train": ["tr1"]},
+        "dialogue_in_later_split": {"train": ["tr2"], "validation": ["va1"]},
+    }
+    assert "dropped 1 samsum example with an empty dialogue: ids ['tr1']" in caplog.text
+    assert "dropped 1 samsum validation example whose dialogue is also in test: ids ['va1']" in caplog.text
+
+
+def test_samsum_keeps_empty_evaluation_dialogues_for_validate_to_reject():
+    ds, dropped = drop_unusable_samsum(canonical_from_hub("samsum", samsum_hub(["A: a"], ["A: b"], [" "]), seed=0))
+    assert ds["test"]["dialogue"] == [" "] and dropped["empty_dialogue"] == {}

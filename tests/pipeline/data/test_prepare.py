@@ -14,9 +14,17 @@ import pytest
 from datasets import Dataset, DatasetDict, Value, disable_progress_bars, load_from_disk
 
 from pipeline.core import paths
-from pipeline.core.config import TASKS, parse_params
+from pipeline.core.config import parse_params
 from pipeline.data.corpus import CORPUS_HELDOUT, CORPUS_STATS, CORPUS_TRAIN, read_corpus
-from pipeline.data.prepare import META_FILE, PrepareError, build_corpus, prepare_task, split_heldout
+from pipeline.data.prepare import (
+    CORPUS_DATASETS,
+    CORPUS_TASKS,
+    META_FILE,
+    PrepareError,
+    build_corpus,
+    prepare_task,
+    split_heldout,
+)
 from pipeline.data.readers import FEATURES
 
 disable_progress_bars()
@@ -43,6 +51,23 @@ def _rows(dataset: str, split: str, n: int) -> dict[str, list]:
         return {
             "en": [f"A dog runs across the {split} field number {i}." for i in range(n)],
             "de": [f"Ein Hund läuft über das {split} Feld Nummer {i} (Größe)." for i in range(n)],
+        }
+    if dataset == "squad":  # 4 questions per article; answers index their context
+        contexts = [f"The {split} article {i // 4} says that the answer is {i}." for i in range(n)]
+        return {
+            "id": [f"{split}-q{i}" for i in range(n)],
+            "title": [f"{split}_article_{i // 4}" for i in range(n)],
+            "context": contexts,
+            "question": [f"What is answer {i} of the {split} article?" for i in range(n)],
+            "answers": [{"text": [str(i)], "answer_start": [c.rindex(str(i))]} for i, c in enumerate(contexts)],
+        }
+    if dataset == "samsum":
+        return {
+            "id": [f"{split}-{i}" for i in range(n)],
+            "dialogue": [
+                f"Ann: Shall we meet at {i} in the {split} cafe?\nBob: Sure, see you there." for i in range(n)
+            ],
+            "summary": [f"Ann and Bob meet at {i}." for i in range(n)],
         }
     raise ValueError(dataset)
 
@@ -283,7 +308,7 @@ def test_real_corpus_has_no_task_evaluation_text(in_tmp_repo, default_params_dic
 
     monkeypatch.setenv("HT_MIRROR_DIR", str(mirror_dir))
     params = make_params(default_params_dict)
-    for dataset in FEATURES:
+    for dataset in CORPUS_DATASETS:
         ingest_dataset(dataset, params)
         write_report(in_tmp_repo, dataset, True)  # validation itself is tested in tests/pipeline/test_validate.py
     build_corpus(params)
@@ -292,8 +317,37 @@ def test_real_corpus_has_no_task_evaluation_text(in_tmp_repo, default_params_dic
     assert stats["sources"]["wikitext"]["heldout_lines"] > 0
     assert len(corpus) > 100_000
     casefolded = {line.casefold() for line in corpus}
-    for task in TASKS:
+    for task in CORPUS_TASKS:
         raw = load_from_disk(str(paths.raw_dir(task)))
         for split in ("validation", "test"):
             texts = {clean_line(t).casefold() for _, t in task_texts(task, raw[split])}
             assert not texts & casefolded, f"{task} {split} text leaked into the corpus"
+
+
+@pytest.mark.parametrize("task", ["squad", "samsum"])
+def test_qa_and_summarization_caps_sample_whole_examples_deterministically(raw_repo, default_params_dict, task):
+    caps = {"max_train": 10, "max_validation": 5, "max_test": None}
+    params = make_params(default_params_dict, **{f"prepare.tasks.{task}": caps})
+    prepare_task(task, params)
+    first = load_from_disk(str(paths.prepared_dir(task)))
+    meta = json.loads((paths.prepared_dir(task) / META_FILE).read_text())
+    assert meta["kind"] == {"squad": "qa", "samsum": "summarization"}[task]
+    assert meta["sizes"] == {"train": 10, "validation": 5, "test": 10} and meta["label_names"] is None
+    assert first["train"].features == FEATURES[task]
+    raw = load_from_disk(str(paths.raw_dir(task)))
+    rows = {r["id"]: r for r in raw["train"]}
+    assert all(rows[r["id"]] == r for r in first["train"])  # whole examples (answers stay with their question)
+    prepare_task(task, params)
+    assert load_from_disk(str(paths.prepared_dir(task)))["train"]["id"] == first["train"]["id"]
+    prepare_task(task, make_params(default_params_dict, **{f"prepare.tasks.{task}": caps, "common.seed": 1}))
+    assert load_from_disk(str(paths.prepared_dir(task)))["train"]["id"] != first["train"]["id"]
+
+
+def test_corpus_leaves_out_qa_and_summarization_data(raw_repo, default_params_dict):
+    assert set(CORPUS_TASKS) == {"emotion", "sst2", "conll2003", "multi30k"}
+    paths.validation_report("squad").unlink()  # not a corpus input: its report is not needed
+    build_corpus(make_params(default_params_dict))
+    stats = json.loads((paths.CORPUS / CORPUS_STATS).read_text())
+    assert not {"squad", "samsum"} & set(stats["sources"])
+    corpus = " ".join(_corpus_lines(CORPUS_TRAIN) + _corpus_lines(CORPUS_HELDOUT))
+    assert "Ann:" not in corpus and "answer is" not in corpus

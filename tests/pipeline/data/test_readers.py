@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import json
 import logging
+import zipfile
 from pathlib import Path
 
+import datasets
 import pytest
 
 from pipeline.data.readers import (
@@ -16,6 +19,7 @@ from pipeline.data.readers import (
     SourceDataError,
     carve_validation,
     read_mirror,
+    split_by_article,
     split_files,
     strip_bom,
 )
@@ -72,7 +76,11 @@ def sst2_folder(root: Path, n_train: int = 10, header: str = "sentence\tlabel") 
 # ---------------------------------------------------------------- canonical output
 def test_mirror_folders_name_every_dataset():
     assert MIRROR_FOLDERS["wikitext"] == "wikitext-2"
-    assert set(MIRROR_FOLDERS) == set(FEATURES) == {"emotion", "sst2", "conll2003", "multi30k", "wikitext"}
+    assert (
+        set(MIRROR_FOLDERS)
+        == set(FEATURES)
+        == {"emotion", "sst2", "conll2003", "multi30k", "wikitext", "squad", "samsum"}
+    )
 
 
 def test_emotion_labels_use_hub_order_and_last_semicolon(tmp_path):
@@ -277,3 +285,159 @@ def test_multi30k_line_count_mismatch(tmp_path):
     folder = multi30k_folder(tmp_path, train_de="Ein Hund.\n")
     with pytest.raises(SourceDataError, match=r"train\.en\.gz has 2 lines but .*train\.de\.gz has 1"):
         read_mirror("multi30k", folder)
+
+
+# ---------------------------------------------------------------- squad / samsum (JSON in a zip)
+def write_zip(path: Path, members: dict[str, object]) -> Path:
+    """A zip of JSON members (a bytes value is written as is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, value in members.items():
+            archive.writestr(name, value if isinstance(value, bytes) else json.dumps(value))
+    return path
+
+
+def squad_json(n_articles: int = 20, questions: int = 3) -> dict:
+    """The SQuAD JSON layout: articles 'Article_<i>', one paragraph each, `questions` questions per paragraph."""
+    data = []
+    for a in range(n_articles):
+        context = f"Article {a} was written in {1900 + a} by author {a}."
+        qas = [
+            {
+                "id": f"a{a}q{q}",
+                "question": f"When was article {a} written ({q})?",
+                "answers": [{"text": str(1900 + a), "answer_start": context.index(str(1900 + a))}] * (1 + q % 2),
+            }
+            for q in range(questions)
+        ]
+        data.append({"title": f"Article_{a}", "paragraphs": [{"context": context, "qas": qas}]})
+    return {"version": "1.1", "data": data}
+
+
+def squad_folder(root: Path, top: dict | bytes | None = None) -> Path:
+    folder = root / "squad"
+    write_zip(folder / "dev-v1.1.json.zip", {"dev-v1.1.json": squad_json() if top is None else top})
+    return folder
+
+
+SAMSUM_RECORD = {"id": "1", "summary": "Ann will come.", "dialogue": "Ann: I'll come.\r\nBob: Great!\r\nAnn: :)"}
+
+
+def samsum_folder(root: Path, **members) -> Path:
+    folder = root / "samsum"
+    content = {f"samsum/{stem}.json": [{**SAMSUM_RECORD, "id": stem}] for stem in ("train", "val", "test")}
+    content.update({f"samsum/{stem}.json": value for stem, value in members.items()})
+    write_zip(folder / "samsum.zip", {k: v for k, v in content.items() if v is not None})
+    return folder
+
+
+def test_squad_is_flattened_per_question_with_hub_features(tmp_path):
+    ds = read_mirror("squad", squad_folder(tmp_path))
+    assert all(d.features == FEATURES["squad"] for d in ds.values())
+    assert sum(len(d) for d in ds.values()) == 60
+    row = next(r for d in ds.values() for r in d if r["id"] == "a3q1")
+    assert row == {
+        "id": "a3q1",
+        "title": "Article_3",
+        "context": "Article 3 was written in 1903 by author 3.",
+        "question": "When was article 3 written (1)?",
+        "answers": {"text": ["1903", "1903"], "answer_start": [25, 25]},
+    }
+
+
+def test_squad_split_is_by_article_disjoint_seeded_and_80_10_10(tmp_path):
+    folder = squad_folder(tmp_path)
+    ds = read_mirror("squad", folder, seed=42)
+    titles = {split: set(d["title"]) for split, d in ds.items()}
+    assert [len(titles[s]) for s in ("train", "validation", "test")] == [16, 2, 2]
+    assert not (titles["train"] & titles["validation"] or titles["train"] & titles["test"])
+    assert not titles["validation"] & titles["test"]
+    assert all(len(d) == 3 * len(titles[s]) for s, d in ds.items())  # whole articles
+    again = read_mirror("squad", folder, seed=42)
+    assert {s: d["id"] for s, d in again.items()} == {s: d["id"] for s, d in ds.items()}
+    other = read_mirror("squad", folder, seed=7)
+    assert {s: set(d["title"]) for s, d in other.items()} != titles
+
+
+def test_squad_article_split_ignores_row_order(tmp_path):
+    """The hub path gets the same rows in another order: the same articles go to the same split."""
+    ds = read_mirror("squad", squad_folder(tmp_path))
+    every = datasets.concatenate_datasets([ds["test"], ds["train"], ds["validation"]]).shuffle(seed=3)
+    resplit = split_by_article(every, seed=42)
+    assert {s: sorted(d["id"]) for s, d in resplit.items()} == {s: sorted(d["id"]) for s, d in ds.items()}
+
+
+def test_squad_split_needs_three_articles(tmp_path):
+    with pytest.raises(SourceDataError, match="2 article"):
+        read_mirror("squad", squad_folder(tmp_path, squad_json(n_articles=2)))
+
+
+@pytest.mark.parametrize(
+    "change,fragments",
+    [
+        (
+            lambda t: t["data"][1]["paragraphs"][0]["qas"][2].pop("question"),
+            ["data[1].paragraphs[0].qas[2]", "'a1q2'", "field 'question': missing field"],
+        ),
+        (
+            lambda t: t["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(answer_start="25"),
+            ["qas[0]", "answers[0]", "field 'answer_start': expected int, got str"],
+        ),
+        (lambda t: t["data"][4].pop("paragraphs"), ["record data[4] ('Article_4')", "field 'paragraphs'"]),
+        (lambda t: t.pop("data"), ["field 'data': missing field"]),
+    ],
+    ids=["missing_question", "string_offset", "missing_paragraphs", "missing_data"],
+)
+def test_broken_squad_names_file_record_and_field(tmp_path, change, fragments):
+    top = squad_json()
+    change(top)
+    with pytest.raises(SourceDataError) as err:
+        read_mirror("squad", squad_folder(tmp_path, top))
+    assert "dev-v1.1.json.zip[dev-v1.1.json]" in str(err.value)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_truncated_json_and_damaged_zip(tmp_path):
+    text = json.dumps(squad_json()).encode()
+    with pytest.raises(SourceDataError, match=r"zip\[dev-v1\.1\.json\]:1:\d+: not valid JSON"):
+        read_mirror("squad", squad_folder(tmp_path / "a", text[:500]))
+    folder = samsum_folder(tmp_path / "b")
+    (folder / "samsum.zip").write_bytes((folder / "samsum.zip").read_bytes()[:100])
+    with pytest.raises(SourceDataError, match=r"samsum\.zip: not a valid zip file"):
+        read_mirror("samsum", folder)
+
+
+def test_samsum_normalises_turns_and_keeps_the_schema(tmp_path):
+    ds = read_mirror("samsum", samsum_folder(tmp_path))
+    assert list(ds) == ["train", "validation", "test"]
+    assert ds["validation"].features == FEATURES["samsum"]
+    assert ds["validation"][0] == {
+        "id": "val",
+        "dialogue": "Ann: I'll come.\nBob: Great!\nAnn: :)",
+        "summary": "Ann will come.",
+    }
+
+
+def test_samsum_missing_member_or_field_is_named(tmp_path):
+    with pytest.raises(SourceDataError, match=r"samsum\.zip: missing member 'samsum/val\.json'"):
+        read_mirror("samsum", samsum_folder(tmp_path / "a", val=None))
+    broken = [SAMSUM_RECORD, {"id": "2", "summary": "x"}]
+    with pytest.raises(
+        SourceDataError, match=r"samsum\.zip\[samsum/test\.json\]: record \[1\] id '2': field 'dialogue': missing"
+    ):
+        read_mirror("samsum", samsum_folder(tmp_path / "b", test=broken))
+    with pytest.raises(SourceDataError, match=r"record \[0\]: field 'id': expected str, got int"):
+        read_mirror("samsum", samsum_folder(tmp_path / "c", train=[{**SAMSUM_RECORD, "id": 5}]))
+
+
+def test_a_bom_in_a_zip_member_is_stripped_and_logged(tmp_path, caplog):
+    folder = samsum_folder(tmp_path, train=BOM + json.dumps([SAMSUM_RECORD]).encode())
+    with caplog.at_level(logging.INFO, logger="pipeline.data.readers"):
+        ds = read_mirror("samsum", folder)
+    assert ds["train"][0]["id"] == "1"
+    assert f"{folder / 'samsum.zip'}[samsum/train.json]: stripped a UTF-8 byte-order mark" in caplog.text
+    top = BOM + json.dumps(squad_json()).encode()
+    with caplog.at_level(logging.INFO, logger="pipeline.data.readers"):
+        assert sum(len(d) for d in read_mirror("squad", squad_folder(tmp_path, top)).values()) == 60
+    assert "dev-v1.1.json.zip[dev-v1.1.json]: stripped a UTF-8 byte-order mark" in caplog.text

@@ -9,6 +9,7 @@ import datasets
 import pytest
 
 from pipeline.data.expectations import (
+    answers_aligned,
     bio_valid,
     build_frames,
     build_suite,
@@ -285,3 +286,106 @@ def test_swapped_translation_sides_fail_naming_split_side_and_files(in_tmp_repo,
     assert "languages look swapped (train.en.gz and train.de.gz exchanged?) or wrong" in message
     assert "20 unexpected of 20 rows" in message
     assert "split 'validation'" not in message and "split 'test'" not in message
+
+
+# ---------------------------------------------------------------- squad / samsum
+def squad_rows(split: str, articles: list[str], questions: int = 2) -> dict:
+    rows = {"id": [], "title": [], "context": [], "question": [], "answers": []}
+    for title in articles:
+        context = f"{title} is a city founded in 1850."
+        for q in range(questions):
+            rows["id"].append(f"{split}-{title}-{q}")
+            rows["title"].append(title)
+            rows["context"].append(context)
+            rows["question"].append(f"When was {title} founded ({q})?")
+            rows["answers"].append({"text": ["1850"], "answer_start": [context.index("1850")]})
+    return rows
+
+
+def samsum_rows(split: str, n: int) -> dict:
+    return {
+        "id": [f"{split}{i}" for i in range(n)],
+        "dialogue": [f"Ann: see you at {i} in {split}?\nBob: yes, at {i} sharp." for i in range(n)],
+        "summary": [f"They meet at {i}." for i in range(n)],
+    }
+
+
+def test_answers_aligned():
+    assert answers_aligned("Paris is big", ["Paris", "big"], [0, 9])
+    assert not answers_aligned("Paris is big", ["Paris"], [1])
+    assert not answers_aligned("Paris is big", ["Paris"], [])  # one start per text
+    assert not answers_aligned("Paris is big", ["big"], [-3])
+
+
+def test_clean_squad_and_samsum_pass(in_tmp_repo, make_params):
+    save_raw(
+        "squad",
+        {
+            "train": squad_rows("tr", ["A", "B", "C"]),
+            "validation": squad_rows("va", ["D"]),
+            "test": squad_rows("te", ["E"]),
+        },
+    )
+    save_raw("samsum", {s: samsum_rows(s, 5) for s in ("train", "validation", "test")})
+    assert validate_dataset("squad", make_params())["success"] is True
+    assert validate_dataset("samsum", make_params())["success"] is True
+
+
+def test_squad_failures_name_split_row_id_and_expectation(in_tmp_repo, make_params):
+    train, test = squad_rows("tr", ["A", "B", "C"]), squad_rows("te", ["C", "E"])  # article C in two splits
+    train["answers"][1] = {"text": ["1850"], "answer_start": [3]}  # does not index its answer
+    train["answers"][2] = {"text": [], "answer_start": []}  # no answer
+    train["question"][3] = " "
+    test["id"][3] = train["id"][0]  # an id used twice
+    save_raw("squad", {"train": train, "validation": squad_rows("va", ["D"]), "test": test})
+    with pytest.raises(DataValidationError) as err:
+        validate_dataset("squad", make_params())
+    message = str(err.value)
+    for fragment in (
+        "split 'train': expect_column_values_to_be_in_set on column 'answers_aligned'",
+        '"row": 1, "id": "tr-A-1"',
+        "split 'train': expect_column_values_to_be_between on column 'n_answers'",
+        '"row": 2, "id": "tr-B-0"',
+        "split 'train': expect_column_values_to_not_match_regex on column 'question'",
+        "split 'test': expect_column_values_to_be_in_set on column 'in_other_split'",
+        '"title": "C"',
+        "split 'test': expect_column_values_to_be_in_set on column 'id_repeated'",
+        '"row": 3, "id": "tr-A-0"',
+        "split 'train' holds articles of dev-v1.1.json.zip",
+    ):
+        assert fragment in message, f"{fragment!r} missing:\n{message}"
+    report = json.loads(Path("data/validation/squad.json").read_text())
+    assert report["splits"]["validation"]["success"] is True
+
+
+def test_samsum_failures_name_split_row_id_and_expectation(in_tmp_repo, make_params):
+    train, validation, test = (samsum_rows(s, 120) for s in ("train", "validation", "test"))
+    validation["dialogue"][4] = test["dialogue"][9]  # a dialogue in two splits
+    test["summary"][2] = ""
+    for i in range(2):  # 2 of 120 summaries longer than their dialogue: more than 1 %
+        train["summary"][i] = train["dialogue"][i] + " and more"
+    save_raw("samsum", {"train": train, "validation": validation, "test": test})
+    with pytest.raises(DataValidationError) as err:
+        validate_dataset("samsum", make_params())
+    message = str(err.value)
+    for fragment in (
+        "split 'validation': expect_column_values_to_be_in_set on column 'in_other_split'",
+        '"row": 4, "id": "validation4"',
+        "split 'test': expect_column_values_to_be_in_set on column 'in_other_split'",
+        '"row": 9, "id": "test9"',
+        "split 'test': expect_column_value_lengths_to_be_between on column 'summary'",
+        "split 'train': expect_column_values_to_be_in_set on column 'summary_shorter' (mostly=0.99, value_set=[True])",
+        "2 unexpected of 120 rows",
+        "split 'test' is read from samsum.zip (member samsum/test.json)",
+    ):
+        assert fragment in message, f"{fragment!r} missing:\n{message}"
+
+
+def test_summary_shorter_check_comes_from_params(make_params):
+    def check(params):
+        suite = build_suite("samsum", params.validate_.datasets["samsum"])
+        return [e.mostly for e in suite.expectations if getattr(e, "column", None) == "summary_shorter"]
+
+    assert check(make_params()) == [0.99]
+    assert check(make_params(validate={"datasets": {"samsum": {"summary_shorter_mostly": None}}})) == []
+    assert "summary_shorter" in frame_columns("samsum") and "answers_aligned" in frame_columns("squad")

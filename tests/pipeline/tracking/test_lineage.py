@@ -1,0 +1,76 @@
+"""Lineage recorded on every run: dirty-tree refusal, params hash and profile (what `make reproduce` reads)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from pipeline.core.config import parse_params
+from pipeline.tracking import runs
+from tests.fixtures.dvc_repo import git
+
+
+@pytest.fixture
+def clean_repo(tmp_path):
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "params.effective.yaml").write_text("profile: null\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "init")
+    return tmp_path
+
+
+def test_a_clean_tree_registers(clean_repo, monkeypatch):
+    monkeypatch.delenv(runs.ALLOW_DIRTY_ENV, raising=False)
+    assert runs.dirty_files(clean_repo) == []
+    assert runs.require_clean_tree("register x", clean_repo) is False
+
+
+def test_files_the_pipeline_writes_do_not_make_the_tree_dirty(clean_repo, monkeypatch):
+    monkeypatch.delenv(runs.ALLOW_DIRTY_ENV, raising=False)
+    (clean_repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (clean_repo / "params.effective.yaml").write_text("profile: smoke\n")
+    assert runs.require_clean_tree("register x", clean_repo) is False
+
+
+@pytest.mark.parametrize("change", ["modified", "untracked", "staged"])
+def test_uncommitted_code_refuses_to_register_unless_allowed(clean_repo, monkeypatch, change):
+    monkeypatch.delenv(runs.ALLOW_DIRTY_ENV, raising=False)
+    if change == "modified":
+        (clean_repo / "code.py").write_text("x = 2\n")
+        expected = "code.py"
+    elif change == "untracked":
+        (clean_repo / "new_module.py").write_text("y = 1\n")
+        expected = "new_module.py"
+    else:
+        (clean_repo / "staged.py").write_text("z = 1\n")
+        git(clean_repo, "add", "staged.py")
+        expected = "staged.py"
+    with pytest.raises(runs.DirtyTreeError, match=rf"refusing to register x from a dirty working tree \({expected}\)"):
+        runs.require_clean_tree("register x", clean_repo)
+    monkeypatch.setenv(runs.ALLOW_DIRTY_ENV, "1")
+    assert runs.require_clean_tree("register x", clean_repo) is True
+
+
+def test_params_hash_follows_the_effective_params(default_params_dict):
+    base = parse_params(copy.deepcopy(default_params_dict))
+    same = parse_params(copy.deepcopy(default_params_dict))
+    changed = copy.deepcopy(default_params_dict)
+    changed["common"]["seed"] += 1
+    assert runs.params_hash(base) == runs.params_hash(same)
+    assert runs.params_hash(base) != runs.params_hash(parse_params(changed))
+    assert len(runs.params_hash(base)) == 16
+
+
+def test_base_tags_record_the_lineage(clean_repo, default_params_dict):
+    raw = copy.deepcopy(default_params_dict)
+    raw["profile"] = "smoke"
+    params = parse_params(raw)
+    (clean_repo / "code.py").write_text("x = 3\n")
+    tags = runs.base_tags(params, family="rnn", source="scratch", root=clean_repo)
+    assert tags["git_dirty"] == "true"
+    assert tags["profile"] == "smoke"
+    assert tags["params_hash"] == runs.params_hash(params)
+    assert len(tags["git_commit"]) == 40
