@@ -264,13 +264,13 @@ def test_encdec_summarization_stage_writes_examples_and_serves_a_list_of_summari
     params = t2t_params(
         "encdec",
         "samsum",
-        generation={"max_new_tokens": 16},
         epochs=1,
         learning_rate=0.002,
         batch_size=64,
         max_steps=10,
         max_length=64,
         val_generation_examples=20,
+        max_new_tokens=16,  # the run's override of train.tasks.samsum.max_new_tokens (itself above train.generation)
     )
     summary = train("encdec", "samsum", params)
     test = load_from_disk("data/prepared/samsum")["test"]
@@ -282,6 +282,7 @@ def test_encdec_summarization_stage_writes_examples_and_serves_a_list_of_summari
     assert "examples.json" in _run_artifacts(summary["mlflow_run_id"])
     run = mlflow.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.val_generation_examples"] == "20" and run.data.params["train.max_new_tokens"] == "16"
+    assert run.data.params["train.generation.max_new_tokens"] == "16"  # the one resolved value
 
     loaded = mlflow.pyfunc.load_model(f"models:/samsum-encdec/{summary['registered_version']}")
     dialogues = list(test["dialogue"][:3])
