@@ -290,3 +290,28 @@ def test_encdec_summarization_stage_writes_examples_and_serves_a_list_of_summari
     assert len(summaries) == 3 and all(isinstance(s, str) for s in summaries)
     assert summaries == loaded.predict(dialogues)
     assert summaries[0] == examples[0]["output"]  # served as scored (the same beam search)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rnn_summarization_stage_draws_attention_and_serves_summaries(t2t_repo, t2t_params):
+    import mlflow
+
+    params = t2t_params(
+        "rnn",
+        "samsum",
+        epochs=1,
+        learning_rate=0.005,
+        batch_size=64,
+        max_steps=5,
+        max_length=64,
+        max_new_tokens=12,
+        val_generation_examples=10,
+    )
+    summary = train("rnn", "samsum", params)
+    _check_stage_outputs(t2t_repo, "rnn", "samsum", summary, "rouge1")
+    examples = (t2t_repo / "data" / "models" / "rnn-samsum" / "examples.jsonl").read_text(encoding="utf-8")
+    first = json.loads(examples.splitlines()[0])
+    loaded = mlflow.pyfunc.load_model(f"models:/samsum-rnn/{summary['registered_version']}")
+    [served] = loaded.predict([first["source"]])
+    assert isinstance(served, str) and served == first["output"]  # served as scored
