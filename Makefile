@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 MLFLOW_PORT ?= 5000
 PREFECT_PORT ?= 4200
+PORT ?= 5001
 # params profile for `make run` (profiles/<name>.yaml, e.g. gpu, smoke); empty: params.yaml's defaults
 PROFILE ?=
 
-.PHONY: help install run lint test test-fast bench ui serve rollback reproduce clean-data
+.PHONY: help install postgres run lint test test-fast bench ui mlflow-server serve serve-model rollback reproduce clean-data
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -24,6 +25,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the pinned dependencies
+
+postgres: ## install PostgreSQL (Debian's postgresql package) for `make mlflow-server` and its test, if missing
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are; PROFILE=gpu|smoke
 	$(PY) -m flows.run_pipeline --profile '$(PROFILE)'
@@ -49,8 +55,15 @@ rollback: $(STAMP) ## undo the last champion promotion: make rollback TASK=emoti
 	@test -n "$(TASK)" || { echo "usage: make rollback TASK=<task, e.g. emotion | registered model, e.g. emotion-bert>"; exit 2; }
 	$(PY) -m flows.compare rollback $(TASK)
 
+mlflow-server: $(STAMP) postgres ## MLflow server on 127.0.0.1:$(MLFLOW_PORT): PostgreSQL store (MLFLOW_BACKEND_STORE_URI, else a temp cluster), proxied artifacts
+	$(PY) -m flows.mlflow_server --port $(MLFLOW_PORT)
+
 serve: $(STAMP) ## local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the scheduled retrain deployment
 	$(PY) -m flows.serve --port $(PREFECT_PORT)
+
+serve-model: $(STAMP) ## serve models:/<task>@champion on 127.0.0.1:$(PORT): make serve-model TASK=emotion [PORT=5001]
+	@test -n "$(TASK)" || { echo "usage: make serve-model TASK=<task, e.g. emotion> [PORT=5001]"; exit 2; }
+	$(PY) -m flows.serve_model $(TASK) --port $(PORT)
 
 reproduce: $(STAMP) ## rebuild a registered version from its lineage: make reproduce MODEL=emotion-rnn VERSION=3
 	@test -n "$(MODEL)" || { echo "usage: make reproduce MODEL=<registered model, e.g. emotion-rnn> [VERSION=<n or alias; default champion>]"; exit 2; }

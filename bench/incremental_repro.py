@@ -20,7 +20,7 @@ log = logging.getLogger("bench")
 
 NAME = "incremental_repro"
 DEFAULT_RUN = "bert-emotion"
-SCRATCH_MODELS = ("rnn", "encdec")
+SCRATCH_MODELS = ("rnn", "encdec", "rnn_noattn", "gpt_scratch", "bert_scratch", "minilm_scratch")  # train@ stages
 MAX_STEPS = 20
 TIMEOUT_S = 1800
 

@@ -123,7 +123,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         names = sorted(m.name for m in MlflowClient().search_registered_models())
         for name in names:
             task, _, model_name = name.partition("-")
-            if task not in TASK_KINDS:
+            if task not in TASK_KINDS or not model_name:  # `<task>` itself serves a copy of a `<task>-<model>`
                 continue
             try:
                 texts = test_texts(root, task, 32 * opts.pick(5, 2))

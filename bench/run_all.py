@@ -45,8 +45,10 @@ BENCHMARKS: dict[str, str] = {
     "incremental_repro": "bench.incremental_repro",
     "orchestration_overhead": "bench.orchestration_overhead",
     "inference": "bench.inference",
+    "serving": "bench.serving",
     "data_tokenization": "bench.data_tokenization",
     "training_engine": "bench.training_engine",
+    "ddp": "bench.ddp",
     "cpu_utilisation": "bench.cpu_utilisation",
     "gpu": "bench.gpu",
 }

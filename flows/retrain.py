@@ -10,6 +10,7 @@ The params profile stays the one params.effective.yaml records (like a bare `dvc
    same repository waits up to params.orchestration.lock_timeout_seconds, then fails with a message naming
    the holder. One run at a time means outputs are never interleaved; DVC's own repo lock guards dvc.lock.
 2. `dvc status`: the stages out of date (changed data, code or params). None -> "nothing changed", no repro.
+   First data-sources.yaml is refreshed (pipeline.data.sources), so a changed mirror file re-runs its ingest.
 3. Otherwise `dvc repro` (only the out-of-date stages and what depends on them run; each is its own flow
    run, reporting to the same Prefect server), its output streamed into this flow run's logs.
 4. Compare and champion promotion are the last DVC stage (pipeline.compare.stage calls
@@ -42,6 +43,7 @@ from flows.common import setup_logging
 from pipeline.core.config import SELECTED, ParamsError, load_params, write_effective_params
 from pipeline.core.locking import LockBusy, repo_lock
 from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV
+from pipeline.data.sources import SOURCES_FILE, refresh_sources
 from pipeline.tracking.runs import FLOW_RUN_ENV
 
 LOCK_FILE = Path(".locks") / "retrain.lock"
@@ -166,6 +168,10 @@ def retrain_flow(
             write_effective_params(repo, profile or None)
             env.pop(PROFILE_ENV, None)  # the stages follow the profile the file now records
             logger.info("Params profile: %s (%s written)", profile or "none", EFFECTIVE_FILE)
+        if SOURCES_FILE in (repo / "dvc.yaml").read_text(encoding="utf-8"):  # the ingest stages depend on it
+            changed = refresh_sources(params, repo)
+            if changed:
+                logger.info("%s: the sources of %s changed", SOURCES_FILE, ", ".join(changed))
         stale = stale_stages(repo, targets, env)
         if stale or force:
             logger.info("Out of date: %s", ", ".join(sorted(stale)) or "(none; --force)")

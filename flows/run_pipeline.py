@@ -10,6 +10,10 @@ One Prefect server for all stages (flows/prefect_server.py): PREFECT_API_URL whe
 serve` runs on 127.0.0.1:4200, else a local `prefect server start` kept for the run and stopped at the end
 (its history stays in PREFECT_HOME, so `make serve` shows these runs later). Then the retrain flow runs
 `dvc repro` under the retrain lock: only out-of-date stages run, each a flow run of its own.
+
+After a successful run the outputs go to the default DVC remote (`dvc push`; .dvc/config names a local folder,
+~/.cache/hello-transformers/dvc-remote, by default): --no-push or HT_DVC_PUSH=0 skips it, and a failed push only
+warns (the results are complete locally; `dvc push` later).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pipeline.core.locking import LockBusy
 from pipeline.core.profiles import PROFILE_ENV
 
 EXIT_BUSY = 75
+PUSH_ENV = "HT_DVC_PUSH"  # "0" (or false/no/off): no `dvc push` after a successful run
+log = logging.getLogger("hello_transformers")
 
 
 def ensure_dvc_repo(root: Path) -> None:
@@ -34,6 +40,39 @@ def ensure_dvc_repo(root: Path) -> None:
         return
     scm = [] if (root / ".git").exists() else ["--no-scm"]
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q", *scm], cwd=root, check=True)
+
+
+def push_wanted(no_push: bool) -> bool:
+    return not no_push and os.environ.get(PUSH_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def push_outputs(root: Path) -> bool:
+    """`dvc push` the cached outputs to the default remote; True when pushed. Never raises: a missing remote is
+    logged, a failed push (remote unreachable, no credentials) warns."""
+    dvc = [sys.executable, "-m", "dvc"]
+    try:
+        remote = subprocess.run([*dvc, "remote", "default"], cwd=root, capture_output=True, text=True, timeout=120)
+        name = remote.stdout.strip()
+        if remote.returncode or not name:
+            log.info("No default DVC remote (dvc remote add -d NAME URL): nothing pushed")
+            return False
+        log.info("dvc push to the DVC remote %r ...", name)
+        result = subprocess.run([*dvc, "push"], cwd=root, capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("dvc push did not finish (%s): the results are complete locally; run `dvc push` later", err)
+        return False
+    if result.returncode:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        log.warning(
+            "dvc push to the DVC remote %r failed (exit %d): the results are complete locally; fix the remote "
+            "(dvc remote list) and run `dvc push` later. Last lines:\n%s",
+            name,
+            result.returncode,
+            tail,
+        )
+        return False
+    log.info("dvc push: %s", (result.stdout.strip().splitlines() or ["done"])[-1])
+    return True
 
 
 def dvc_metrics(root: Path) -> str:
@@ -80,6 +119,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.run_pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("targets", nargs="*", help="dvc.yaml stages (default: all)")
     parser.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
+    parser.add_argument("--no-push", action="store_true", help=f"no `dvc push` afterwards (also: {PUSH_ENV}=0)")
     parser.add_argument(
         "--profile",
         default=None,
@@ -107,6 +147,8 @@ def main(argv: list[str]) -> None:
     except Exception as err:  # the flow runs' logs carry the traceback
         print(f"\nFAILED: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    if push_wanted(args.no_push):
+        push_outputs(root)
     print(results_text(summary, root, params))
 
 

@@ -16,6 +16,10 @@ import sys
 from flows.common import params_or_exit, setup_logging
 
 HOST = "127.0.0.1"
+# MLflow 3.17's UI opens experiments on its GenAI (traces) pages unless its sidebar switch says "Model training"
+# (a browser setting; the experiments' mlflow.experimentKind tag is what older MLflow 3 UIs read). This query
+# selects model training, and the browser keeps the choice.
+UI_MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 
 
 def server_command(tracking_uri: str, artifact_root: str | None, port: int, workers: int = 1) -> list[str]:
@@ -53,6 +57,7 @@ def main(argv: list[str]) -> None:
         return
     cmd = server_command(uri, artifact_root(params), args.port, args.workers)
     print(f"MLflow UI on http://{HOST}:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
+    print(f"Training runs: http://{HOST}:{args.port}/#/experiments?{UI_MODEL_TRAINING_QUERY}", flush=True)
     # MLflow's background job runner (GenAI judges/scorers) is not used here; it costs seconds and processes
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(cmd[0], cmd)  # the server replaces this process, so signals reach it directly

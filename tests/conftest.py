@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.fixtures.orchestration",
     "tests.fixtures.compare",
     "tests.fixtures.dvc_repo",
+    "tests.fixtures.tracking_server",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

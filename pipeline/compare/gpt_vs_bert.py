@@ -299,6 +299,34 @@ def adaptation_lines() -> list[str]:
     return lines
 
 
+SAMPLES_SHOWN = 5
+
+
+def generation_lines(root: Path) -> list[str]:
+    """The generate stage's held-out perplexity and its first samples (data/generate/), or what to run."""
+    folder = root / paths.GENERATE
+    metrics_file, samples_file = folder / "metrics.json", folder / "samples.jsonl"
+    if not metrics_file.exists() or not samples_file.exists():
+        return ["The generate stage has not run (data/generate/): `dvc repro generate`.", ""]
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    samples = [json.loads(line) for line in samples_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    perplexity = metrics.get("heldout", {}).get("perplexity")
+    lines = [
+        f"The pretrained GPT completes held-out prompts (the `generate` stage, sampling settings in params.yaml "
+        f"`generate`; registered as `generation-gpt`). Held-out perplexity: "
+        f"{'n/a' if perplexity is None else f'{perplexity:.1f}'} (vocabulary {metrics.get('vocab_size', 'n/a')}: "
+        "a model that learned nothing scores about the vocabulary size). BERT has no such use: it fills in masked "
+        "tokens, it does not continue a text.",
+        "",
+        "| prompt | GPT's continuation |",
+        "|---|---|",
+    ]
+    for sample in samples[:SAMPLES_SHOWN]:
+        cells = [str(sample.get(k, "")).replace("|", "\\|").replace("\n", " ") for k in ("prompt", "completion")]
+        lines.append(f"| {cells[0]} | {cells[1]} |")
+    return [*lines, ""]
+
+
 # ---------------------------------------------------------------- the report
 def heldout_sentence(root: Path) -> str | None:
     path = root / paths.CORPUS / "heldout.txt"
@@ -311,15 +339,38 @@ def heldout_sentence(root: Path) -> str | None:
     return None
 
 
+def row_interval(row: Row) -> tuple[float, float] | None:
+    """The row's 95 % bootstrap interval of its main metric (the compare stage's add_significance), if any."""
+    return (row.main_ci[0], row.main_ci[1]) if row.main_ci else None
+
+
+def transfer_gain_text(rows: list[Row]) -> Callable[[str, str], str | None]:
+    """(task, model) -> the model's transfer gain over its scratch twin as the leaderboard writes it, if measured."""
+    from pipeline.compare.report import fmt_gain
+
+    by_key = {(r.task, r.model): r for r in rows}
+
+    def text(task: str, model: str) -> str | None:
+        row = by_key.get((task, model))
+        if row is None or not row.transfer_gain:
+            return None
+        gain = row.transfer_gain
+        verdict = "significant" if gain["significant"] else "not significant"
+        return f"{fmt_gain(main_metric(task), gain)}, {verdict}"
+
+    return text
+
+
 def write_gpt_vs_bert(
     rows: list[Row],
     root: Path,
-    interval: Callable[[Row], tuple[float, float] | None] = lambda row: None,
-    gain: Callable[[str, str], str | None] = lambda task, model: None,
+    interval: Callable[[Row], tuple[float, float] | None] = row_interval,
+    gain: Callable[[str, str], str | None] | None = None,
 ) -> tuple[Path, str]:
     """Write reports/gpt_vs_bert.md and its two figures (reports/plots/); returns (path, markdown).
-    `interval(row)`: the row's 95 % bootstrap interval of the main metric, if computed; `gain(task, model)`: the
-    transfer gain over the scratch twin as text, if measured."""
+    `interval(row)`: the row's 95 % bootstrap interval of the main metric (default: the row's main_ci);
+    `gain(task, model)`: the transfer gain over the scratch twin as text (default: from the rows)."""
+    gain = gain or transfer_gain_text(rows)
     reports = root / paths.REPORTS
     gpt, bert = read_pretrained("gpt", root), read_pretrained("bert", root)
     lines = [
@@ -363,6 +414,9 @@ def write_gpt_vs_bert(
         "",
         *use_case_lines(rows, interval, gain, bert),
         "",
+        "### Text generation: GPT's native use",
+        "",
+        *generation_lines(root),
         "## Architecture and how each is adapted to a task",
         "",
         *architecture_lines(gpt, bert),

@@ -7,9 +7,12 @@ Sources, in order of authority:
   timings, registered version, family, weight source) are filled from it.
 
 Every model of params.models x every task gets a row; a combination without a metrics file is a row with
-status "not run", so nothing silently disappears. Baselines (BASELINES: the lead-n-words summary of
-pipeline/train/baseline.py) get a row when their metrics file exists. pipeline.compare.report renders the rows,
-pipeline.compare.stage runs the compare stage.
+status "not run", so nothing silently disappears. From each run's test_items.jsonl (pipeline.compare.significance)
+a row gets the 95% bootstrap interval of its main metric (`main_ci`), and a model with a control (a model whose
+params entry names it in `twin_of`) gets its gain over that control with a paired bootstrap test: `transfer_gain`
+(pretrained - its scratch twin, e.g. gpt - gpt_scratch) or `attention_gain` (rnn - rnn_noattn).
+Baselines (BASELINES: the lead-n-words summary of pipeline/train/baseline.py) get a row when their metrics file
+exists. pipeline.compare.report renders the rows, pipeline.compare.stage runs the compare stage.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline.compare import significance
 from pipeline.compare.champion import CHAMPION_ALIAS
 from pipeline.core import paths
 from pipeline.core.config import TASK_SPECS, TASKS, Params
@@ -58,6 +62,10 @@ class Row:
     registered_version: str | None = None
     champion: bool = False  # this row's version holds the `champion` alias of <task>-<model>
     notes: list[str] = field(default_factory=list)
+    main_ci: list[float] | None = None  # [low, high]: 95% bootstrap interval of the main metric (test items)
+    # this model's gain over its control on the main metric (Gain.to_dict()); None without a control or items
+    transfer_gain: dict | None = None  # pretrained - scratch twin
+    attention_gain: dict | None = None  # rnn - rnn_noattn
 
     @property
     def main_value(self) -> float | None:
@@ -168,6 +176,54 @@ def mark_champions(rows: list[Row], client) -> None:
         row.champion = str(champion.version) == row.registered_version
 
 
+# ---------------------------------------------------------------- confidence intervals and control gains
+TRANSFER, ATTENTION = "transfer_gain", "attention_gain"
+
+
+def controls(params: Params) -> list[tuple[str, str, str]]:
+    """(model, its control, gain field) for every params model named in another's twin_of."""
+    out = []
+    for name, cfg in params.models.items():
+        twin = getattr(cfg, "twin_of", None)
+        if twin:
+            out.append((twin, name, ATTENTION if cfg.family == "rnn" else TRANSFER))
+    return out
+
+
+def add_significance(rows: list[Row], params: Params, root: Path) -> None:
+    """Fill main_ci of every row with test items, and transfer_gain / attention_gain of every model with a control
+    (both runs need items). Seeded with common.seed; compare.bootstrap_resamples resamples."""
+    n, seed, level = params.compare.bootstrap_resamples, params.common.seed, params.compare.significance_level
+    by_key = {(r.task, r.model): r for r in rows}
+    items: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row.status != OK:
+            continue
+        found = significance.read_items(significance.items_path(row.model, row.task, root))
+        if found is None:  # a run from before test items were written: no interval, no gain
+            log.info("%s-%s: no %s, so no confidence interval", row.model, row.task, significance.TEST_ITEMS_FILE)
+            continue
+        items[(row.task, row.model)] = found
+        ci = significance.confidence_interval(TASK_SPECS[row.task].kind, found, n, seed)
+        row.main_ci = [ci.low, ci.high]
+    for task in TASKS:
+        for model, control, field_name in controls(params):
+            if (task, model) not in items or (task, control) not in items:
+                continue
+            test = significance.paired_test(
+                TASK_SPECS[task].kind, items[(task, model)], items[(task, control)], n, seed
+            )
+            gain = {
+                "control": control,
+                "gain": test.gain,
+                "low": test.low,
+                "high": test.high,
+                "p_value": test.p_value,
+                "significant": test.significant(level),
+            }
+            setattr(by_key[(task, model)], field_name, gain)
+
+
 # ---------------------------------------------------------------- leaderboard
 def build_leaderboard(params: Params, root: Path | None = None) -> list[Row]:
     """Rows for every task x every model in params.models, enriched from MLflow."""
@@ -185,6 +241,7 @@ def build_leaderboard(params: Params, root: Path | None = None) -> list[Row]:
         if row.model in params.models:
             row.family = row.family or params.models[row.model].family
             row.weight_source = row.weight_source or params.models[row.model].source
+    add_significance(rows, params, root)
     mark_champions(rows, client)
     done = sum(r.status == OK for r in rows)
     log.info("Leaderboard: %d of %d task x model combinations have test metrics", done, len(rows))

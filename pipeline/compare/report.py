@@ -2,7 +2,9 @@
 
 Every file is built next to its target and renamed into place, so a crash never leaves a half-written report.
 comparison.json is read by `dvc metrics show/diff`: {task: {model: {metric: value}}, "best": {...},
-"champion": {...}}; a combination without a run is {"status": "not run"} there (DVC drops null values).
+"champion": {...}}; a combination without a run is {"status": "not run"} there (DVC drops null values). A cell also
+holds <main>_ci_low/<main>_ci_high (95% bootstrap interval) and, for a model with a control, transfer_gain /
+attention_gain with its _p_value, when the runs wrote test items.
 """
 
 from __future__ import annotations
@@ -10,7 +12,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.compare.leaderboard import COST_FIELDS, NOT_AVAILABLE, NOT_RUN, OK, Row, best_per_task, rows_for
+from pipeline.compare.leaderboard import (
+    ATTENTION,
+    COST_FIELDS,
+    NOT_AVAILABLE,
+    NOT_RUN,
+    OK,
+    TRANSFER,
+    Row,
+    best_per_task,
+    rows_for,
+)
 from pipeline.core import paths
 from pipeline.core.config import TASKS
 from pipeline.core.io import atomic_dir, write_json, write_text
@@ -28,6 +40,25 @@ def fmt_metric(name: str, value: float | None) -> str:
     if value is None:
         return NOT_AVAILABLE
     return f"{value:.2f}" if name in ("bleu", "chrf") else f"{value:.4f}"
+
+
+def fmt_ci(name: str, ci: list[float] | None) -> str:
+    return NOT_AVAILABLE if ci is None else f"[{fmt_metric(name, ci[0])}, {fmt_metric(name, ci[1])}]"
+
+
+SIGNIFICANT_MARK = "*"
+
+
+def fmt_gain(name: str, gain: dict | None) -> str:
+    """`+0.1200 [+0.0800, +0.1600] *` vs <control> (p=...): the gain, its 95% interval, * when significant."""
+    if gain is None:
+        return ""
+    sign = lambda v: ("+" if v >= 0 else "") + fmt_metric(name, v)  # noqa: E731
+    mark = f" {SIGNIFICANT_MARK}" if gain["significant"] else ""
+    return (
+        f"{sign(gain['gain'])}{mark} [{sign(gain['low'])}, {sign(gain['high'])}] "
+        f"vs {gain['control']} (p={gain['p_value']:.3f})"
+    )
 
 
 def fmt_count(value: float | None) -> str:
@@ -63,6 +94,12 @@ def metrics_json(rows: list[Row], champions: dict) -> dict:
                 continue
             cell = {name: row.test[name] for name in (main_metric(task), *secondary_metrics(task)) if name in row.test}
             cell.update({k: getattr(row, k) for k in COST_FIELDS if getattr(row, k) is not None})
+            if row.main_ci is not None:
+                cell[f"{main_metric(task)}_ci_low"], cell[f"{main_metric(task)}_ci_high"] = row.main_ci
+            for name in (TRANSFER, ATTENTION):
+                gain = getattr(row, name)
+                if gain is not None:
+                    cell[name], cell[f"{name}_p_value"] = gain["gain"], gain["p_value"]
             out[task][row.model] = cell
     out["best"] = {task: {"model": b["model"], b["metric"]: b["value"]} for task, b in best_per_task(rows).items()}
     out["champion"] = {}
@@ -85,6 +122,9 @@ def _table(rows: list[Row], task: str) -> list[str]:
         "family",
         "weights",
         f"**{main}**",
+        "95% CI",
+        "transfer gain",
+        "attention gain",
         *extra,
         "params",
         "train time",
@@ -97,7 +137,7 @@ def _table(rows: list[Row], task: str) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows_for(rows, task):
         if r.status != OK:
-            metrics = [NOT_RUN] * (1 + len(extra))
+            metrics = [NOT_RUN, "", "", "", *([NOT_RUN] * len(extra))]
             cells = [r.model, r.family or "", r.weight_source or "", *metrics, *([""] * 6), NOT_RUN]
         else:
             version = r.registered_version or NOT_AVAILABLE
@@ -108,6 +148,9 @@ def _table(rows: list[Row], task: str) -> list[str]:
                 r.family or NOT_AVAILABLE,
                 r.weight_source or NOT_AVAILABLE,
                 f"**{fmt_metric(main, r.main_value)}**",
+                fmt_ci(main, r.main_ci),
+                fmt_gain(main, r.transfer_gain),
+                fmt_gain(main, r.attention_gain),
                 *(fmt_metric(m, r.test.get(m)) for m in extra),
                 fmt_count(r.param_count),
                 fmt_seconds(r.train_time_s),
@@ -118,6 +161,38 @@ def _table(rows: list[Row], task: str) -> list[str]:
                 "; ".join(r.notes) or OK,
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _gains_section(rows: list[Row]) -> list[str]:
+    """What pretraining and attention add: every model's gain over its control, significant ones marked."""
+    lines = [
+        "## Gains over the controls",
+        "",
+        "transfer gain = pretrained model - its scratch twin (same architecture and tokenizer, random init); "
+        "attention gain = rnn - rnn_noattn. Main metric on the test set; [95% bootstrap interval]; "
+        f"{SIGNIFICANT_MARK} = significant (one-sided paired bootstrap p-value below compare.significance_level).",
+        "",
+        "| task | model | gain | control | gain (main metric) | 95% CI | p-value | significant |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    found = False
+    for task in TASKS:
+        main = main_metric(task)
+        for r in rows_for(rows, task):
+            for name in (TRANSFER, ATTENTION):
+                g = getattr(r, name)
+                if g is None:
+                    continue
+                found = True
+                lines.append(
+                    f"| {task} | {r.model} | {name.replace('_', ' ')} | {g['control']} | "
+                    f"{'+' if g['gain'] >= 0 else ''}{fmt_metric(main, g['gain'])} | "
+                    f"[{fmt_metric(main, g['low'])}, {fmt_metric(main, g['high'])}] | {g['p_value']:.3f} | "
+                    f"{'yes ' + SIGNIFICANT_MARK if g['significant'] else 'no'} |"
+                )
+    if not found:
+        lines.append(f"| {NOT_AVAILABLE} | no model and control both have test items |  |  |  |  |  |  |")
     return lines
 
 
@@ -145,6 +220,7 @@ def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: s
             lines.append(f"| {task} | {b['metric']} | {b['model']} | {fmt_metric(b['metric'], b['value'])} | {champ} |")
         else:
             lines.append(f"| {task} | {main_metric(task)} | {NOT_RUN} | {NOT_AVAILABLE} | {champ} |")
+    lines += ["", *_gains_section(rows)]
     for task in TASKS:
         lines += ["", f"## {task} (main metric: {main_metric(task)})", "", *_table(rows, task)]
     lines += [

@@ -166,6 +166,12 @@ def _flat(row: Row) -> dict:
     }
     for name in (main_metric(row.task), *secondary_metrics(row.task)):
         out[f"test_{name}"] = row.test.get(name)
+    out["main_ci_low"], out["main_ci_high"] = row.main_ci or (None, None)
+    for name in ("transfer_gain", "attention_gain"):
+        gain = getattr(row, name) or {}
+        out[name] = gain.get("gain")
+        out[f"{name}_p_value"] = gain.get("p_value")
+        out[f"{name}_control"] = gain.get("control", "")
     for key in COST_FIELDS:
         out[key] = getattr(row, key)
     out.update(

@@ -60,6 +60,7 @@ class CommonConfig(Strict):
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     num_threads: NonNegInt
+    torchrun_nproc: NonNegInt  # 0: a plain process; N: torchrun --nproc_per_node=N (pipeline/core/distributed.py)
 
 
 # ---------------------------------------------------------------- ingest
@@ -209,6 +210,19 @@ class PretrainConfig(Strict):
     bert: BertPretrainConfig
 
 
+# ---------------------------------------------------------------- generate
+class GenerateConfig(Strict):
+    """Sampling from the pretrained GPT (generate stage and the registered generation model)."""
+
+    num_prompts: PosInt  # prompts: the first held-out corpus lines with at least prompt_words words ...
+    prompt_words: PosInt  # ... cut to their first prompt_words words
+    max_new_tokens: PosInt
+    temperature: PosFloat
+    top_k: NonNegInt  # 0 = no top-k filtering
+    top_p: Annotated[float, Field(gt=0, le=1)]  # 1.0 = no nucleus filtering
+    seed: NonNegInt  # prompt i is sampled with torch seed `seed + i`: the same prompts give the same samples
+
+
 # ---------------------------------------------------------------- models
 Source = Literal["pretrain", "pretrained", "scratch"]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
@@ -240,13 +254,30 @@ class _ScratchOnly(_ModelBase):
 
 
 class RnnModel(_ScratchOnly):
-    """GRU encoder-decoder with Bahdanau attention."""
+    """GRU encoder-decoder; `attention` on: Bahdanau attention over the encoder states, off: the decoder sees only
+    the encoder's final state (a fixed context vector). A control (attention off) names the model it mirrors in
+    `twin_of` instead of copying its sizes: its fields are then the twin's, except `attention`."""
 
     family: Literal["rnn"]
-    emb_dim: PosInt
-    hid_dim: PosInt
-    dropout: Dropout
-    teacher_forcing_ratio: Fraction
+    twin_of: str | None = None  # only on a control: the model whose sizes and training settings it shares
+    attention: bool
+    emb_dim: PosInt | None = None  # None only with twin_of (the twin's value is used)
+    hid_dim: PosInt | None = None
+    dropout: Dropout | None = None
+    teacher_forcing_ratio: Fraction | None = None
+
+    @model_validator(mode="after")
+    def _sizes_or_twin(self) -> RnnModel:
+        sizes = {k: getattr(self, k) for k in ("emb_dim", "hid_dim", "dropout", "teacher_forcing_ratio")}
+        missing = [k for k, v in sizes.items() if v is None]
+        if self.twin_of is None and missing:
+            raise ValueError(f"missing {', '.join(missing)} (an rnn without twin_of sets its own sizes)")
+        if self.twin_of is not None and len(missing) != len(sizes):
+            set_ = [k for k, v in sizes.items() if v is not None]
+            raise ValueError(
+                f"{', '.join(set_)}: a twin (twin_of: {self.twin_of}) takes its sizes from its twin; remove them"
+            )
+        return self
 
 
 class EncDecModel(_ScratchOnly):
@@ -266,22 +297,32 @@ class EncDecModel(_ScratchOnly):
         return self
 
 
-class _PretrainedOnly(_ModelBase):
+class _TransformerModel(_ModelBase):
+    """A gpt/bert-family model: pretrained weights, or (source 'scratch', a control) the architecture and tokenizer
+    of the pretrained model named in `twin_of`, randomly initialised."""
+
+    twin_of: str | None = None
+
     @model_validator(mode="after")
-    def _pretrained(self) -> _PretrainedOnly:
-        if self.source == "scratch":
-            raise ValueError(f"family {self.family!r} needs source 'pretrain' or 'pretrained'")
+    def _scratch_needs_twin(self) -> _TransformerModel:
+        if self.source == "scratch" and not self.twin_of:
+            raise ValueError(
+                f"family {self.family!r} with source 'scratch' needs twin_of: the pretrained model whose "
+                "architecture and tokenizer it copies (e.g. twin_of: gpt)"
+            )
+        if self.source != "scratch" and self.twin_of:
+            raise ValueError(f"twin_of is only used with source 'scratch', not {self.source!r}")
         return self
 
 
-class GptModel(_PretrainedOnly):
-    """Decoder-only GPT-2; its size comes from pretrain.gpt or the loaded checkpoint."""
+class GptModel(_TransformerModel):
+    """Decoder-only GPT-2; its size comes from pretrain.gpt or the loaded checkpoint (a twin: its twin's)."""
 
     family: Literal["gpt"]
 
 
-class BertModel(_PretrainedOnly):
-    """Encoder-only BERT; its size comes from pretrain.bert or the loaded checkpoint."""
+class BertModel(_TransformerModel):
+    """Encoder-only BERT; its size comes from pretrain.bert or the loaded checkpoint (a twin: its twin's)."""
 
     family: Literal["bert"]
 
@@ -344,6 +385,8 @@ class TrainConfig(Strict):
 # ---------------------------------------------------------------- compare / orchestration
 class CompareConfig(Strict):
     min_improvement: Annotated[float, Field(ge=0)]
+    bootstrap_resamples: Annotated[int, Field(ge=10)]
+    significance_level: Annotated[float, Field(gt=0, lt=1)]
 
 
 class OrchestrationConfig(Strict):
@@ -362,6 +405,7 @@ class Params(Strict):
     prepare: PrepareConfig
     tokenizers: TokenizersConfig
     pretrain: PretrainConfig
+    generate: GenerateConfig
     models: dict[str, ModelConfig]
     train: TrainConfig
     compare: CompareConfig
@@ -374,6 +418,8 @@ class Params(Strict):
         for name in self.models:
             if not name.replace("_", "").isalnum() or "-" in name:
                 raise ValueError(f"models.{name}: model names use letters, digits and '_' only")
+        for name, cfg in self.models.items():
+            _check_twin(name, cfg, self.models)
         for key in self.train.overrides:
             model, _, task = key.partition("-")
             if model not in self.models or task not in TASKS:
@@ -392,6 +438,32 @@ class Params(Strict):
     @property
     def validate_cfg(self) -> ValidateConfig:
         return self.validate_
+
+
+def _check_twin(name: str, cfg, models: dict) -> None:
+    """A control's twin_of names another model of its family that is not itself a control (so a transformer's twin
+    starts from pretrained weights: a gpt/bert-family model with source scratch must name a twin)."""
+    twin = getattr(cfg, "twin_of", None)
+    if twin is None:
+        return
+    if twin not in models or twin == name:
+        raise ValueError(f"models.{name}.twin_of: {twin!r} is not another model of params.models ({sorted(models)})")
+    other = models[twin]
+    if other.family != cfg.family:
+        raise ValueError(
+            f"models.{name}.twin_of: {twin!r} is family {other.family!r}, not {cfg.family!r} (twins share a family)"
+        )
+    if getattr(other, "twin_of", None):  # also keeps a transformer twin's twin pretrained: scratch ones are twins
+        raise ValueError(f"models.{name}.twin_of: {twin!r} is itself a twin (of {other.twin_of!r}); name the original")
+
+
+def twin_config(name: str, models: dict):
+    """The model config a run of `name` builds from: its own, or for an rnn control its twin's sizes with its own
+    attention switch (a transformer control builds from its twin's checkpoint config instead)."""
+    cfg = models[name]
+    if cfg.family == "rnn" and cfg.twin_of:
+        return models[cfg.twin_of].model_copy(update={"attention": cfg.attention, "twin_of": cfg.twin_of})
+    return cfg
 
 
 _SHOW_INPUT = {

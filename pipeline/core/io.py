@@ -22,6 +22,7 @@ from typing import Any
 
 METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
+TEST_ITEMS_FILE = "test_items.jsonl"  # one {"gold", "prediction"} per test example, in test-split order
 
 
 def _sibling(target: Path, kind: str) -> Path:

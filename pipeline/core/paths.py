@@ -11,6 +11,7 @@ PREPARED = DATA / "prepared"  # prepare: data/prepared/<task>/ (a datasets.Datas
 CORPUS = DATA / "corpus"  # prepare: data/corpus/{train,heldout}.txt
 TOKENIZERS = DATA / "tokenizers"  # tokenizers: data/tokenizers/{bert,gpt}/
 PRETRAIN = DATA / "pretrain"  # pretrain: data/pretrain/<family>/{model,metrics.json,...}
+GENERATE = DATA / "generate"  # generate: data/generate/{samples.jsonl,metrics.json}
 MODELS = DATA / "models"  # finetune@ and train@: data/models/<model>-<task>/{metrics.json,plots/}
 CHECKPOINTS = Path("checkpoints")  # resumable state of running stages (Trainer checkpoints, MLflow run ids)
 REPORTS = Path("reports")  # compare: reports/comparison.{md,json}, plots

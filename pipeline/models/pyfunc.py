@@ -1,13 +1,22 @@
-"""MLflow pyfunc wrappers for the fine-tuned models MLflow's transformers flavour cannot serve in natural form.
+"""MLflow pyfunc wrappers: every family of a task serves the same request and response shape.
 
-- `NerModel`: text -> list of entities {entity, word, start, end, word_start, word_end} per text
-  (the transformers flavour's pyfunc collapses entities to a "PER,LOC" string, losing the words).
-- `TextGenerationModel`: source text -> target text (translation: English -> German; summarization:
-  dialogue -> summary), for GPT prompt-style generation and for EncoderDecoderModels with separate
-  encoder/decoder tokenizers (pipeline.models.text_generation). Answers a list of strings.
-Each loads its weights/tokenizers from the `model` artifact (a folder saved by the matching class).
-Input: a list of strings, one string, or a DataFrame whose `text` (or `dialogue`) column, else its first
-column, holds them.
+Request (every task): a list of texts, one string, or a DataFrame whose `text` column holds them (translation
+also `en`, summarization also `dialogue`; else the first column). NER texts are whitespace-separated words, as in
+CoNLL.
+Response, per task kind (one item per input text, in order):
+- classification: {"label": str, "score": float | None} (the score is the predicted label's probability; None
+  for models without one, the text-to-text families);
+- ner: a list of entities {"entity", "word", "start", "end", "word_start", "word_end"} (pipeline.models.
+  ner_tagger.text_entities; character and word ends exclusive);
+- translation, summarization: the output text (str: the German text, the dialogue's summary), by
+  `ConditionalGenerationModel` for gpt/bert/minilm (pipeline.models.conditional_generation) and the scratch
+  families' own;
+- generation (the pretrained GPT, `generation-gpt`): the sampled continuation (str); the sampling settings
+  (params.yaml `generate`) can be changed per request through pyfunc `params` (max_new_tokens, temperature,
+  top_k, top_p, seed).
+The fine-tuned transformers are served by the wrappers below; the scratch families by their own (rnn.py,
+encdec.py), all through pyfunc. Each wrapper loads its weights/tokenizer from the `model` artifact (a folder
+saved by the matching class) and pickles no weights.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from __future__ import annotations
 import mlflow.pyfunc
 
 MODEL_ARTIFACT = "model"
-TEXT_COLUMNS = ("text", "dialogue")  # a DataFrame's input column, by name (else its first column)
+BATCH_SIZE = 32  # a request's texts go through the model this many at a time
+TEXT_COLUMNS = ("text", "en", "dialogue")  # DataFrame columns read as the input texts, in this order
 
 
 def texts_of(model_input) -> list[str]:
@@ -29,9 +39,62 @@ def texts_of(model_input) -> list[str]:
         return [str(x) for x in model_input[column].tolist()]
     if isinstance(model_input, pd.Series):
         return [str(x) for x in model_input.tolist()]
-    if isinstance(model_input, dict) and any(c in model_input for c in TEXT_COLUMNS):
-        return texts_of(model_input[next(c for c in TEXT_COLUMNS if c in model_input)])
+    if isinstance(model_input, dict):
+        column = next((c for c in TEXT_COLUMNS if c in model_input), None)
+        if column is not None:
+            return texts_of(model_input[column])
     return [str(x) for x in list(model_input)]
+
+
+def label_answer(label: str, score: float | None = None) -> dict:
+    """One classification answer, as every classification model serves it."""
+    return {"label": label, "score": None if score is None else float(score)}
+
+
+class ClassificationModel(mlflow.pyfunc.PythonModel):
+    """A fine-tuned sequence classifier (safetensors weights + tokenizer): texts -> {"label", "score"}."""
+
+    def __init__(self, max_length: int = 512):
+        self.max_length = max_length
+        self.model = self.tokenizer = None
+
+    def __getstate__(self):
+        return {"max_length": self.max_length, "model": None, "tokenizer": None}
+
+    def load_context(self, context):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from pipeline.models.loading import load_tokenizer
+
+        folder = context.artifacts[MODEL_ARTIFACT]
+        self.tokenizer = load_tokenizer(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", self.max_length
+        )
+        self.max_length = min(self.max_length, positions)
+        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
+
+    def predict(self, context, model_input, params=None) -> list[dict]:
+        import torch
+
+        texts, answers = texts_of(model_input), []
+        for lo in range(0, len(texts), BATCH_SIZE):
+            enc = self.tokenizer(
+                texts[lo : lo + BATCH_SIZE],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+                return_token_type_ids=False,
+            ).to(self.model.device)
+            with torch.no_grad():
+                probs = self.model(**enc).logits.float().softmax(-1)  # [batch, labels]
+            best, index = probs.max(-1)  # [batch]
+            answers += [label_answer(self.id2label[i], p) for i, p in zip(index.tolist(), best.tolist())]
+        return answers
 
 
 class NerModel(mlflow.pyfunc.PythonModel):
@@ -51,7 +114,7 @@ class NerModel(mlflow.pyfunc.PythonModel):
         return self.tagger.entities(texts_of(model_input))
 
 
-class TextGenerationModel(mlflow.pyfunc.PythonModel):
+class ConditionalGenerationModel(mlflow.pyfunc.PythonModel):
     def __init__(self, num_beams: int = 4, max_new_tokens: int = 64, length_penalty: float = 1.0):
         self.generation = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "length_penalty": length_penalty}
         self.generator = None
@@ -60,10 +123,38 @@ class TextGenerationModel(mlflow.pyfunc.PythonModel):
         return {"generation": self.generation, "generator": None}
 
     def load_context(self, context):
-        from pipeline.models.text_generation import load_generator
+        from pipeline.models.conditional_generation import load_generator
 
         self.generator = load_generator(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         options = {**self.generation, **{k: v for k, v in (params or {}).items() if k in self.generation}}
-        return self.generator.generate(texts_of(model_input), **options)
+        return self.generator.generate(texts_of(model_input), batch_size=BATCH_SIZE, **options)
+
+
+class GenerationModel(mlflow.pyfunc.PythonModel):
+    """Completes prompts with the pretrained GPT (pipeline.models.generation.TextGenerator); returns one string per
+    prompt: the sampled continuation without the prompt."""
+
+    def __init__(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int):
+        self.sampling = {
+            "max_new_tokens": int(max_new_tokens),
+            "temperature": float(temperature),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
+            "seed": int(seed),
+        }
+        self.generator = None
+
+    def __getstate__(self):
+        return {"sampling": self.sampling, "generator": None}
+
+    def load_context(self, context):
+        from pipeline.models.generation import TextGenerator
+
+        self.generator = TextGenerator.load(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        chosen = {k: v for k, v in (params or {}).items() if k in self.sampling and v is not None}
+        options = {**self.sampling, **{k: type(self.sampling[k])(v) for k, v in chosen.items()}}
+        return self.generator.complete(texts_of(model_input), **options)

@@ -1,9 +1,14 @@
-"""GRU encoder-decoder with additive (Bahdanau) attention; greedy and beam-search decoding.
+"""GRU encoder-decoder with additive (Bahdanau) attention, or without it; greedy and beam-search decoding.
 
 The architecture follows bentrevett/pytorch-seq2seq tutorials 3 and 4: a bidirectional GRU encoder over packed
 padded sequences, additive attention with the padding masked out, and a GRU decoder fed the embedded previous
 token plus the attention context. The attention's encoder projection is computed once per source (it does not
 depend on the decoder state), which is the same function as one Linear over [hidden; encoder_output].
+
+With `attention=False` (the control rnn_noattn) the decoder's context is the same fixed vector at every step: the
+encoder's final states (forward GRU after the last token, backward GRU after the first), as in Cho et al. 2014.
+The decoder then never reads the per-position encoder outputs; its step still returns a weights row (all zeros) so
+that decoding code is shared, and no attention heatmaps are drawn for it.
 
 Token ids 0-3 are reserved: <pad>, <unk>, <sos>, <eos> (see pipeline.train.text2text.Vocab).
 """
@@ -29,6 +34,7 @@ class RNNConfig:
     emb_dim: int = 128
     hid_dim: int = 256
     dropout: float = 0.2
+    attention: bool = True  # False: fixed context vector (the encoder's final states); older models lack the key
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,9 +46,12 @@ class EncoderState:
     keys: torch.Tensor  # [batch, src_len, hid]; attention's projection of the outputs
     mask: torch.Tensor  # [batch, src_len] bool, True on real tokens
     hidden: torch.Tensor  # [batch, hid]; initial decoder state
+    final: torch.Tensor  # [batch, 2*hid]; the GRUs' final states (forward, backward): the context without attention
 
     def index_select(self, index: torch.Tensor) -> EncoderState:
-        return EncoderState(self.outputs[index], self.keys[index], self.mask[index], self.hidden[index])
+        return EncoderState(
+            self.outputs[index], self.keys[index], self.mask[index], self.hidden[index], self.final[index]
+        )
 
 
 @dataclass
@@ -72,15 +81,16 @@ class Encoder(nn.Module):
         self.fc = nn.Linear(2 * hid_dim, hid_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # src: [batch, src_len]; src_len: [batch]
         embedded = self.dropout(self.embedding(src))  # [batch, src_len, emb]
         packed = pack_padded_sequence(embedded, src_len.cpu(), batch_first=True, enforce_sorted=False)
         packed_outputs, hidden = self.rnn(packed)  # hidden: [2, batch, hid] (forward, backward), original order
         outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=src.size(1))
         # outputs: [batch, src_len, 2*hid], zeros where padded
-        hidden = torch.tanh(self.fc(torch.cat((hidden[-2], hidden[-1]), dim=1)))  # [batch, hid]
-        return outputs, hidden
+        final = torch.cat((hidden[-2], hidden[-1]), dim=1)  # [batch, 2*hid]
+        hidden = torch.tanh(self.fc(final))  # [batch, hid]
+        return outputs, hidden, final
 
 
 class Attention(nn.Module):
@@ -104,10 +114,10 @@ class Attention(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, vocab_size: int, emb_dim: int, hid_dim: int, dropout: float):
+    def __init__(self, vocab_size: int, emb_dim: int, hid_dim: int, dropout: float, attention: bool = True):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD_IDX)
-        self.attention = Attention(2 * hid_dim, hid_dim)
+        self.attention = Attention(2 * hid_dim, hid_dim) if attention else None
         self.rnn = nn.GRUCell(2 * hid_dim + emb_dim, hid_dim)
         self.fc_out = nn.Linear(2 * hid_dim + hid_dim + emb_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
@@ -117,8 +127,12 @@ class Decoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # token: [batch]; hidden: [batch, hid]
         embedded = self.dropout(self.embedding(token))  # [batch, emb]
-        attn = self.attention(hidden, enc.keys, enc.mask)  # [batch, src_len]
-        context = torch.bmm(attn.unsqueeze(1), enc.outputs).squeeze(1)  # [batch, 2*hid]
+        if self.attention is None:  # fixed context: the encoder's final states, whatever the step
+            context = enc.final  # [batch, 2*hid]
+            attn = torch.zeros_like(enc.mask, dtype=context.dtype)  # [batch, src_len], no weights
+        else:
+            attn = self.attention(hidden, enc.keys, enc.mask)  # [batch, src_len]
+            context = torch.bmm(attn.unsqueeze(1), enc.outputs).squeeze(1)  # [batch, 2*hid]
         hidden = self.rnn(torch.cat((embedded, context), dim=1), hidden)  # [batch, hid]
         logits = self.fc_out(torch.cat((hidden, context, embedded), dim=1))  # [batch, tgt_vocab]
         return logits, hidden, attn
@@ -129,12 +143,15 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config.src_vocab_size, config.emb_dim, config.hid_dim, config.dropout)
-        self.decoder = Decoder(config.tgt_vocab_size, config.emb_dim, config.hid_dim, config.dropout)
+        self.decoder = Decoder(
+            config.tgt_vocab_size, config.emb_dim, config.hid_dim, config.dropout, attention=config.attention
+        )
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> EncoderState:
-        outputs, hidden = self.encoder(src, src_len)  # [batch, src_len, 2*hid], [batch, hid]
-        keys = self.decoder.attention.keys(outputs)  # [batch, src_len, hid]
-        return EncoderState(outputs, keys, source_mask(src_len, src.size(1)), hidden)
+        outputs, hidden, final = self.encoder(src, src_len)  # [batch, src_len, 2*hid], [batch, hid], [batch, 2*hid]
+        attention = self.decoder.attention
+        keys = attention.keys(outputs) if attention is not None else outputs[:, :, :0]  # [batch, src_len, hid or 0]
+        return EncoderState(outputs, keys, source_mask(src_len, src.size(1)), hidden, final)
 
     def forward(
         self, src: torch.Tensor, src_len: torch.Tensor, tgt: torch.Tensor, teacher_forcing_ratio: float = 1.0

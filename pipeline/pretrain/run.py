@@ -44,14 +44,14 @@ from transformers import (
     set_seed,
 )
 
-from pipeline.core import paths
+from pipeline.core import distributed, paths
 from pipeline.core.config import PRETRAINED_FAMILIES, Params, PretrainModelConfig
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.data.corpus import read_corpus
 from pipeline.models.loading import load_tokenizer
 from pipeline.pretrain.data import PretrainDataError, cap, lm_blocks, mlm_collator, nsp_pairs
 from pipeline.tracking import runs as tracking
-from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
+from pipeline.tracking.checkpoints import complete_checkpoints, files_digest, prepare_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class MlflowStepLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         import mlflow
 
-        if not logs or state.global_step <= self.skip_until:
+        if not logs or state.global_step <= self.skip_until or not state.is_world_process_zero:
             return
         values = {
             STEP_METRICS[k]: float(v) for k, v in logs.items() if k in STEP_METRICS and isinstance(v, (int, float))
@@ -264,8 +264,9 @@ def _training_args(family: str, cfg: PretrainModelConfig, params: Params) -> Tra
     return TrainingArguments(
         output_dir=str(checkpoint_dir(family)),
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size * 2,
+        # the batch size is global: under torchrun each of N processes takes 1/N of it
+        per_device_train_batch_size=distributed.per_process_batch(cfg.batch_size, f"pretrain.{family}.batch_size"),
+        per_device_eval_batch_size=distributed.per_process_batch(cfg.batch_size * 2, f"pretrain.{family}.batch_size"),
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
@@ -284,6 +285,18 @@ def _training_args(family: str, cfg: PretrainModelConfig, params: Params) -> Tra
         bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu",
         dataloader_num_workers=0,
+    )
+
+
+def _trainer(model, args: TrainingArguments, collator, train, heldout, tokenizer, callbacks: list) -> Trainer:
+    return Trainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train,
+        eval_dataset=heldout,
+        processing_class=tokenizer,
+        callbacks=callbacks,
     )
 
 
@@ -331,15 +344,29 @@ def pretrain(family: str, params: Params) -> dict:
     )
 
     folder = checkpoint_dir(family)
-    resume_from = prepare_checkpoints(folder, _fingerprint(family, params), params)
+    args = _training_args(family, cfg, params)  # under torchrun: joins the process group
+    main = distributed.is_main()
+    # rank 0 decides whether to resume (and cleans up); the others follow it
+    resume_from = prepare_checkpoints(folder, _fingerprint(family, params), params) if main else None
+    distributed.barrier()
+    if not main:
+        resume_from = (complete_checkpoints(folder) or [None])[-1]
     tags = tracking.base_tags(
         params, family=family, source="scratch", inputs=[str(paths.CORPUS), str(paths.tokenizer_dir(family))]
     )
-    with tracking.stage_run(
-        params, tracking.PRETRAIN_EXPERIMENT, f"pretrain-{family}", state_dir=folder, tags=tags
-    ) as run:
+    # only rank 0 (or the only process) has the MLflow run, evaluates held-out outside the Trainer and saves
+    run_context = (
+        tracking.stage_run(params, tracking.PRETRAIN_EXPERIMENT, f"pretrain-{family}", state_dir=folder, tags=tags)
+        if main
+        else contextlib.nullcontext()
+    )
+    with run_context as run:
         import mlflow
 
+        if not main:
+            trainer = _trainer(model, args, collator, train, heldout, tokenizer, [ThroughputMeter()])
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            return {}
         tracking.log_params_once(
             {
                 **tracking.flatten(f"pretrain.{family}", cfg),
@@ -350,6 +377,7 @@ def pretrain(family: str, params: Params) -> dict:
                 "heldout_examples": len(heldout),
                 "device": device.type,
                 "dtype": str(dtype).removeprefix("torch."),
+                "processes": distributed.world_size(),
             }
         )
         initial_file = folder / INITIAL_METRICS_FILE
@@ -363,14 +391,8 @@ def pretrain(family: str, params: Params) -> dict:
             log.info("untrained model, held-out: %s", initial)
 
         meter = ThroughputMeter()
-        trainer = Trainer(
-            model=model,
-            args=_training_args(family, cfg, params),
-            data_collator=collator,
-            train_dataset=train,
-            eval_dataset=heldout,
-            processing_class=tokenizer,
-            callbacks=[MlflowStepLogger(_logged_until(run.info.run_id)), meter],
+        trainer = _trainer(
+            model, args, collator, train, heldout, tokenizer, [MlflowStepLogger(_logged_until(run.info.run_id)), meter]
         )
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 

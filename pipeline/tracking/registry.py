@@ -1,12 +1,10 @@
 """Log trained models to MLflow and register them as `<task>-<model>` (one version per training run).
 
-Two kinds of logged model:
-- `register_transformers`: a transformers pipeline MLflow can serve itself (text classification).
-- `register_pyfunc`: an `mlflow.pyfunc.PythonModel` wrapper with its weights/tokenizers as artifacts, for
-  what the transformers flavour cannot serve in the task's natural form (NER entities with words and
-  offsets, GPT prompt-style translation, encoder-decoders with two tokenizers, the scratch models).
+Every model is logged as an `mlflow.pyfunc.PythonModel` wrapper with its weights/tokenizers as artifacts
+(`register_pyfunc`), so all families of a task answer in the same shape (pipeline.models.pyfunc); MLflow's
+transformers flavour is not used (its classification answer is a DataFrame, its NER a "PER,LOC" string).
 
-Both must be called inside the training run (`tracking.stage_run`). They are idempotent per run: a retried
+It must be called inside the training run (`tracking.stage_run`). It is idempotent per run: a retried
 task whose run already registered a version (or logged the model but crashed before registering it)
 gets that version back instead of a duplicate.
 """
@@ -96,41 +94,6 @@ def _tag(name: str, version: str) -> None:
     mlflow.set_tags({NAME_TAG: name, VERSION_TAG: version})
 
 
-def register_transformers(
-    pipeline_obj,
-    task: str,
-    model: str,
-    *,
-    input_example: Any,
-    model_config: dict[str, Any] | None = None,
-    pip_requirements: list[str] | None = None,
-) -> str:
-    """Log a transformers pipeline with mlflow.transformers and register it; returns the version.
-
-    `model_config`: call options the served pipeline always gets (e.g. {"truncation": True}).
-    """
-    import mlflow
-
-    name = registered_name(task, model)
-    run_id = _active_run_id()
-    version = _reuse(name, run_id)
-    if version:
-        return version
-    info = mlflow.transformers.log_model(
-        pipeline_obj,
-        name=MODEL_ARTIFACT,
-        task=pipeline_obj.task,
-        input_example=input_example,  # MLflow runs the pipeline on it to infer the signature
-        model_config=model_config,
-        pip_requirements=pip_requirements or default_pip_requirements(),
-        registered_model_name=name,
-    )
-    version = str(info.registered_model_version)
-    _tag(name, version)
-    log.info("Registered %s version %s (transformers pipeline %r)", name, version, pipeline_obj.task)
-    return version
-
-
 def register_pyfunc(
     python_model,
     artifacts: dict[str, str | Path],
@@ -139,10 +102,12 @@ def register_pyfunc(
     input_example: Any,
     pip_requirements: list[str] | None = None,
     code_paths: list[str | Path] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> str:
     """Log an mlflow.pyfunc.PythonModel (weights/tokenizers in `artifacts`) and register it; returns the version.
 
-    The signature comes from running the wrapper on `input_example`. `code_paths` defaults to this
+    The signature comes from running the wrapper on `input_example`; `params` (name -> default) are the inference
+    params a request may set (pyfunc `predict(..., params=...)`). `code_paths` defaults to this
     `pipeline` package, so the wrapper class (defined in it) loads anywhere the pinned requirements are installed.
     """
     import mlflow
@@ -164,7 +129,7 @@ def register_pyfunc(
         name=MODEL_ARTIFACT,
         python_model=python_model,
         artifacts={k: str(v) for k, v in artifacts.items()},
-        signature=infer_signature(input_example, output),
+        signature=infer_signature(input_example, output, params=params),
         input_example=input_example,
         pip_requirements=pip_requirements or default_pip_requirements(),
         code_paths=[str(p) for p in (code_paths or [package])],

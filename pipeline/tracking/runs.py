@@ -9,6 +9,8 @@
   profile, DVC hashes of its inputs, seed, family, weight source, Prefect flow-run id (`make reproduce` rebuilds
   a registered version from them). A run that would register a model refuses to start from a dirty tree
   (code or params not committed) unless HT_ALLOW_DIRTY=1 says so; the run is then tagged `git_dirty=true`.
+- Every experiment carries EXPERIMENT_KIND_TAG = custom_model_development, so MLflow 3's UI opens it on its runs
+  (model training), not on the GenAI traces overview.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ PRETRAIN_EXPERIMENT = "pretraining"
 COMPARE_EXPERIMENT = "comparison"
 RUN_ID_FILE = "mlflow_run_id"
 PREFECT_TAG = "prefect.flow_run_id"
+# The tag MLflow 3's UI reads to choose an experiment's page (mlflow/server/js: ExperimentKind); without it the UI
+# guesses, and an experiment with few runs may open as a GenAI experiment on its (empty) traces view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 # Set by flows/ (pipeline/ never imports Prefect) so runs can be tagged with their flow run.
 FLOW_RUN_ENV = "HT_PREFECT_FLOW_RUN_ID"
 ALLOW_DIRTY_ENV = "HT_ALLOW_DIRTY"
@@ -94,12 +100,18 @@ def ensure_experiment(name: str, params: Params, root: Path | None = None) -> st
 
     configure(params, root)
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return mlflow.create_experiment(name, artifact_location=artifact_root(params, root))
-    except mlflow.exceptions.MlflowException:  # created concurrently
-        return mlflow.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            return mlflow.create_experiment(
+                name,
+                artifact_location=artifact_root(params, root),
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
+        except mlflow.exceptions.MlflowException:  # created concurrently
+            exp = mlflow.get_experiment_by_name(name)
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made before this tag was set (a kind chosen in the UI is kept)
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return exp.experiment_id
 
 
 def git_commit(root: Path | None = None, mark_dirty: bool = False) -> str:

@@ -9,9 +9,11 @@ The same steps for every family (pipeline/train/family.py says what a family pro
   family; per-epoch metrics come from the family's fit;
 - the test split scored once by the selected model, batch-1 latency, model logged and registered as
   <task>-<model>;
-- outputs written atomically: data/models/<model>-<task>/{metrics.json, plots/} (learning curve, confusion matrix,
-  attention heatmaps), plus examples.jsonl for tasks that write text (the first test examples' source,
-  reference and output; also an MLflow table, pipeline/train/examples.py); the checkpoints are removed after
+- outputs written atomically: data/models/<model>-<task>/{metrics.json, test_items.jsonl, plots/} (learning curve,
+  confusion matrix, attention heatmaps); test_items.jsonl holds one {"gold", "prediction"} per test example (the
+  compare stage's bootstrap resamples them, pipeline/compare/significance.py), plus examples.jsonl for tasks that
+  write text (the first test examples' source, reference and output; also an MLflow table,
+  pipeline/train/examples.py); the checkpoints are removed after
   success.
 """
 
@@ -21,9 +23,9 @@ import json
 import logging
 import shutil
 
-from pipeline.core import paths
+from pipeline.core import distributed, paths
 from pipeline.core.config import PRETRAINED_FAMILIES, Params
-from pipeline.core.io import METRICS_FILE, PLOTS_DIR, atomic_dir, write_json
+from pipeline.core.io import METRICS_FILE, PLOTS_DIR, TEST_ITEMS_FILE, atomic_dir, write_json
 from pipeline.data.task_data import load_prepared
 from pipeline.tracking import runs
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
@@ -78,7 +80,9 @@ def train(model: str, task: str, params: Params) -> dict:
     """Train `model` on `task` (fine-tune when it starts from pretrained weights); returns the run summary."""
     import mlflow
 
-    runs.require_clean_tree(f"train and register {model}-{task}")
+    main = distributed.is_main()  # under torchrun only rank 0 logs, saves and registers
+    if main:
+        runs.require_clean_tree(f"train and register {model}-{task}")
     trainer = build(model, task, params)
     s = trainer.settings
     log.info(
@@ -87,7 +91,10 @@ def train(model: str, task: str, params: Params) -> dict:
     inputs = [paths.prepared_dir(task), *trainer.inputs]
     fingerprint = {**s.as_dict(), "family": trainer.fingerprint(), "inputs": files_digest(inputs)}
     folder = s.checkpoint_dir
-    resume = prepare_checkpoints(folder, fingerprint, params)
+    resume = prepare_checkpoints(folder, fingerprint, params) if main else None
+    distributed.barrier()  # rank 0 has decided whether to resume (and cleaned up)
+    if not main:
+        return _follow(trainer, folder)
     tags = runs.base_tags(params, family=s.family, source=s.source, inputs=inputs, extra=s.tags())
     with runs.stage_run(params, runs.task_experiment(task), s.name, folder, tags) as run:
         runs.log_params_once(
@@ -116,6 +123,17 @@ def train(model: str, task: str, params: Params) -> dict:
     shutil.rmtree(folder, ignore_errors=True)  # finished: the next run of this stage starts fresh
     log.info("%s done -> %s", s.name, out)
     return summary
+
+
+def _follow(trainer: ModelFamily, folder) -> dict:
+    """A torchrun worker of rank > 0: train alongside rank 0 (DDP), take part in test scoring when it is
+    collective (Trainer.predict), nothing else."""
+    from pipeline.tracking.checkpoints import complete_checkpoints
+
+    trainer.fit((complete_checkpoints(folder) or [None])[-1])
+    if trainer.collective_scoring:
+        trainer.score_test()
+    return {}
 
 
 def _torch_threads() -> int:
@@ -150,7 +168,10 @@ def write_outputs(
     attention: list[AttentionMap],
     examples: list[dict] | None = None,
 ):
-    """data/models/<model>-<task>/{metrics.json, plots/, examples.jsonl} built in a temp folder, then swapped in."""
+    """data/models/<model>-<task>/{metrics.json, test_items.jsonl, plots/, examples.jsonl} built in a temp folder, then
+    swapped in."""
+    if scores.items is None:
+        raise ValueError(f"{s.name}: the {s.family} family's score_test gave no per-example items (TestScores.items)")
     with atomic_dir(s.output_dir) as tmp:
         plots = tmp / PLOTS_DIR
         write_learning_curve(plots, outcome.curve)
@@ -167,4 +188,12 @@ def write_outputs(
         if examples:
             write_examples(tmp / EXAMPLES_FILE, examples)
         write_json(tmp / METRICS_FILE, summary)
+        write_items(tmp / TEST_ITEMS_FILE, scores.items)
     return s.output_dir
+
+
+def write_items(path, items: list[dict]) -> None:
+    """JSON lines, one test example each ({"gold": ..., "prediction": ...}), in test-split order."""
+    with open(path, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")

@@ -314,7 +314,8 @@ def cross_attention_maps(
 
 class EncDecPyfunc(mlflow.pyfunc.PythonModel):
     """Serves the registered encdec: texts (a DataFrame `text` column, a list or a string; NER: space-separated
-    words) -> label names / entities / German text."""
+    words) -> the task kind's response shape (pipeline.models.pyfunc):
+    {"label", "score": None} / entities / German text."""
 
     def load_context(self, context) -> None:
         from transformers import BartForConditionalGeneration

@@ -87,6 +87,11 @@ class ModelFamily(ABC):
     def infer_one(self, example) -> None:
         """One served request at batch 1 (tokenize, forward or generate, decode)."""
 
+    @property
+    def collective_scoring(self) -> bool:
+        """Whether score_test is a collective step under torchrun (every process must call it: Trainer.predict)."""
+        return False
+
     def attention_maps(self, n: int) -> list[AttentionMap]:
         return []
 

@@ -1,10 +1,13 @@
 """Fine-tuning a pretrained transformer (families gpt and bert: gpt, bert, minilm) on one task with the HF Trainer.
 
+A scratch twin (source scratch, twin_of: a pretrained model, e.g. gpt_scratch) is trained the same way from the
+same architecture and tokenizer, randomly initialised (scratch_copy): the control that shows what pretraining adds.
+
 - Dynamic padding, validation every epoch, best epoch kept (the task's main metric), early stopping,
   checkpoints in checkpoints/finetune-<model>-<task>/ (resumed by the driver, pipeline/train/driver.py).
-- The test split is scored once, by the selected checkpoint. Classification is served through MLflow's
-  transformers flavour; NER and the source -> target text kinds (translation, summarization) through pyfunc
-  wrappers (pipeline/models/pyfunc.py).
+- The test split is scored once, by the selected checkpoint. Every task is served through a pyfunc wrapper
+  (pipeline/models/pyfunc.py), with the task kind's one response shape (translation, summarization: a list of
+  output texts).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.core import distributed
 from pipeline.core.config import Params
 from pipeline.core.metrics import classification_metrics, ner_metrics, text_metrics
 from pipeline.data.task_data import TEXT_PAIRS, word_predictions
@@ -28,9 +32,6 @@ from pipeline.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
-# A served request's texts go through the model this many at a time (the transformers pipeline's default is one).
-SERVING_BATCH_SIZE = 32
-
 
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -41,6 +42,20 @@ def weights_path(model: str, params: Params) -> Path:
     from pipeline.models.loading import checked_model_path
 
     return Path(checked_model_path(model, params))
+
+
+def scratch_copy(model, seed: int):
+    """The same architecture as `model` (its config: sizes, task head, special token ids), randomly initialised
+    with `seed`: the scratch twin's starting point. Parameter count equal, weights not."""
+    import copy
+
+    from transformers import set_seed
+
+    set_seed(seed)
+    fresh = type(model)(copy.deepcopy(model.config)).to(dtype=model.dtype, device=model.device)
+    if getattr(model, "generation_config", None) is not None:
+        fresh.generation_config = copy.deepcopy(model.generation_config)
+    return fresh
 
 
 def _device_settings() -> dict:
@@ -56,8 +71,11 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         output_dir=str(s.checkpoint_dir),
         num_train_epochs=run.epochs,
         max_steps=run.max_steps or -1,
-        per_device_train_batch_size=s.batch_size,
-        per_device_eval_batch_size=common.eval_batch_size,
+        # batch sizes are global: under torchrun each of N processes takes 1/N (pipeline/core/distributed.py)
+        per_device_train_batch_size=distributed.per_process_batch(s.batch_size, f"{s.name} batch_size"),
+        per_device_eval_batch_size=distributed.per_process_batch(
+            common.eval_batch_size, "train.common.eval_batch_size"
+        ),
         learning_rate=run.learning_rate,
         weight_decay=common.weight_decay,
         warmup_steps=common.warmup_ratio,  # a float < 1 is a fraction of all steps
@@ -117,7 +135,8 @@ class PretrainedTransformer(ModelFamily):
         super().__init__(settings, data, params)
         self.family = settings.family
         set_seed(settings.seed)
-        self.weights = weights_path(settings.model, params)
+        # a scratch twin reads its twin's folder for the architecture (config.json) and the tokenizer only
+        self.weights = weights_path(settings.twin_of or settings.model, params)
         self.setup = build_setup(
             settings.family,
             self.weights,
@@ -126,6 +145,10 @@ class PretrainedTransformer(ModelFamily):
             settings.training.max_length,
             settings.generation.max_new_tokens,
         )
+        if settings.source == "scratch":
+            self.setup.model = scratch_copy(self.setup.model, settings.seed)
+            if self.setup.generator is not None:
+                self.setup.generator.model = self.setup.model
         self.trainer = None
 
     @property
@@ -139,13 +162,18 @@ class PretrainedTransformer(ModelFamily):
 
     def describe(self) -> dict[str, object]:
         setup = self.setup
+        scratch = self.settings.source == "scratch"
         return {
-            "weights": str(self.weights),
+            "weights": f"{self.weights} (config and tokenizer only: random init)" if scratch else str(self.weights),
             "architecture": type(setup.model).__name__,
             "max_length_used": setup.max_length,
             "tokenization": f"{type(setup.tokenizer).__name__} (vocab {len(setup.tokenizer)})",
             "device": str(setup.model.device),
         }
+
+    @property
+    def collective_scoring(self) -> bool:
+        return self.setup.kind in ("classification", "ner")  # scored by Trainer.predict; generation is not
 
     def fit(self, resume_from: Path | None) -> TrainOutcome:
         speed = TrainingSpeed()
@@ -177,14 +205,16 @@ class PretrainedTransformer(ModelFamily):
             actual = [int(x) for x in test["label"]]
             predicted = predictions.tolist()
             metrics = classification_metrics(actual, predicted, len(setup.labels))
-            return TestScores(metrics, (actual, predicted, list(setup.labels)))
+            items = [{"gold": a, "prediction": p} for a, p in zip(actual, predicted)]
+            return TestScores(metrics, (actual, predicted, list(setup.labels)), items)
         # ner: truth = every word's tag (words cut off by max_length count as predicted 'O')
         pred_tags = [
             [setup.labels[p] for p in word_predictions(pred, [int(x) for x in labels])]
             for pred, labels in zip(predictions, output.label_ids)
         ]
         true_tags = [[setup.labels[t] for t in tags] for tags in test["ner_tags"]]
-        return TestScores(ner_metrics(true_tags, pred_tags))
+        items = [{"gold": t, "prediction": p} for t, p in zip(true_tags, pred_tags)]
+        return TestScores(ner_metrics(true_tags, pred_tags), items=items)
 
     def _score_generated(self, test) -> TestScores:
         """Beam search (train.generation) gives the test metrics; greedy ones are kept as <metric>_greedy."""
@@ -229,32 +259,24 @@ class PretrainedTransformer(ModelFamily):
         setup.model(**enc).logits.argmax(-1)
 
     def register(self, export_dir: Path) -> str:
+        """Log the selected model as a pyfunc wrapper (pipeline.models.pyfunc: the task kind's one response shape,
+        the same as the scratch families') and register it as <task>-<model>."""
+        from pipeline.models.pyfunc import MODEL_ARTIFACT, ClassificationModel, ConditionalGenerationModel, NerModel
         from pipeline.tracking import registry
 
         setup, s = self.setup, self.settings
         test = setup.data["test"]
-        if setup.kind == "classification":
-            from transformers import pipeline as hf_pipeline
-
-            setup.tokenizer.model_max_length = setup.max_length  # served inputs are truncated like training ones
-            pipe = hf_pipeline("text-classification", model=setup.model, tokenizer=setup.tokenizer)
-            return registry.register_transformers(
-                pipe,
-                s.task,
-                s.model,
-                input_example=list(test["text"][:2]),
-                model_config={"truncation": True, "batch_size": SERVING_BATCH_SIZE},
-            )
-        from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel, TextGenerationModel
-
         shutil.rmtree(export_dir, ignore_errors=True)
-        if setup.kind == "ner":
-            setup.model.save_pretrained(str(export_dir))
-            setup.tokenizer.save_pretrained(str(export_dir))
-            wrapper, example = NerModel(max_length=setup.max_length), [" ".join(t) for t in test["tokens"][:2]]
-        else:
+        if setup.generator is not None:
             setup.generator.save(export_dir)
             gen = s.generation
-            wrapper = TextGenerationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
+            wrapper = ConditionalGenerationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
             example = list(test[TEXT_PAIRS[setup.kind].source][:2])
+        else:
+            setup.model.save_pretrained(str(export_dir))
+            setup.tokenizer.save_pretrained(str(export_dir))
+            if setup.kind == "ner":
+                wrapper, example = NerModel(max_length=setup.max_length), [" ".join(t) for t in test["tokens"][:2]]
+            else:  # served inputs are truncated like training ones
+                wrapper, example = ClassificationModel(max_length=setup.max_length), list(test["text"][:2])
         return registry.register_pyfunc(wrapper, {MODEL_ARTIFACT: export_dir}, s.task, s.model, input_example=example)

@@ -163,7 +163,7 @@ def _ner(family, weights, task, data, max_length) -> TaskSetup:
 def _gpt_generation(weights, data, kind, max_length, max_new_tokens) -> TaskSetup:
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models.text_generation import GptGenerator
+    from pipeline.models.conditional_generation import GptGenerator
 
     tokenizer = load_tokenizer(weights)
     model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, trust_remote_code=False)
@@ -187,7 +187,7 @@ def _gpt_generation(weights, data, kind, max_length, max_new_tokens) -> TaskSetu
 
 
 def _encoder_decoder_generation(weights, data, kind, max_length) -> TaskSetup:
-    from pipeline.models.text_generation import EncoderDecoderGenerator, build_encoder_decoder
+    from pipeline.models.conditional_generation import EncoderDecoderGenerator, build_encoder_decoder
 
     if not (GPT_DECODER / "config.json").exists():
         raise FileNotFoundError(

@@ -27,7 +27,7 @@ class MlflowEpochLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         import mlflow
 
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # under torchrun only rank 0 has the MLflow run
             return
         values = {}
         if "loss" in logs:

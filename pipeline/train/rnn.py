@@ -138,7 +138,12 @@ class RNNText2Text(Text2TextModel):
             for w, t in zip(self.words["train"], train_targets)
         ]
         self.model_config = RNNConfig(
-            len(self.src_vocab), len(self.tgt_vocab), self.cfg.emb_dim, self.cfg.hid_dim, self.cfg.dropout
+            len(self.src_vocab),
+            len(self.tgt_vocab),
+            self.cfg.emb_dim,
+            self.cfg.hid_dim,
+            self.cfg.dropout,
+            attention=self.cfg.attention,
         )
         set_seed(params.common.seed)
         self.model = Seq2Seq(self.model_config).to(self.device)
@@ -146,6 +151,8 @@ class RNNText2Text(Text2TextModel):
     # -------------------------------------------------------- description
     def describe(self) -> dict[str, object]:
         return {
+            "architecture": "GRU encoder-decoder"
+            + (" + Bahdanau attention" if self.cfg.attention else " (fixed context, no attention)"),
             "tokenization": "word-level vocab from train",
             "src_vocab_size": len(self.src_vocab),
             "tgt_vocab_size": len(self.tgt_vocab),
@@ -339,6 +346,8 @@ class RNNText2Text(Text2TextModel):
         )
 
     def attention_maps(self, n: int) -> list[AttentionMap]:
+        if not self.cfg.attention:
+            return []  # a fixed context vector: there are no attention weights to draw
         maps = []
         for words in self.words["validation"][:n]:
             words = words[: self.run.max_length] or ["<unk>"]
@@ -380,7 +389,8 @@ class RNNText2Text(Text2TextModel):
 
 class RNNPyfunc(mlflow.pyfunc.PythonModel):
     """Serves the registered rnn: texts (a DataFrame `text` column, a list or a string; NER: space-separated
-    words) -> label names / entities / German text."""
+    words) -> the task kind's response shape (pipeline.models.pyfunc):
+    {"label", "score": None} / entities / German text."""
 
     def load_context(self, context) -> None:
         meta, self.fmt = read_serving_meta(context.artifacts["vocab"])

@@ -3,7 +3,8 @@
 Everything that reads a run's settings (the driver, the checkpoint fingerprint, MLflow params and tags, the
 family trainers) reads this frozen object, so the override rules live in one place:
 train.tasks.<task> with train.overrides.<model>-<task> applied, and the batch size from the override or
-train.common.
+train.common. A control (models.<name>.twin_of, e.g. gpt_scratch or rnn_noattn) trains with its twin's override
+unless it has its own, so that it differs from its twin only in what it controls for.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pipeline.core.config import (
     Params,
     TaskTraining,
     TrainCommon,
+    twin_config,
 )
 
 
@@ -47,7 +49,10 @@ class RunSettings:
                 f"train.tasks.{task}: no such task in params.yaml (have {sorted(params.train.tasks)})"
             )
         training = params.train.tasks[task].model_dump()
+        twin = getattr(params.models[model], "twin_of", None)
         override = params.train.overrides.get(f"{model}-{task}")
+        if override is None and twin:
+            override = params.train.overrides.get(f"{twin}-{task}")
         changes = {k: v for k, v in (override.model_dump() if override else {}).items() if v is not None}
         batch_size = changes.pop("batch_size", params.train.common.batch_size)
         task_training = TaskTraining(**{**training, **changes})
@@ -58,7 +63,7 @@ class RunSettings:
             model=model,
             task=task,
             kind=TASK_SPECS[task].kind,
-            model_cfg=params.models[model],
+            model_cfg=twin_config(model, params.models),
             training=task_training,
             batch_size=batch_size,
             common=params.train.common,
@@ -74,6 +79,18 @@ class RunSettings:
     @property
     def source(self) -> str:
         return self.model_cfg.source
+
+    @property
+    def twin_of(self) -> str | None:
+        """The model this control mirrors (models.<name>.twin_of), None for a model that is no control."""
+        return getattr(self.model_cfg, "twin_of", None)
+
+    @property
+    def attention(self) -> str | None:
+        """rnn only: "bahdanau" (additive attention over the encoder states) or "none" (fixed context vector)."""
+        if self.family != "rnn":
+            return None
+        return "bahdanau" if self.model_cfg.attention else "none"
 
     @property
     def stage(self) -> str:
@@ -122,4 +139,9 @@ class RunSettings:
         return flat
 
     def tags(self) -> dict[str, str]:
-        return {"task": self.task, "model": self.model, "family": self.family, "stage": self.stage, "init": self.init}
+        tags = {"task": self.task, "model": self.model, "family": self.family, "stage": self.stage, "init": self.init}
+        if self.attention is not None:
+            tags["attention"] = self.attention
+        if self.twin_of is not None:
+            tags["twin_of"] = self.twin_of
+        return tags

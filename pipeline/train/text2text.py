@@ -27,6 +27,7 @@ from pipeline.core.io import write_json
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, text_metrics
 from pipeline.data.task_data import TEXT_PAIRS
 from pipeline.models.ner_tagger import text_entities
+from pipeline.models.pyfunc import label_answer
 from pipeline.train.family import ModelFamily, TestScores
 from pipeline.train.settings import RunSettings
 
@@ -156,10 +157,10 @@ class TaskFormat:
         return metrics
 
     def natural(self, prediction: Any, text: str) -> Any:
-        """The served form: a label name, the entities found in `text` (NER: its whitespace-separated words), or
-        the output text (German, a summary)."""
+        """The served form (pipeline.models.pyfunc): {"label", "score": None}, the entities found in `text` (NER:
+        its whitespace-separated words), or the output text (German, a summary)."""
         if self.kind == "classification":
-            return self.label_names[prediction] if prediction >= 0 else self.label_names[0]
+            return label_answer(self.label_names[prediction] if prediction >= 0 else self.label_names[0])
         if self.kind == "ner":
             return text_entities(text, prediction)  # the same entities as the fine-tuned NER models serve
         return prediction
@@ -221,14 +222,14 @@ class Text2TextModel(ModelFamily):
         test_split = self.data["test"]
         metrics, predictions = score_outputs(self.fmt, test_split, self.predict_test())
         golds = [self.fmt.gold(ex) for ex in test_split]
-        items = [{"gold": g, "prediction": p} for g, p in zip(golds, predictions)]
+        items = [{"gold": g, "prediction": p} for g, p in zip(golds, predictions)]  # classification: -1 = no label
         if self.fmt.kind != "classification":
             return TestScores(metrics, items=items)
         invalid = len(self.fmt.label_names)  # an output that is no label gets its own row/column
         return TestScores(
             metrics,
             (golds, [p if p >= 0 else invalid for p in predictions], [*self.fmt.label_names, INVALID_LABEL]),
-            items=items,
+            items,
         )
 
     def latency_examples(self, n: int) -> list[str]:

@@ -269,3 +269,62 @@ def test_a_smoke_workspace_is_used_only_when_no_real_run_exists(tmp_path, monkey
     assert workspace.candidate_workspaces(None) == [common.REPO_ROOT, smoke_ws]
     common.write_result("whole_pipeline", {**_result("whole_pipeline"), "workspace": str(real_ws)})
     assert workspace.candidate_workspaces(tmp_path / "x") == [tmp_path / "x", real_ws, common.REPO_ROOT]
+
+
+# ---------------------------------------------------------------- serving
+@pytest.fixture
+def answering_server():
+    """A real HTTP server on 127.0.0.1 answering /invocations like a served classifier; the text "bad" gets a
+    wrong-shaped answer."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["inputs"]
+            answers = ["joy" if t == "bad" else {"label": "joy", "score": 0.9} for t in texts]
+            body = json.dumps({"predictions": answers}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def test_serving_load_counts_every_request_and_checks_each_answer(answering_server):
+    from bench import serving
+
+    send = serving.checked_sender(answering_server, ["joy", "sadness"])
+    bodies = [{"inputs": ["fine", "also fine"]}, {"inputs": ["bad"]}, {"inputs": ["fine"]}]
+    load = serving.concurrent_load(send, bodies, clients=4)
+    assert (load["requests"], load["ok"], len(load["errors"])) == (12, 8, 4)
+    assert all("not a classification answer: 'joy'" in e for e in load["errors"])
+    assert load["requests_per_s"] > 0 and load["latency"]["n"] == 8
+    with pytest.raises(ValueError, match="label"):
+        serving.checked_sender(answering_server, ["anger"])({"inputs": ["fine"]})  # not in the label set
+    with pytest.raises(ValueError, match="at least one client"):
+        serving.concurrent_load(send, bodies, clients=0)
+
+    ms, errors = serving.timed_requests(send, bodies[:1])
+    out = {
+        "model_uri": "models:/emotion@champion",
+        "source": "a test",
+        "version_tags": {"model": "rnn"},
+        "batch_1": {"ms": ms, "errors": errors, **common.summarize(ms)},
+        "batch_32": {"ms": [], "errors": ["ValueError: boom"]},
+        "concurrent": load,
+    }
+    rows = serving.rows_of(out)
+    assert [r["status"] for r in rows] == [common.REPORT] * 3 + [common.MISSED]
+    assert rows[1]["measured"] == "no successful request" and rows[3]["measured"] == "5 of 14"
+    assert "serving" in run_all.BENCHMARKS

@@ -29,7 +29,7 @@ from tests.fixtures.dvc_repo import RAN, copy_repo, git, pipeline_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3000)]
 
-MODELS = ("rnn", "encdec", "gpt", "bert", "minilm")
+MODELS = ("rnn", "encdec", "gpt", "bert", "minilm", "rnn_noattn", "gpt_scratch", "bert_scratch", "minilm_scratch")
 
 
 def make_run(repo: Path, env: dict, timeout: float = 2400) -> str:
@@ -79,7 +79,7 @@ def _stages(repo: Path) -> set[str]:
 def test_make_run_reproduces_every_stage_and_fills_the_leaderboard(pipeline_run):
     repo, output = pipeline_run["repo"], pipeline_run["output"]
     ran = set(RAN.findall(output))
-    assert ran == _stages(repo) and len(ran) == 40, sorted(ran)  # 39 + params (writes params.effective.yaml)
+    assert ran == _stages(repo), sorted(ran)  # every stage of dvc.yaml, params (writes params.effective.yaml) too
     assert "Pipeline done in" in output and "Leaderboard :" in output
     assert yaml.safe_load((repo / "params.effective.yaml").read_text())["profile"] == "smoke"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
@@ -94,6 +94,13 @@ def test_make_run_reproduces_every_stage_and_fills_the_leaderboard(pipeline_run)
         assert board["champion"][task]["model"] in MODELS
     md = (repo / "reports" / "comparison.md").read_text()
     assert "not run" not in md.split("## Plots")[0]
+    for task in TASKS:  # every run wrote its test items: intervals, and the gains over the controls
+        for model in MODELS:
+            main = next(k for k in board[task][model] if k.endswith("_ci_low"))
+            assert board[task][model][main] <= board[task][model][main.removesuffix("_ci_low") + "_ci_high"]
+        for model, field in (("gpt", "transfer_gain"), ("bert", "transfer_gain"), ("rnn", "attention_gain")):
+            assert f"{field}_p_value" in board[task][model], (task, model)
+    assert "## Gains over the controls" in md
 
 
 def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run):
@@ -109,14 +116,20 @@ def test_every_registered_model_loads_and_each_task_has_a_champion(pipeline_run)
             champion = board["champion"][task]
             version = client.get_model_version_by_alias(f"{task}-{champion['model']}", "champion")
             assert str(version.version) == str(champion["version"])
+            served = client.get_model_version_by_alias(task, "champion")  # `<task>@champion`: the leader's copy
+            assert (served.tags["champion.source_model"], served.tags["champion.source_version"]) == (
+                f"{task}-{champion['model']}",
+                str(champion["version"]),
+            )
+            assert served.source == version.source
             for model in MODELS:
                 loaded = mlflow.pyfunc.load_model(f"models:/{task}-{model}/1")
                 text = {"ner": "John Smith lives in Berlin", "translation": "A man is riding a bike."}.get(
                     kind, "i feel wonderful today"
                 )
                 predicted = loaded.predict([text])
-                if kind == "classification":  # transformers flavour: a DataFrame; text-to-text models: labels
-                    label = predicted["label"][0] if hasattr(predicted, "columns") else list(predicted)[0]
+                if kind == "classification":  # every family: [{"label", "score"}]
+                    label = predicted[0]["label"]
                     names = load_from_disk(str(repo / "data" / "prepared" / task))["train"].features["label"].names
                     assert label in names, f"{task}-{model} answered {predicted!r}"
                 elif kind == "ner":
@@ -159,7 +172,7 @@ def test_mlflow_ui_over_the_run_shows_the_models_side_by_side_and_the_registry(p
             for model in MODELS:
                 assert f"{model}-{task}" in text, f"run {model}-{task} is not on the experiment page"
             page.goto(f"{url}/{parent.data.tags[f'compare.ui.{task}']}")
-            page.wait_for_selector("text=Comparing 5 Runs")
+            page.wait_for_selector(f"text=Comparing {len(MODELS)} Runs")
             text = page.inner_text("body")
             assert "test_accuracy" in text and all(f"{m}-{task}" in text for m in MODELS)
             page.screenshot(path=str(tmp_path / "compare.png"))

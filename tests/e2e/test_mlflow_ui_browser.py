@@ -1,8 +1,9 @@
 """The MLflow UI, as `make ui` serves it, shows every model of a task side by side (headless Chromium).
 
 Builds a store with real runs of all 5 models on emotion plus the compare stage's parent run, starts
-`python -m flows.ui` (an `mlflow server` on 127.0.0.1) over it, and checks three views in the browser:
-the task's experiment (runs table with metric columns), the run comparison the compare stage links to,
+`python -m flows.ui` (an `mlflow server` on 127.0.0.1) over it, and checks four views in the browser:
+the task's experiment as it opens by default (its runs, as a model-training experiment: tag mlflow.experimentKind,
+not MLflow 3's GenAI overview), the runs table with metric columns, the run comparison the compare stage links to,
 and the compare stage's parent run. Screenshots: reports/mlflow_ui_{experiment,compare,comparison_run}.png.
 """
 
@@ -15,8 +16,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from flows.ui import UI_MODEL_TRAINING_QUERY
 from pipeline.compare.stage import compare
-from pipeline.tracking.runs import COMPARE_EXPERIMENT, task_experiment
+from pipeline.tracking.runs import COMPARE_EXPERIMENT, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, task_experiment
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
 
 pytestmark = pytest.mark.integration
@@ -82,6 +84,19 @@ def test_mlflow_ui_shows_all_models_of_a_task(mlflow_ui, repo_root):
     shots.mkdir(exist_ok=True)
 
     with chromium_page({"width": 1800, "height": 1100}, UI_TIMEOUT_MS) as page:
+        # 0. the task's experiment opens on its runs (model training), not on the GenAI overview. The experiment
+        # carries the experiment-kind tag; MLflow 3.17's UI decides by its sidebar switch (workflowType, kept in
+        # the browser, GenAI by default), so `make ui` prints the link that selects model training.
+        experiment = MlflowClient().get_experiment(experiment_id)
+        assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+        page.goto(f"{url}/#/experiments/{experiment_id}?{UI_MODEL_TRAINING_QUERY}")
+        page.wait_for_selector("text=minilm-emotion")
+        _close_assistant(page)
+        assert "/runs" in page.evaluate("location.hash"), page.evaluate("location.href")
+        text = page.inner_text("body")
+        assert "5 matching runs" in text and all(f"{m}-{TASK}" in text for m in ACCURACY)
+        assert "Overview" not in text.split("task-emotion")[1].split("Experiments")[0], "GenAI side menu shown"
+
         # 1. the task's experiment: one row per model, sorted by test accuracy, with the metric columns
         page.goto(f"{url}/#/experiments/{experiment_id}/runs?orderByKey=metrics.%60test_accuracy%60&orderByAsc=false")
         page.wait_for_selector("text=minilm-emotion")

@@ -116,9 +116,28 @@ def test_the_params_stage_reruns_when_params_or_a_profile_change():
 def test_every_other_stage_reads_its_params_from_the_effective_file():
     for name, stage in stages().items():
         for entry in stage.get("params", []):
+            if name == "ingest" and entry == {"data-sources.yaml": ["${key}"]}:
+                continue  # not params: the recorded sources of the dataset (next test)
             assert isinstance(entry, dict) and list(entry) == ["params.effective.yaml"], (
                 f"{name}: params {entry!r} must name keys of params.effective.yaml (params.yaml + the profile)"
             )
+
+
+def test_ingest_depends_on_the_recorded_mirror_sources_not_on_the_mirror_folder():
+    """A clone without the mirror (hub only, data pulled from a DVC remote) must not see ingest out of date."""
+    from pipeline.data.sources import SOURCES_FILE
+
+    stage = stages()["ingest"]
+    assert {SOURCES_FILE: ["${key}"]} in stage["params"]
+    assert not [d for d in stage["deps"] if "mirror" in d]
+    effective = [e for e in stage["params"] if "params.effective.yaml" in e][0]["params.effective.yaml"]
+    assert "ingest.mirror_dir" not in effective, "where the mirror lies must not matter, only what it holds"
+    from pipeline.core.config import DATASETS
+    from pipeline.data.sources import read_sources
+
+    assert set(read_sources(REPO_ROOT)) == set(DATASETS), (
+        f"{SOURCES_FILE} (committed) must have an entry per dataset: run `python -m flows.sources` and commit it"
+    )
 
 
 def test_the_import_walk_follows_imports_inside_functions_and_reports_gaps():

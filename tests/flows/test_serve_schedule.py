@@ -7,7 +7,6 @@ work-pool variant registers the deployment with the cron and parameters of the r
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import json
@@ -23,6 +22,7 @@ import yaml
 
 from tests.fixtures.orchestration import (
     artifacts_with_key,
+    create_process_pool,
     deployment_runs,
     dvc_status,
     flow_run_logs,
@@ -109,29 +109,13 @@ def test_scheduled_retrain_completes_then_finds_nothing_changed(prefect_api, pre
     assert dvc_status(tiny_repo, prefect_env) == {}
 
 
-def _create_process_pool(pool: str) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.workers.process import ProcessWorker
-
-    async def go():
-        async with get_client() as client:
-            await client.create_work_pool(
-                WorkPoolCreate(
-                    name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
-                )
-            )
-
-    asyncio.run(go())
-
-
 def test_work_pool_deployment_takes_cron_and_parameters_from_params(prefect_api, prefect_env, tiny_repo):
     params_file = tiny_repo / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["orchestration"].update(retrain_cron="30 4 * * 1", lock_timeout_seconds=900)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     pool, name = f"pool-{uuid.uuid4().hex[:6]}", f"pooled-{uuid.uuid4().hex[:6]}"
-    _create_process_pool(pool)
+    create_process_pool(pool)
 
     result = subprocess.run(
         [sys.executable, "-m", "flows.serve", "--work-pool", pool, "--repo-dir", str(tiny_repo), "--name", name],

@@ -12,9 +12,14 @@ from mlflow.exceptions import MlflowException
 from pipeline.compare.champion import (
     BLOCKED_TAG,
     CHAMPION_ALIAS,
+    EVENTS_DIR,
+    HISTORY_EXPERIMENT,
     LEADER_TAG,
+    PROMOTED_TAG,
+    SOURCE_MODEL_TAG,
+    SOURCE_VERSION_TAG,
+    TASK_TAG,
     ChampionError,
-    history_path,
     read_history,
     rollback,
     update_champions,
@@ -67,7 +72,15 @@ def test_alias_moves_only_on_improvement_and_every_move_is_recorded(compare_repo
     assert all(
         e["registered_model"] == "emotion-bert" and e["alias"] == CHAMPION_ALIAS and e["time"] for e in promotions
     )
-    assert history_path(params) == compare_repo.root / "mlflow" / "champion_history.jsonl"
+    # the history is in MLflow: one run per task in experiment `champions`, one JSON artifact per event
+    client = MlflowClient()
+    [ledger] = client.search_runs([client.get_experiment_by_name(HISTORY_EXPERIMENT).experiment_id])
+    assert ledger.data.tags[TASK_TAG] == "emotion" and ledger.info.run_name == "champions-emotion"
+    files = [f.path for f in client.list_artifacts(ledger.info.run_id, EVENTS_DIR)]
+    assert len(files) == len(read_history(params)) and all(f.endswith(".json") for f in files)
+    assert [m.value for m in client.get_metric_history(ledger.info.run_id, "champion/emotion-bert")] == [0.60, 0.65]
+    assert PROMOTED_TAG in client.get_model_version("emotion-bert", "3").tags
+    assert not (compare_repo.root / "mlflow" / "champion_history.jsonl").exists()
 
     champion = mlflow.pyfunc.load_model(f"models:/emotion-bert@{CHAMPION_ALIAS}")  # a real, loadable model
     assert champion.metadata.run_id == MlflowClient().get_model_version("emotion-bert", "3").run_id
@@ -105,7 +118,9 @@ def test_rollback_restores_previous_version_blocks_it_and_is_recorded(compare_re
     assert (event["old_metric"], event["new_metric"]) == (0.70, 0.50)
     history = read_history(params)
     promotions = [e for e in history if e["event"] == "promote"]
-    assert [e["event"] for e in history][-1] == "rollback" and history[-1]["undoes"] == promotions[-1]["id"]
+    # the rollback, then `conll2003@champion` following the task leader's (rolled back) champion
+    assert [e["event"] for e in history][-2:] == ["rollback", "task_champion"]
+    assert history[-2]["undoes"] == promotions[-1]["id"]
     assert BLOCKED_TAG in MlflowClient().get_model_version("conll2003-bert", "2").tags
 
     update_champions(params, tasks=("conll2003",))
@@ -134,12 +149,54 @@ def test_task_leader_follows_the_best_champion_and_task_rollback(compare_repo):
     compare_repo.add_run("emotion", "rnn", _acc(0.90))
     update_champions(params, tasks=("emotion",))
     assert _leader("emotion", ["rnn", "minilm"]) == ["emotion-rnn"]
-    assert read_history(params)[-1]["event"] == "leader"
+    assert [e["event"] for e in read_history(params)][-2:] == ["leader", "task_champion"]
 
     rollback("emotion", params)  # the task's last promotion was emotion-rnn v1 -> v2
     assert _alias("emotion-rnn") == "1" and _alias("emotion-minilm") == "1"
     assert _leader("emotion", ["rnn", "minilm"]) == ["emotion-minilm"]
-    assert [e["event"] for e in read_history(params)][-2:] == ["rollback", "leader"]
+    assert [e["event"] for e in read_history(params)][-3:] == ["rollback", "leader", "task_champion"]
+
+
+def _task_source(task: str) -> tuple[str, str, str]:
+    version = MlflowClient().get_model_version_by_alias(task, CHAMPION_ALIAS)
+    return str(version.version), version.tags[SOURCE_MODEL_TAG], version.tags[SOURCE_VERSION_TAG]
+
+
+def test_the_task_model_serves_the_leaders_champion_and_follows_rollback(compare_repo):
+    params = compare_repo.params
+    compare_repo.add_run("emotion", "rnn", _acc(0.40))
+    compare_repo.add_run("emotion", "minilm", _acc(0.70))
+    state = update_champions(params, tasks=("emotion",))
+    assert _task_source("emotion") == ("1", "emotion-minilm", "1")
+    assert state["emotion"]["task_champion"] == {
+        "version": "1",
+        "source_model": "emotion-minilm",
+        "source_version": "1",
+    }
+    client = MlflowClient()
+    copy, source = client.get_model_version("emotion", "1"), client.get_model_version("emotion-minilm", "1")
+    assert (copy.source, copy.run_id) == (source.source, source.run_id)
+    assert copy.tags["model_family"] == params.models["minilm"].family and copy.tags["model"] == "minilm"
+    served = mlflow.pyfunc.load_model(f"models:/emotion@{CHAMPION_ALIAS}")  # loads without naming the family
+    assert served.metadata.run_id == source.run_id
+
+    update_champions(params, tasks=("emotion",))  # nothing changed: no new version, no event
+    assert len(client.search_model_versions("name='emotion'")) == 1
+    assert [e["event"] for e in read_history(params)].count("task_champion") == 1
+
+    compare_repo.add_run("emotion", "rnn", _acc(0.90))
+    update_champions(params, tasks=("emotion",))
+    assert _task_source("emotion") == ("2", "emotion-rnn", "2")
+    moved = read_history(params, task="emotion")[-1]
+    assert (moved["event"], moved["old_version"], moved["new_version"]) == ("task_champion", "1", "2")
+    assert (moved["old_source"], moved["new_source"]) == ("emotion-minilm/1", "emotion-rnn/2")
+    assert (moved["old_metric"], moved["new_metric"]) == (0.70, 0.90)
+
+    rollback("emotion", params)  # emotion-rnn back to v1: minilm leads again, its version 1 is reused
+    assert _task_source("emotion") == ("1", "emotion-minilm", "1")
+    assert len(client.search_model_versions("name='emotion'")) == 2
+    assert read_history(params, task="emotion")[-1]["reason"] == "rollback of emotion"
+    assert read_history(params, task="sst2") == []
 
 
 def test_a_champion_from_another_test_split_is_replaced(compare_repo):
@@ -150,6 +207,44 @@ def test_a_champion_from_another_test_split_is_replaced(compare_repo):
     state = update_champions(params, tasks=("sst2",))
     assert _alias("sst2-gpt") == "2"
     assert "another test split" in state["sst2"]["models"]["sst2-gpt"]["reason"]
+
+
+def test_history_of_several_history_runs_is_merged_in_time_order(compare_repo):
+    """Two machines creating a task's history run at once make two runs; readers merge both."""
+    params = compare_repo.params
+    compare_repo.add_run("sst2", "gpt", _acc(0.70))
+    update_champions(params, tasks=("sst2",))
+    client = MlflowClient()
+    exp_id = client.get_experiment_by_name(HISTORY_EXPERIMENT).experiment_id
+    twin = client.create_run(exp_id, run_name="champions-sst2", tags={TASK_TAG: "sst2"})
+    late = {"id": "zzz", "time": "2999-01-01T00:00:00+00:00", "event": "leader", "task": "sst2"}
+    client.log_text(twin.info.run_id, json.dumps(late), f"{EVENTS_DIR}/29990101T000000000000Z-zzz.json")
+    events = read_history(params, task="sst2")
+    assert events[-1]["id"] == "zzz" and events[0]["event"] == "promote"
+    client.log_text(twin.info.run_id, "{not json", f"{EVENTS_DIR}/29990102T000000000000Z-bad.json")
+    with pytest.raises(ChampionError, match="29990102T000000000000Z-bad.json: not valid JSON"):
+        read_history(params)
+
+
+def test_the_old_local_history_file_is_imported_once_and_can_be_rolled_back(compare_repo):
+    params = compare_repo.params
+    compare_repo.add_run("sst2", "bert", _acc(0.60))
+    compare_repo.add_run("sst2", "bert", _acc(0.70))
+    client = MlflowClient()
+    client.set_registered_model_alias("sst2-bert", CHAMPION_ALIAS, "2")  # what the old code did, with its file:
+    legacy = compare_repo.root / "mlflow" / "champion_history.jsonl"
+    old = {"event": "promote", "task": "sst2", "registered_model": "sst2-bert", "alias": CHAMPION_ALIAS}
+    legacy.write_text(
+        json.dumps({**old, "id": "a1", "time": "2026-01-01T10:00:00+00:00", "old_version": None, "new_version": "1"})
+        + "\n"
+        + json.dumps({**old, "id": "b2", "time": "2026-01-01T10:00:00+00:00", "old_version": "1", "new_version": "2"})
+        + "\n"
+    )
+    update_champions(params, tasks=("sst2",))
+    assert not legacy.exists() and legacy.with_name("champion_history.jsonl.imported").exists()
+    assert [e["id"] for e in read_history(params, task="sst2")][:2] == ["a1", "b2"]  # same-second order kept
+    assert rollback("sst2-bert", params)["undoes"] == "b2"
+    assert _alias("sst2-bert") == "1"
 
 
 def test_rollback_target_must_be_a_task_or_registered_model(compare_repo):

@@ -54,3 +54,26 @@ def test_the_report_is_built_from_the_runs_numbers(run_root):
 def test_without_pretraining_outputs_the_report_says_what_to_run(tmp_path):
     _, text = write_gpt_vs_bert([], tmp_path)
     assert "run the pretrain stages" in text
+
+
+def test_intervals_and_transfer_gains_come_from_the_leaderboard_rows(tmp_path):
+    gain = {"control": "bert_scratch", "gain": 0.04, "low": 0.01, "high": 0.07, "p_value": 0.01, "significant": True}
+    rows = [
+        Row("emotion", "gpt", OK, test={"accuracy": 0.6}, main_ci=[0.55, 0.65]),
+        Row("emotion", "bert", OK, test={"accuracy": 0.7}, main_ci=[0.66, 0.74], transfer_gain=gain),
+    ]
+    _, text = write_gpt_vs_bert(rows, tmp_path)
+    assert "| 0.6 [0.55, 0.65] | 0.7 [0.66, 0.74] |" in text
+    assert "bert by 0.1 | bert | yes |" in text
+
+
+def test_generation_samples_and_perplexity_are_shown(tmp_path):
+    folder = tmp_path / "data" / "generate"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"heldout": {"perplexity": 123.4}, "vocab_size": 800}))
+    (folder / "samples.jsonl").write_text(
+        json.dumps({"prompt": "The history of", "completion": "the city | began"}) + "\n"
+    )
+    _, text = write_gpt_vs_bert([], tmp_path)
+    assert "Held-out perplexity: 123.4 (vocabulary 800" in text
+    assert "| The history of | the city \\| began |" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -168,3 +169,51 @@ def test_teacher_forcing_ratio_controls_the_decoder_inputs():
         torch.testing.assert_close(model(src, lengths, tgt_other, 0.0)[0], free)
         assert not torch.allclose(model(src, lengths, tgt_other, 1.0)[0], forced)
     torch.testing.assert_close(forced[:, 0], free[:, 0])  # the first step sees <sos> either way
+
+
+# ---------------------------------------------------------------- the attention switch (control rnn_noattn)
+def _noattn_model(seed: int) -> Seq2Seq:
+    torch.manual_seed(seed)
+    config = RNNConfig(SRC_VOCAB, TGT_VOCAB, emb_dim=16, hid_dim=24, dropout=0.1, attention=False)
+    return Seq2Seq(config).eval()
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_without_attention_the_decoder_reads_only_the_encoders_final_states(attention):
+    """Replacing every per-position encoder output leaves a no-attention decoder's step unchanged (it reads the
+    fixed context: the GRUs' final states); with attention the same change moves the output."""
+    model = make_model(0) if attention else _noattn_model(0)
+    src, lengths = random_batch(3)
+    with torch.no_grad():
+        enc = model.encode(src, lengths)
+        token = torch.full((src.size(0),), SOS_IDX, dtype=torch.long)  # [batch]
+        logits, hidden, attn = model.decoder(token, enc.hidden, enc)  # [batch, vocab], [batch, hid], [batch, src_len]
+        other = dataclasses.replace(enc, outputs=torch.randn_like(enc.outputs))  # [batch, src_len, 2*hid]
+        if attention:
+            other = dataclasses.replace(other, keys=model.decoder.attention.keys(other.outputs))
+        logits2, hidden2, _ = model.decoder(token, enc.hidden, other)
+    if attention:
+        assert not torch.allclose(logits, logits2)
+        assert torch.allclose(attn.sum(1), torch.ones(src.size(0)))
+    else:
+        assert torch.equal(logits, logits2) and torch.equal(hidden, hidden2)
+        assert torch.equal(attn, torch.zeros_like(attn))  # no weights to draw
+        # but the source does matter, through the final states
+        changed = dataclasses.replace(enc, final=torch.randn_like(enc.final))  # [batch, 2*hid]
+        assert not torch.allclose(model.decoder(token, enc.hidden, changed)[0], logits)
+
+
+def test_the_no_attention_model_has_no_attention_weights_and_still_decodes():
+    with_attn, without = make_model(0), _noattn_model(0)
+    n_attention = sum(p.numel() for p in with_attn.decoder.attention.parameters())
+    assert sum(p.numel() for p in without.parameters()) == sum(p.numel() for p in with_attn.parameters()) - n_attention
+    src, lengths = random_batch(5)
+    greedy = greedy_decode(without, src, lengths, max_len=6)
+    beams = beam_search(without, src, lengths, beam_size=3, max_len=6)
+    assert len(greedy) == len(beams) == src.size(0)
+    for g, b in zip(greedy, beams):
+        assert b.score(1.0) >= g.score(1.0) - 1e-5  # beam search never scores below greedy
+        assert g.attention.shape == (g.length, src.size(1)) and not g.attention.any()
+    # an old registered model's meta (no `attention` key) loads as the attention model
+    legacy = {k: v for k, v in with_attn.config.to_dict().items() if k != "attention"}
+    assert RNNConfig(**legacy).attention is True

@@ -6,12 +6,13 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from pipeline.core.config import parse_params
 from pipeline.data.readers import NER_TAGS, SST2_LABELS
-from pipeline.models.pyfunc import MODEL_ARTIFACT, NerModel
+from pipeline.models.pyfunc import MODEL_ARTIFACT, ClassificationModel, NerModel
 from pipeline.tracking import registry
 from pipeline.tracking import runs as tracking
 
@@ -135,22 +136,24 @@ def test_a_model_logged_before_a_crash_is_registered_not_logged_again(store, tin
 
 
 @pytest.mark.integration
-def test_transformers_registration_serves_label_names_and_is_idempotent(store, tiny_models, tmp_path):
-    from transformers import pipeline
-
+def test_classification_registers_as_pyfunc_and_serves_label_and_score(store, tiny_models, tmp_path):
     _, params = store
     exp_id = tracking.ensure_experiment("task-sst2", params)
-    tok = tiny_models["tokenizer"]
-    tok.model_max_length = 64
-    pipe = pipeline("text-classification", model=tiny_models["cls"], tokenizer=tok)
+    folder = tmp_path / "cls"
+    tiny_models["cls"].save_pretrained(folder)
+    tiny_models["tokenizer"].save_pretrained(folder)
     long_text = "a fine film " * 100  # longer than the model's 64 positions: served inputs are truncated
     with mlflow.start_run(experiment_id=exp_id):
-        first = registry.register_transformers(
-            pipe, "sst2", "tiny", input_example=["a fine film", long_text], model_config={"truncation": True}
+        first = registry.register_pyfunc(
+            ClassificationModel(max_length=512), {MODEL_ARTIFACT: folder}, "sst2", "tiny", ["a fine film", long_text]
         )
-        again = registry.register_transformers(pipe, "sst2", "tiny", input_example=["a fine film"])
+        again = registry.register_pyfunc(
+            ClassificationModel(), {MODEL_ARTIFACT: folder}, "sst2", "tiny", input_example=["a fine film"]
+        )
     assert first == again == "1"
     served = registry.load_registered("sst2-tiny", 1)
     predicted = served.predict(["a fine film", "a dull one", long_text])
-    assert list(predicted["label"]) and set(predicted["label"]) <= set(SST2_LABELS)
+    assert [set(p) for p in predicted] == [{"label", "score"}] * 3
+    assert {p["label"] for p in predicted} <= set(SST2_LABELS) and all(0.5 <= p["score"] <= 1 for p in predicted)
+    assert served.predict(pd.DataFrame({"text": ["a dull one"]})) == predicted[1:2]
     assert served.metadata.signature is not None

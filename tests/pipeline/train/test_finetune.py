@@ -13,8 +13,10 @@ from collections import Counter
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 
+from pipeline.compare.significance import metric_from_items, read_items
 from pipeline.core.config import TASK_SPECS, TASKS, parse_params
 from pipeline.core.metrics import MAIN_METRIC, text_metrics
 from pipeline.data.task_data import TEXT_PAIRS
@@ -105,6 +107,9 @@ def test_finetune_learns_tracks_and_registers(
     assert [int(r["epoch"]) for r in curve] == list(range(0, epochs + 1))
     assert all(r["train_loss"] and r[f"val_{main}"] for r in curve[1:])
     assert_learned(model, task, summary, rows, curve)
+    items = read_items(out / "test_items.jsonl")  # one per test example: the compare stage's bootstrap input
+    assert len(items) == len(rows)
+    assert metric_from_items(KIND[task], items) == pytest.approx(summary["test"][main])
     if KIND[task] == "classification":
         confusion = read_csv(out / "plots" / "confusion.csv")
         names = rows.features["label"].names
@@ -140,10 +145,10 @@ def test_finetune_learns_tracks_and_registers(
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     served = mlflow.pyfunc.load_model(f"models:/{name}/{summary['registered_version']}")
     if KIND[task] == "classification":
-        predicted = served.predict(list(rows["text"]))
+        predicted = served.predict(list(rows["text"]))  # one {"label", "score"} per text, as every family's
         names = rows.features["label"].names
-        assert set(predicted["label"]) <= set(names)
-        served_accuracy = sum(p == names[y] for p, y in zip(predicted["label"], rows["label"])) / len(rows)
+        assert {p["label"] for p in predicted} <= set(names) and all(0 < p["score"] <= 1 for p in predicted)
+        served_accuracy = sum(p["label"] == names[y] for p, y in zip(predicted, rows["label"])) / len(rows)
         assert served_accuracy == pytest.approx(summary["test"]["accuracy"])  # the same model as scored
     elif KIND[task] == "ner":
         texts = [" ".join(tokens) for tokens in rows["tokens"]]
@@ -202,3 +207,67 @@ def test_an_unknown_model_or_task_is_refused_with_a_pointer(default_params_dict)
         finetune("nope", "emotion", params)
     with pytest.raises(RunSettingsError, match=r"train.tasks.imdb: no such task"):
         finetune("gpt", "imdb", params)
+
+
+# ---------------------------------------------------------------- scratch twins (controls)
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("twin", "task"), [("gpt_scratch", "emotion"), ("bert_scratch", "multi30k")])
+def test_a_scratch_twin_has_its_twins_architecture_and_tokenizer_with_fresh_weights(
+    twin, task, pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    """Same class, config, parameter count and tokenizer as the pretrained twin; different, seeded weights.
+    bert_scratch on multi30k: the whole encoder-decoder (the GPT decoder too) starts from random weights."""
+    from pipeline.train.driver import build
+
+    root, pretrained = pretrained_repo, default_params_dict["models"][twin]["twin_of"]
+    data = memorization_split(twin, task, memorization_rows_by_task[task])
+    params = parse_params(finetune_params(root, default_params_dict, twin, task))
+
+    original, scratch, again = (build(m, task, params, data) for m in (pretrained, twin, twin))
+
+    a, b = original.setup.model, scratch.setup.model
+    assert type(a) is type(b) and a.config.to_dict() == b.config.to_dict()
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    assert original.setup.tokenizer.get_vocab() == scratch.setup.tokenizer.get_vocab()
+    wa, wb = _weights(a), _weights(b)
+    same = [k for k, v in wa.items() if v.ndim >= 2 and torch.equal(v, wb[k])]  # biases/norms may start equal
+    assert not same, f"weight matrices still the pretrained ones: {same}"
+    assert all(torch.equal(v, _weights(again.setup.model)[k]) for k, v in wb.items()), "seeded: the same init"
+    if scratch.setup.translator is not None:
+        assert scratch.setup.translator.model is b
+    assert scratch.settings.stage == "train" and scratch.settings.init == "scratch"
+    assert scratch.describe()["architecture"] == original.describe()["architecture"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_scratch_twin_trains_tracks_and_writes_its_test_items(
+    pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    from pipeline.tracking.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+
+    root, model, task = pretrained_repo, "gpt_scratch", "sst2"
+    rows = memorization_rows_by_task[task]
+    write_prepared(root, task, memorization_split(model, task, rows))
+    params = parse_params(finetune_params(root, default_params_dict, model, task))
+
+    summary = finetune(model, task, params)
+
+    assert (summary["stage"], summary["init"], summary["weight_source"]) == ("train", "scratch", "scratch")
+    out = root / "data" / "models" / f"{model}-{task}"
+    items = read_items(out / "test_items.jsonl")
+    assert [i["gold"] for i in items] == [int(y) for y in rows["label"]]
+    assert metric_from_items("classification", items) == pytest.approx(summary["test"]["accuracy"])
+    assert summary["test"]["accuracy"] >= majority_rate(rows["label"]) + 0.1, "a scratch model memorises too"
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(task_experiment(task))
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    [run] = client.search_runs([experiment.experiment_id])
+    tags = run.data.tags
+    assert (tags["family"], tags["init"], tags["twin_of"], tags["stage"]) == ("gpt", "scratch", "gpt", "train")
+    assert "attention" not in tags
+    assert run.data.params["architecture"] == "GPT2ForSequenceClassification"

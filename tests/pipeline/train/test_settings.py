@@ -38,19 +38,43 @@ def test_settings_are_frozen_and_typed_per_family(default_params_dict):
 
 
 @pytest.mark.parametrize(
-    "model,stage,init",
+    "model,stage,init,extra",
     [
-        ("rnn", "train", "scratch"),
-        ("gpt", "finetune", "pretrained-here"),
-        ("minilm", "finetune", "pretrained-checkpoint"),
+        ("rnn", "train", "scratch", {"attention": "bahdanau"}),
+        ("rnn_noattn", "train", "scratch", {"attention": "none", "twin_of": "rnn"}),
+        ("gpt", "finetune", "pretrained-here", {}),
+        ("gpt_scratch", "train", "scratch", {"twin_of": "gpt"}),
+        ("minilm", "finetune", "pretrained-checkpoint", {}),
+        ("minilm_scratch", "train", "scratch", {"twin_of": "minilm"}),
     ],
 )
-def test_stage_init_and_folders_follow_the_weight_source(default_params_dict, model, stage, init):
+def test_stage_init_and_folders_follow_the_weight_source(default_params_dict, model, stage, init, extra):
     s = RunSettings.resolve(model, "conll2003", parse_params(default_params_dict))
     assert (s.stage, s.init, s.kind) == (stage, init, "ner")
     assert s.checkpoint_dir.as_posix() == f"checkpoints/{stage}-{model}-conll2003"
     assert s.output_dir.as_posix() == f"data/models/{model}-conll2003"
-    assert s.tags() == {"task": "conll2003", "model": model, "family": s.family, "stage": stage, "init": init}
+    tags = {"task": "conll2003", "model": model, "family": s.family, "stage": stage, "init": init}
+    assert s.tags() == tags | extra
+
+
+def test_a_control_trains_like_its_twin_unless_it_has_its_own_override(default_params_dict):
+    raw = copy.deepcopy(default_params_dict)
+    raw["train"]["overrides"]["gpt-sst2"] = {"learning_rate": 0.003, "epochs": 5}
+    raw["train"]["overrides"].pop("gpt_scratch-sst2", None)
+    raw["train"]["overrides"]["rnn_noattn-conll2003"] = {"learning_rate": 0.002}
+    params = parse_params(raw)
+    scratch, twin = RunSettings.resolve("gpt_scratch", "sst2", params), RunSettings.resolve("gpt", "sst2", params)
+    assert scratch.training == twin.training and scratch.training.learning_rate == 0.003
+    assert (scratch.source, twin.source) == ("scratch", "pretrain")
+    noattn = RunSettings.resolve("rnn_noattn", "conll2003", params)
+    rnn = RunSettings.resolve("rnn", "conll2003", params)
+    # its own override replaces the twin's (rnn-conll2003 has epochs: 8): unset fields keep the task's value
+    task = default_params_dict["train"]["tasks"]["conll2003"]
+    assert noattn.training.learning_rate == 0.002 and noattn.training.epochs == task["epochs"] != rnn.training.epochs
+    # the rnn control's sizes are its twin's; only the attention switch differs
+    sizes = ("emb_dim", "hid_dim", "dropout", "teacher_forcing_ratio")
+    assert [getattr(noattn.model_cfg, k) for k in sizes] == [getattr(rnn.model_cfg, k) for k in sizes]
+    assert (rnn.model_cfg.attention, noattn.model_cfg.attention) == (True, False)
 
 
 def test_mlflow_params_are_the_same_core_keys_for_every_family(default_params_dict):

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from pipeline.data.task_data import load_prepared
 from pipeline.models.ner_tagger import text_entities
 from pipeline.train.driver import build, train
 from pipeline.train.text2text import (
@@ -48,7 +49,7 @@ def test_classification_outputs_that_are_no_label_count_as_wrong():
     assert predictions == [1, -1, -1]
     assert metrics["accuracy"] == pytest.approx(1 / 3)
     assert metrics["invalid_rate"] == pytest.approx(2 / 3)
-    assert fmt.natural(-1, []) == "negative"  # served: the fallback label
+    assert fmt.natural(-1, []) == {"label": "negative", "score": None}  # served: the fallback label, no score
 
 
 def test_ner_outputs_are_repaired_to_the_word_count():
@@ -217,7 +218,8 @@ def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
 
     loaded = mlflow.pyfunc.load_model(f"models:/emotion-encdec/{summary['registered_version']}")
     predicted = loaded.predict(pd.DataFrame({"text": ["i feel so happy today", "i am scared of the dark"]}))
-    assert len(predicted) == 2 and set(predicted) <= labels
+    assert len(predicted) == 2 and {p["label"] for p in predicted} <= labels
+    assert all(p == {"label": p["label"], "score": None} for p in predicted)  # the classification shape
 
 
 @pytest.mark.integration
@@ -315,3 +317,29 @@ def test_rnn_summarization_stage_draws_attention_and_serves_summaries(t2t_repo, 
     loaded = mlflow.pyfunc.load_model(f"models:/samsum-rnn/{summary['registered_version']}")
     [served] = loaded.predict([first["source"]])
     assert isinstance(served, str) and served == first["output"]  # served as scored
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_rnn_without_attention_trains_and_writes_test_items_but_no_heatmaps(t2t_repo, t2t_params):
+    """The control rnn_noattn: the rnn's sizes (twin_of: rnn), a fixed context vector, no attention heatmaps."""
+    import mlflow
+
+    from pipeline.compare.significance import metric_from_items, read_items
+
+    params = t2t_params("rnn_noattn", "multi30k", epochs=1, learning_rate=0.005, batch_size=64, max_steps=10)
+    summary = train("rnn_noattn", "multi30k", params)
+
+    out = t2t_repo / "data" / "models" / "rnn_noattn-multi30k"
+    assert not list((out / "plots").glob("attention_*.png"))
+    items = read_items(out / "test_items.jsonl")
+    test = load_prepared("multi30k")["test"]
+    assert [i["gold"] for i in items] == list(test["de"]) and all(isinstance(i["prediction"], str) for i in items)
+    assert metric_from_items("translation", items) == pytest.approx(summary["test"]["bleu"])
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    tags = run.data.tags
+    assert (tags["attention"], tags["twin_of"], tags["family"], tags["stage"]) == ("none", "rnn", "rnn", "train")
+    assert run.data.params["model.hid_dim"] == "64" and run.data.params["model.attention"] == "False"
+    assert "no attention" in run.data.params["architecture"]
+    loaded = mlflow.pyfunc.load_model(f"models:/multi30k-rnn_noattn/{summary['registered_version']}")
+    assert isinstance(loaded.predict(["A man is riding a bike."])[0], str)
