@@ -2,8 +2,8 @@
 
 n is chosen on the validation split (best ROUGE-1 among LEAD_WORDS), then the test split is scored once. The
 baseline stage (`python -m flows.baseline samsum`, dvc.yaml baseline@samsum) writes
-data/models/lead-<task>/metrics.json in the training stages' format (pipeline/train/driver.run_summary), so the
-leaderboard shows it next to the models, and logs an MLflow run in the task's experiment (tag family=baseline).
+data/models/lead-<task>/{metrics.json, test_items.jsonl} in the training stages' format
+(pipeline/train/driver.py), so the leaderboard shows it next to the models (with its bootstrap interval), and logs an MLflow run in the task's experiment (tag family=baseline).
 Nothing is registered: there is no model to serve.
 """
 
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from pipeline.core import paths
 from pipeline.core.config import Params
-from pipeline.core.io import METRICS_FILE, atomic_dir, write_json
+from pipeline.core.io import METRICS_FILE, TEST_ITEMS_FILE, atomic_dir, write_json
 from pipeline.core.metrics import MAIN_METRIC, summarization_metrics
 from pipeline.data.task_data import TEXT_PAIRS, load_prepared, task_kind
 from pipeline.tracking import runs
+from pipeline.train.driver import write_items
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ def run_lead_baseline(task: str, params: Params) -> dict:
         mlflow.log_metrics({"train_time_s": summary["train_time_s"], "latency_ms_per_example": latency_ms})
         with atomic_dir(paths.model_dir(LEAD_MODEL, task)) as tmp:
             write_json(tmp / METRICS_FILE, summary)
+            items = [{"gold": ref, "prediction": out} for ref, out in zip(test[pair.target], outputs)]
+            write_items(tmp / TEST_ITEMS_FILE, items)  # the compare stage's bootstrap interval
         mlflow.log_artifact(str(paths.model_dir(LEAD_MODEL, task) / METRICS_FILE))
     shutil.rmtree(state, ignore_errors=True)  # only held the MLflow run id
     return summary

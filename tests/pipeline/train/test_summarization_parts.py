@@ -134,3 +134,4 @@ def test_lead_baseline_stage_writes_metrics_logs_a_run_registers_nothing_and_sho
     [row] = [r for r in build_leaderboard(params, in_tmp_repo) if r.model == "lead"]
     assert (row.task, row.status, row.family) == ("samsum", OK, "baseline")
     assert row.main_value == pytest.approx(summary["test"]["rouge1"]) and not row.notes
+    assert row.main_ci[0] <= row.main_value <= row.main_ci[1]  # from its test_items.jsonl
