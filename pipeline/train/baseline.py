@@ -3,8 +3,9 @@
 n is chosen on the validation split (best ROUGE-1 among LEAD_WORDS), then the test split is scored once. The
 baseline stage (`python -m flows.baseline samsum`, dvc.yaml baseline@samsum) writes
 data/models/lead-<task>/{metrics.json, test_items.jsonl} in the training stages' format
-(pipeline/train/driver.py), so the leaderboard shows it next to the models (with its bootstrap interval), and logs an MLflow run in the task's experiment (tag family=baseline).
-Nothing is registered: there is no model to serve.
+(pipeline/train/driver.py), so the leaderboard shows it next to the models (with its bootstrap interval), and
+logs an MLflow run in the task's experiment (tag family=baseline). Nothing is registered: there is no model to
+serve.
 """
 
 from __future__ import annotations
