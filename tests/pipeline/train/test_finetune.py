@@ -237,8 +237,8 @@ def test_a_scratch_twin_has_its_twins_architecture_and_tokenizer_with_fresh_weig
     same = [k for k, v in wa.items() if v.ndim >= 2 and torch.equal(v, wb[k])]  # biases/norms may start equal
     assert not same, f"weight matrices still the pretrained ones: {same}"
     assert all(torch.equal(v, _weights(again.setup.model)[k]) for k, v in wb.items()), "seeded: the same init"
-    if scratch.setup.translator is not None:
-        assert scratch.setup.translator.model is b
+    if scratch.setup.generator is not None:
+        assert scratch.setup.generator.model is b
     assert scratch.settings.stage == "train" and scratch.settings.init == "scratch"
     assert scratch.describe()["architecture"] == original.describe()["architecture"]
 
