@@ -11,9 +11,11 @@ to check this machinery in minutes; its numbers are not the default run's, so th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import statistics
 from pathlib import Path
 
 from bench.common import (
@@ -38,6 +40,11 @@ RSS_TARGET_GIB = 8.0
 TIMEOUT_S = 3 * 3600
 SMOKE_ENV = "HT_BENCH_SMOKE"
 SMOKE_PROFILE = "smoke"
+# fixed cost of a training stage = its wall time - its training loop - its test prediction (metrics.json timing)
+FIXED_MEDIAN_TARGET_S = 5.0
+FIXED_MAX_TARGET_S = 15.0
+COMPARE_TARGET_S = 20.0
+TRAINING_STAGE_PREFIXES = ("finetune@", "train@", "scratch@")
 
 
 def smoke_enabled() -> bool:
@@ -54,6 +61,65 @@ def make_run_command(repo: Path) -> list[str]:
     if (repo / "flows" / "run_pipeline.py").exists():
         return [python, "-m", "flows.run_pipeline"]
     return ["dvc", "repro"]
+
+
+def stage_costs(stages: list[dict], repo: Path) -> dict:
+    """Per stage: wall time, and for training stages the driver's phases from data/models/<model>-<task>/
+    metrics.json `timing` (fit_s: the training loop incl. its validation; test_s: the test prediction), so
+    fixed_s = wall - fit - test: process start, imports, Prefect, MLflow run, latency meter, registration, plots."""
+    out = {}
+    for stage in stages:
+        name, wall = stage["name"], stage["wall_s"]
+        entry: dict = {"wall_s": round(wall, 3)}
+        if name.startswith(TRAINING_STAGE_PREFIXES):
+            path = repo / "data" / "models" / name.split("@", 1)[1] / "metrics.json"
+            try:
+                timing = json.loads(path.read_text(encoding="utf-8")).get("timing") or {}
+            except (OSError, ValueError):
+                timing = {}
+            if timing:
+                entry.update(timing)
+                entry["train_s"], entry["predict_s"] = timing.get("fit_s", 0.0), timing.get("test_s", 0.0)
+                entry["fixed_s"] = round(wall - entry["train_s"] - entry["predict_s"], 3)
+                entry["outside_driver_s"] = round(wall - timing.get("total_s", 0.0), 3)
+        out[name] = entry
+    return out
+
+
+def fixed_cost_rows(costs: dict, peak: dict | None, judge) -> list[dict]:
+    """Training stages' fixed cost (median/max vs the targets) and the compare stage's wall time."""
+    peak_note = f"; fp32 matmul peak {peak['peak_flops'] / 1e9:.1f} GFLOP/s ({peak['threads']} threads)" if peak else ""
+    rows = []
+    fixed = {name: c["fixed_s"] for name, c in costs.items() if "fixed_s" in c}
+    if fixed:
+        median, (worst, worst_s) = statistics.median(fixed.values()), max(fixed.items(), key=lambda kv: kv[1])
+        phases = {
+            key: statistics.median(c[key] for c in costs.values() if key in c)
+            for key in ("load_s", "latency_s", "register_s", "plots_s", "outside_driver_s")
+        }
+        rows.append(
+            row(
+                "training stages: fixed cost (wall - training loop - test prediction)",
+                f"median <= {FIXED_MEDIAN_TARGET_S:.0f} s, max <= {FIXED_MAX_TARGET_S:.0f} s",
+                f"median {median:.1f} s, max {worst_s:.1f} s ({worst})",
+                judge(median <= FIXED_MEDIAN_TARGET_S and worst_s <= FIXED_MAX_TARGET_S),
+                f"{len(fixed)} stages; phase medians: "
+                + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in phases.items())
+                + peak_note,
+            )
+        )
+    if "compare" in costs:
+        wall = costs["compare"]["wall_s"]
+        rows.append(
+            row(
+                "compare stage wall time",
+                f"<= {COMPARE_TARGET_S:.0f} s",
+                fmt_s(wall),
+                judge(wall <= COMPARE_TARGET_S),
+                "",
+            )
+        )
+    return rows
 
 
 def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
@@ -91,6 +157,7 @@ def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
             f"heaviest stage {heaviest['name']} {heaviest['peak_rss_gib']:.2f} GiB" if heaviest else "",
         ),
         row("slowest stages", "report", top or "-", REPORT, "all stages in whole_pipeline.json"),
+        *fixed_cost_rows(run.get("stage_costs") or {}, run.get("matmul_peak"), judge),
     ]
 
 
@@ -129,6 +196,10 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
     log.info("whole pipeline: %s in %s (log: %s)", " ".join(cmd), repo, workdir / "run.log")
     tracked = run_tracked(cmd, repo, run_env(smoke), timeout=TIMEOUT_S, log_file=workdir / "run.log")
     result = tracked.to_dict()
+    result["stage_costs"] = stage_costs(result.get("stages") or [], repo)
+    from bench.flops import matmul_peak  # the machine's fp32 peak, next to the stage costs (as cpu_utilisation)
+
+    result["matmul_peak"] = matmul_peak(reps=opts.pick(5, 3))
     return result_body(
         rows_for(result, smoke=smoke),
         run=result,

@@ -77,25 +77,46 @@ def label_names(data: datasets.DatasetDict, task: str) -> list[str]:
 
 
 def tokenize_split(split: datasets.Dataset, encode) -> datasets.Dataset:
-    """split.map(encode) in memory. A fixed fingerprint skips hashing the closure (and the tokenizer in it),
-    which took most of the time on small splits; nothing is cached, so no cache-*.arrow lands in data/."""
-    return split.map(
-        encode,
-        batched=True,
-        batch_size=1000,
-        remove_columns=split.column_names,
-        keep_in_memory=True,
-        load_from_cache_file=False,
-        new_fingerprint=f"{split._fingerprint}-tokenized",
-        desc="tokenize",
+    """encode(the whole split as one batch) as an in-memory Dataset: one Arrow write. `datasets.map`'s per-batch
+    machinery (batch formatting, writer, feature inference, fingerprinting the closure and the tokenizer in it)
+    cost more than the tokenization on short texts (bench data_tokenization); nothing is cached on disk, so no
+    cache-*.arrow lands in data/."""
+    if len(split) == 0:  # no rows to infer the columns' types from: map keeps the empty columns typed
+        return split.map(encode, batched=True, remove_columns=split.column_names, keep_in_memory=True)
+    return datasets.Dataset.from_dict(encode(split[:]))
+
+
+def encodings(tokenizer, texts: list[str], max_length: int) -> list:
+    """The fast tokenizer's Rust encodings of `texts` (special tokens added, truncated to max_length, no padding):
+    what `tokenizer(texts, truncation=True, max_length=max_length)` computes before it copies every field of every
+    encoding into Python lists (BatchEncoding: token type ids, masks, offsets ...), which took more time than the
+    tokenization itself on short texts (bench data_tokenization). Read only the fields needed: `.ids`,
+    `.attention_mask`, `.offsets`. The tokenizer's truncation/padding are set as its own call sets them."""
+    from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+
+    tokenizer.set_truncation_and_padding(
+        padding_strategy=PaddingStrategy.DO_NOT_PAD,
+        truncation_strategy=TruncationStrategy.LONGEST_FIRST,
+        max_length=max_length,
+        stride=0,
+        pad_to_multiple_of=None,
+        padding_side=None,
     )
+    backend = tokenizer.backend_tokenizer
+    if backend.encode_special_tokens != tokenizer.split_special_tokens:
+        backend.encode_special_tokens = tokenizer.split_special_tokens
+    return backend.encode_batch(list(texts), add_special_tokens=True)
 
 
 # ---------------------------------------------------------------- classification
 def encode_classification(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     def encode(batch):
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": batch["label"]}
+        enc = encodings(tokenizer, batch["text"], max_length)
+        return {
+            "input_ids": [e.ids for e in enc],
+            "attention_mask": [e.attention_mask for e in enc],
+            "labels": batch["label"],
+        }
 
     return tokenize_split(split, encode)
 
@@ -117,45 +138,71 @@ def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
 
 def token_words(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int | None]:
     """For each token (character offsets), the index of the word it belongs to (None: special token/space)."""
-    out: list[int | None] = []
-    w = 0
+    return [None if w < 0 else w for w in _word_index(offsets, spans)]
+
+
+def _word_index(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """token_words with -1 for "no word" (one pass per token: the tokenization hot loop)."""
+    out: list[int] = []
+    append, n, w = out.append, len(spans), 0
     for start, end in offsets:
         if end <= start:  # special tokens have empty offsets
-            out.append(None)
+            append(-1)
             continue
-        while w < len(spans) and spans[w][1] <= start:
+        while w < n and spans[w][1] <= start:
             w += 1
         # byte-level tokens may start on the space before the word they belong to
-        out.append(w if w < len(spans) and spans[w][0] < end else None)
+        append(w if w < n and spans[w][0] < end else -1)
     return out
 
 
 def encode_words(tokenizer, texts: list[str], spans: list[list[tuple[int, int]]], max_length: int) -> dict:
     """Tokenize texts; return input_ids, attention_mask and word_index per token (-1: not a word)."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
-    word_index = [
-        [-1 if w is None else w for w in token_words(offsets, s)] for offsets, s in zip(enc["offset_mapping"], spans)
-    ]
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "word_index": word_index}
+    enc = encodings(tokenizer, texts, max_length)
+    word_index = [_word_index(e.offsets, s) for e, s in zip(enc, spans)]
+    return {
+        "input_ids": [e.ids for e in enc],
+        "attention_mask": [e.attention_mask for e in enc],
+        "word_index": word_index,
+    }
 
 
 def first_subtoken_labels(word_index: Sequence[int], word_labels: Sequence[int]) -> list[int]:
-    labels, seen = [], set()
+    """The word's label on its first token, IGNORE_INDEX elsewhere (word indices never decrease along a text)."""
+    labels: list[int] = []
+    append, last = labels.append, -1
     for w in word_index:
-        if w < 0 or w in seen:
-            labels.append(IGNORE_INDEX)
+        if w > last:
+            last = w
+            append(int(word_labels[w]))
         else:
-            seen.add(w)
-            labels.append(int(word_labels[w]))
+            append(IGNORE_INDEX)
+    return labels
+
+
+def first_token_labels(encoding, spans: Sequence[tuple[int, int]], word_labels: Sequence[int]) -> list[int]:
+    """Each word's label on the token that holds its first character (the Rust encoding's `char_to_token`, one
+    call per word instead of every token's offsets), IGNORE_INDEX elsewhere; a word cut off by truncation gets
+    none. The same first tokens as token_words + first_subtoken_labels (byte-level tokens that start on the
+    space before a word hold its first character too)."""
+    labels = [IGNORE_INDEX] * len(encoding)
+    char_to_token = encoding.char_to_token
+    for (start, end), label in zip(spans, word_labels):
+        token = char_to_token(start)
+        if token is None:  # a first character without a token of its own (e.g. dropped by the normalizer)
+            token = next((t for t in map(char_to_token, range(start + 1, end)) if t is not None), None)
+            if token is None:
+                continue
+        labels[token] = int(label)
     return labels
 
 
 def encode_ner(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     def encode(batch):
         joined = [join_words(words) for words in batch["tokens"]]
-        enc = encode_words(tokenizer, [t for t, _ in joined], [s for _, s in joined], max_length)
-        labels = [first_subtoken_labels(wi, tags) for wi, tags in zip(enc["word_index"], batch["ner_tags"])]
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        enc = encodings(tokenizer, [t for t, _ in joined], max_length)
+        labels = [first_token_labels(e, s, tags) for e, (_, s), tags in zip(enc, joined, batch["ner_tags"])]
+        return {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc], "labels": labels}
 
     return tokenize_split(split, encode)
 

@@ -179,7 +179,9 @@ def dvc_hashes(paths: list[str | Path], root: Path | None = None) -> dict[str, s
     lock = (root or Path.cwd()) / "dvc.lock"
     if not lock.exists():
         return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    # libyaml's loader when present: dvc.lock grows with every stage, the pure-Python parser took 0.5-2 s
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    stages = (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {})  # noqa: S506 (a safe loader)
     wanted = {str(Path(p)).rstrip("/") for p in paths}
     found: dict[str, str] = {}
     for stage in stages.values():

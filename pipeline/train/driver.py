@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
+from contextlib import contextmanager
 
 from pipeline.core import distributed, paths
 from pipeline.core.config import PRETRAINED_FAMILIES, Params
@@ -76,14 +78,45 @@ def build(model: str, task: str, params: Params, data=None) -> ModelFamily:
     return family_class(settings.family)(settings, data, params)
 
 
+class PhaseTimer:
+    """Wall time of the driver's phases (seconds), for metrics.json's `timing` (the benchmark reads it)."""
+
+    PHASES = ("load_s", "fit_s", "test_s", "latency_s", "register_s", "plots_s")
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            **{k: round(v, 3) for k, v in self.seconds.items()},
+            "total_s": round(time.perf_counter() - self.start, 3),
+        }
+
+
 def train(model: str, task: str, params: Params) -> dict:
-    """Train `model` on `task` (fine-tune when it starts from pretrained weights); returns the run summary."""
+    """Train `model` on `task` (fine-tune when it starts from pretrained weights); returns the run summary.
+
+    metrics.json also gets `timing`: seconds of each phase (load: settings, data, model and tokenizer; fit: the
+    training loop incl. its per-epoch validation; test: scoring the test split; latency: the batch-1 meter;
+    register: logging + registering the model; plots: plots, metrics.json and their MLflow copies) and the
+    driver's total (the process start, imports and MLflow run set-up are the rest of a stage's wall time)."""
     import mlflow
 
     main = distributed.is_main()  # under torchrun only rank 0 logs, saves and registers
     if main:
         runs.require_clean_tree(f"train and register {model}-{task}")
-    trainer = build(model, task, params)
+    timer = PhaseTimer()
+    with timer.phase("load_s"):
+        trainer = build(model, task, params)
     s = trainer.settings
     log.info(
         "%s %s (%s, %s) on %s", "fine-tuning" if s.stage == "finetune" else "training", model, s.family, s.init, task
@@ -105,20 +138,28 @@ def train(model: str, task: str, params: Params) -> dict:
                 **trainer.describe(),
             }
         )
-        outcome = trainer.fit(resume)
-        scores = trainer.score_test()
+        with timer.phase("fit_s"):
+            outcome = trainer.fit(resume)
+        with timer.phase("test_s"):
+            scores = trainer.score_test()
         log.info("%s test: %s", s.name, json.dumps({k: round(v, 4) for k, v in scores.metrics.items()}))
-        latency = measure_latency_ms(trainer.infer_one, trainer.latency_examples(LATENCY_EXAMPLES))
+        with timer.phase("latency_s"):
+            latency = measure_latency_ms(trainer.infer_one, trainer.latency_examples(LATENCY_EXAMPLES))
         summary = run_summary(s, outcome, scores, latency, run.info.run_id)
         mlflow.log_metrics({f"test_{k}": v for k, v in scores.metrics.items()})
         mlflow.log_metrics(
             {k: float(summary[k]) for k in ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")}
         )
-        summary["registered_version"] = trainer.register(folder / EXPORT_DIR)
-        examples = run_examples(s.kind, trainer.data["test"], scores.items)
-        log_examples(examples)
-        out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES), examples)
-        mlflow.log_artifacts(str(out / PLOTS_DIR), artifact_path="plots")
+        with timer.phase("register_s"):
+            summary["registered_version"] = trainer.register(folder / EXPORT_DIR)
+        with timer.phase("plots_s"):
+            examples = run_examples(s.kind, trainer.data["test"], scores.items)
+            log_examples(examples)
+            summary["timing"] = timer.as_dict()  # plots_s and total_s up to here; final values below
+            out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES), examples)
+            mlflow.log_artifacts(str(out / PLOTS_DIR), artifact_path="plots")
+        summary["timing"] = timer.as_dict()
+        write_json(out / METRICS_FILE, summary)
         mlflow.log_artifact(str(out / METRICS_FILE))
     shutil.rmtree(folder, ignore_errors=True)  # finished: the next run of this stage starts fresh
     log.info("%s done -> %s", s.name, out)

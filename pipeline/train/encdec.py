@@ -5,7 +5,12 @@ Tokenization: the project's byte-level BPE (data/tokenizers/gpt); <|endoftext|> 
 starts decoding, <|pad|> pads. For NER the nine tags are added as tokens <O>, <B-PER>, ... so the target is
 exactly one token per word (as the rnn's tag vocabulary). Each epoch is evaluated by generation (greedy) on the
 validation split; EarlyStoppingCallback + load_best_model_at_end keep the best epoch; checkpoints go to
-checkpoints/train-<model>-<task>/ and are resumed from. The test split is decoded once with beam search.
+checkpoints/train-<model>-<task>/ and are resumed from. The test split is decoded once with beam search, except for
+classification: there the test split, the latency meter and the served model score the label set instead
+(`score_labels`: one decoder forward over every label's token sequence, the label with the highest total
+log-probability wins), the exact best label under the model at a fraction of beam search's cost (p50 ~45 ms at
+batch 1 before). An output is then always a label: `invalid_rate` is 0 by construction for classification (it
+stays meaningful for NER and for the rnn, which still generate).
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ class TextCodec:
             return [self.tok.convert_tokens_to_ids(tag_token(t)) for t in tags] + [self.eos]
         return self.source(self.fmt.target_text(example))
 
+    def label_targets(self) -> list[list[int]]:
+        """Each class name's target ids (as `target` encodes it: BPE tokens + eos), in label-id order."""
+        return [self.source(name) for name in self.fmt.label_names]
+
     def output_words(self, ids) -> list[str]:
         """Generated ids -> the output as words (tags for NER, one text for the others)."""
         ids = [int(i) for i in ids if int(i) >= 0 and int(i) != self.pad]
@@ -110,6 +119,37 @@ def build_bart(tokenizer, cfg, max_positions: int):
     model.generation_config.forced_eos_token_id = None
     model.generation_config.forced_bos_token_id = None
     return model
+
+
+@torch.no_grad()
+def score_labels(model, label_ids: list[list[int]], input_ids, attention_mask, start_id: int) -> torch.Tensor:
+    """The index of the most probable label sequence for each source: sum over each label's tokens (eos
+    included) of log p(token | source, previous tokens), all labels in one decoder forward. Returns [batch]."""
+    device = input_ids.device
+    n_labels, batch = len(label_ids), input_ids.size(0)
+    width = max(len(ids) for ids in label_ids)
+    targets = torch.tensor([ids + [start_id] * (width - len(ids)) for ids in label_ids], device=device)  # [L, T]
+    lengths = torch.tensor([len(ids) for ids in label_ids], device=device)  # [L]
+    keep = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()  # [L, T]
+    decoder_in = torch.cat([torch.full((n_labels, 1), start_id, device=device), targets[:, :-1]], dim=1)  # [L, T]
+    encoded = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)[0]  # [B, S, d]
+    logits = model(
+        encoder_outputs=(encoded.repeat_interleave(n_labels, dim=0),),  # [B*L, S, d]
+        attention_mask=attention_mask.repeat_interleave(n_labels, dim=0),  # [B*L, S]
+        decoder_input_ids=decoder_in.repeat(batch, 1),  # [B*L, T]
+        use_cache=False,
+    ).logits  # [B*L, T, vocab]
+    token_lp = logits.log_softmax(-1).gather(-1, targets.repeat(batch, 1).unsqueeze(-1)).squeeze(-1)  # [B*L, T]
+    totals = (token_lp * keep.repeat(batch, 1)).sum(-1).view(batch, n_labels)  # [B, L]
+    return totals.argmax(-1)  # [B]
+
+
+def pad_sources(sources: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded source ids and their attention mask: [batch, src_len] each."""
+    width = max(len(ids) for ids in sources)
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in sources], device=device)  # [batch, src_len]
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sources], device=device)  # [batch, src_len]
+    return ids, mask
 
 
 def set_generation_length(model, max_new_tokens: int) -> None:
@@ -156,7 +196,9 @@ class EncDecText2Text(Text2TextModel):
             "vocab_size": len(self.tokenizer),
             "architecture": "BartForConditionalGeneration (random init)",
             "decoding.validation": "greedy",
-            "decoding.test": f"beam search (num_beams={self.gen.num_beams}, length_penalty={self.gen.length_penalty})",
+            "decoding.test": "label-set scoring (most probable label sequence)"
+            if self.fmt.kind == "classification"
+            else f"beam search (num_beams={self.gen.num_beams}, length_penalty={self.gen.length_penalty})",
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         }
 
@@ -230,7 +272,22 @@ class EncDecText2Text(Text2TextModel):
         )
 
     # -------------------------------------------------------- test, latency, attention, registry
+    def classify(self, texts: list[str], batch_size: int = 32) -> list[str]:
+        """Classification: the label name `score_labels` picks for each text."""
+        self.model.eval()
+        labels, names = self.codec.label_targets(), self.fmt.label_names
+        out = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = pad_sources(
+                [self.codec.source(t) for t in texts[start : start + batch_size]], self.codec.pad, self.model.device
+            )
+            out += [names[i] for i in score_labels(self.model, labels, ids, mask, self.codec.eos).tolist()]
+        return out
+
     def predict_test(self) -> list[list[str]]:
+        if self.fmt.kind == "classification":
+            texts = [self.fmt.source_text(ex) for ex in self.data["test"]]
+            return [[name] for name in self.classify(texts, self.settings.common.eval_batch_size)]
         out = self.trainer.predict(
             self.encoded["test"], num_beams=self.gen.num_beams, length_penalty=self.gen.length_penalty
         )
@@ -238,7 +295,10 @@ class EncDecText2Text(Text2TextModel):
 
     @torch.no_grad()
     def infer_one(self, text: str) -> None:
-        """Tokenize + beam search, as a served request."""
+        """Tokenize + beam search (classification: label-set scoring), as a served request."""
+        if self.fmt.kind == "classification":
+            self.classify([text])
+            return
         self.model.eval()
         ids = torch.tensor([self.codec.source(text)], device=self.model.device)  # [1, src_len]
         self.model.generate(
@@ -332,6 +392,15 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> list[Any]:
         texts = texts_of(model_input)
         sources = [" ".join(t.split()) if self.fmt.kind == "ner" else t for t in texts]
+        if self.fmt.kind == "classification":  # the most probable label sequence: always a label name
+            labels, results = self.codec.label_targets(), []
+            for start in range(0, len(texts), 32):
+                ids, mask = pad_sources(
+                    [self.codec.source(t) for t in texts[start : start + 32]], self.codec.pad, self.model.device
+                )
+                picked = score_labels(self.model, labels, ids, mask, self.codec.eos)  # [batch]
+                results += [self.fmt.label_names[i] for i in picked.tolist()]
+            return results
         results = []
         for start in range(0, len(texts), 32):
             batch = [self.codec.source(t) for t in sources[start : start + 32]]

@@ -328,3 +328,35 @@ def test_serving_load_counts_every_request_and_checks_each_answer(answering_serv
     assert [r["status"] for r in rows] == [common.REPORT] * 3 + [common.MISSED]
     assert rows[1]["measured"] == "no successful request" and rows[3]["measured"] == "5 of 14"
     assert "serving" in run_all.BENCHMARKS
+
+
+def test_whole_pipeline_reports_the_fixed_cost_of_training_stages_from_their_timing(tmp_path):
+    from bench import whole_pipeline
+
+    timings = {"rnn-emotion": (20.0, 2.0, 25.0), "bert-sst2": (60.0, 5.0, 70.0), "gpt-emotion": (10.0, 1.0, 12.0)}
+    for name, (fit, test, total) in timings.items():
+        folder = tmp_path / "data" / "models" / name
+        folder.mkdir(parents=True)
+        timing = {"load_s": 1.0, "fit_s": fit, "test_s": test, "latency_s": 0.1, "register_s": 2.0, "plots_s": 0.5}
+        (folder / "metrics.json").write_text(json.dumps({"test": {}, "timing": {**timing, "total_s": total}}))
+    stages = [
+        {"name": "validate@emotion", "wall_s": 7.0},
+        {"name": "train@rnn-emotion", "wall_s": 30.0},
+        {"name": "finetune@bert-sst2", "wall_s": 90.0},  # fixed 25 s: over the max
+        {"name": "finetune@gpt-emotion", "wall_s": 15.0},
+        {"name": "finetune@minilm-emotion", "wall_s": 40.0},  # no metrics.json: wall only
+        {"name": "compare", "wall_s": 12.0},
+    ]
+    costs = whole_pipeline.stage_costs(stages, tmp_path)
+    assert costs["validate@emotion"] == {"wall_s": 7.0} and costs["finetune@minilm-emotion"] == {"wall_s": 40.0}
+    assert costs["train@rnn-emotion"]["fixed_s"] == pytest.approx(8.0)
+    assert costs["train@rnn-emotion"]["outside_driver_s"] == pytest.approx(5.0)
+    assert costs["finetune@bert-sst2"]["fixed_s"] == pytest.approx(25.0)
+    rows = whole_pipeline.fixed_cost_rows(costs, {"peak_flops": 150e9, "threads": 2}, common.verdict)
+    fixed, compare = rows
+    assert (
+        fixed["status"] == common.verdict(False)
+        and "median 8.0 s, max 25.0 s (finetune@bert-sst2)" in fixed["measured"]
+    )
+    assert "3 stages" in fixed["note"] and "150.0 GFLOP/s" in fixed["note"] and "register 2.0 s" in fixed["note"]
+    assert compare["status"] == common.verdict(True)

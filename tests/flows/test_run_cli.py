@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 from prefect import flow
 
@@ -37,3 +41,41 @@ def test_a_failed_stage_exits_1_with_its_message(prefect_api, capsys):
         run_cli(failing_flow)
     assert exit_info.value.code == 1
     assert "FAILED: ValueError: data/prepared/emotion: column 'label' missing" in capsys.readouterr().err
+
+
+STAGE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from prefect import flow
+    from flows.common import run_cli
+
+    @flow(name="test-run-cli-stage")
+    def stage(fail: bool) -> None:
+        print("stage output before the exit")
+        if fail:
+            raise ValueError("bad row 3")
+
+    run_cli(stage, sys.argv[1] == "fail")
+    print("never reached: the stage's process ends in run_cli")
+    """
+)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("outcome", ["ok", "fail"])
+def test_a_stage_process_exits_at_once_with_its_status_and_output(outcome, prefect_env, tmp_path):
+    """A flow defined in the program itself (`python -m flows.<x>`) ends its process in run_cli (exit_now: no
+    interpreter teardown), with the exit status and the output a normal exit would give."""
+    from tests.fixtures.orchestration import REPO_ROOT
+
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE_SCRIPT)
+    env = {**prefect_env, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(script), outcome], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == (0 if outcome == "ok" else 1), proc.stderr[-2000:]
+    assert "stage output before the exit" in proc.stdout + proc.stderr
+    assert "never reached" not in proc.stdout
+    if outcome == "fail":
+        assert "FAILED: ValueError: bad row 3" in proc.stderr

@@ -16,6 +16,9 @@ from pipeline.data.task_data import (
     encode_classification,
     encode_ner,
     encode_seq2seq,
+    encode_words,
+    encodings,
+    first_subtoken_labels,
     join_words,
     label_names,
     prompt_ids,
@@ -77,6 +80,31 @@ def test_ner_labels_sit_on_the_first_subtoken_of_every_word(name, tokenizers, co
             piece = tok.decode(enc["input_ids"][start:end]).replace(" ", "")
             expected = word.lower() if name == "minilm" else word  # MiniLM is uncased
             assert piece.replace("##", "") == expected.replace(" ", "") or tok.unk_token in piece
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["bert", "gpt", "minilm"])
+def test_rust_encodings_equal_the_tokenizer_call(name, tokenizers, conll):
+    """The fast path (the backend's encodings, only the fields needed) gives exactly the tokenizer call's ids,
+    masks and offsets, with truncation, and leaves the tokenizer's own call unchanged afterwards."""
+    tok = tokenizers[name]
+    texts = [" ".join(words) for words in conll["tokens"]] + ["", "  two  spaces ", "Ünïcode — dash [SEP] <|pad|>"]
+    for max_length in (8, 512):
+        expected = tok(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        got = encodings(tok, texts, max_length)
+        assert [e.ids for e in got] == expected["input_ids"]
+        assert [e.attention_mask for e in got] == expected["attention_mask"]
+        assert [[tuple(o) for o in e.offsets] for e in got] == [
+            [tuple(o) for o in x] for x in expected["offset_mapping"]
+        ]
+    assert tok(texts[:2])["input_ids"] == [tok(t)["input_ids"] for t in texts[:2]]  # no truncation left behind
+    # NER training labels (char_to_token per word) == the serving path's alignment (every token's offsets)
+    for max_length in (8, 512):
+        joined = [join_words(words) for words in conll["tokens"]]
+        aligned = encode_words(tok, [t for t, _ in joined], [s for _, s in joined], max_length)
+        expected = [first_subtoken_labels(w, tags) for w, tags in zip(aligned["word_index"], conll["ner_tags"])]
+        assert list(encode_ner(conll, tok, max_length)["labels"]) == expected
+    assert max(len(ids) for ids in tok(texts)["input_ids"]) > 8
 
 
 @pytest.mark.integration

@@ -74,6 +74,19 @@ def test_default_pip_requirements_pin_the_installed_versions():
         registry.default_pip_requirements(extra=("no-such-package",))
 
 
+def test_the_environment_check_of_our_pins_is_skipped_only_while_logging():
+    from mlflow.utils import environment
+
+    original = environment.warn_dependency_requirement_mismatches
+    with registry.pinned_requirements_unchecked():
+        assert environment.warn_dependency_requirement_mismatches is not original
+        assert environment.warn_dependency_requirement_mismatches(["torch==0.0.0"]) is None
+    assert environment.warn_dependency_requirement_mismatches is original
+    with pytest.raises(ValueError), registry.pinned_requirements_unchecked():
+        raise ValueError("a failed log_model")
+    assert environment.warn_dependency_requirement_mismatches is original
+
+
 def test_registering_needs_an_active_run(store, tiny_models):
     with pytest.raises(RuntimeError, match="inside tracking.stage_run"):
         registry.register_pyfunc(

@@ -159,6 +159,12 @@ def _check_stage_outputs(repo, model: str, task: str, summary: dict, main_metric
     assert (written["task"], written["model"], written["weight_source"]) == (task, model, "scratch")
     assert main_metric in written["test"] and "invalid_rate" in written["test"]
     assert written["param_count"] > 1000 and written["tokens_per_s"] > 0 and written["latency_ms_per_example"] > 0
+    timing = written["timing"]  # the driver's phases (bench whole_pipeline reads them)
+    assert set(timing) == {"load_s", "fit_s", "test_s", "latency_s", "register_s", "plots_s", "total_s"}
+    assert (
+        0 < timing["fit_s"] < timing["total_s"]
+        and sum(v for k, v in timing.items() if k != "total_s") <= timing["total_s"]
+    )
     header = (out / "plots" / "learning_curve.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["epoch", "train_loss"] and f"val_{main_metric}" in header
     for i in range(3):
@@ -215,6 +221,8 @@ def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
     labels = {"sadness", "joy", "love", "anger", "fear", "surprise"}
     assert rows[0] == "actual,predicted" and len(rows) == 1 + 200
     assert all(r.split(",")[0] in labels and r.split(",")[1] in labels | {INVALID_LABEL} for r in rows[1:])
+    # classification scores the label set: every output is a label by construction
+    assert summary["test"]["invalid_rate"] == 0.0 and data.params["decoding.test"].startswith("label-set scoring")
 
     loaded = mlflow.pyfunc.load_model(f"models:/emotion-encdec/{summary['registered_version']}")
     predicted = loaded.predict(pd.DataFrame({"text": ["i feel so happy today", "i am scared of the dark"]}))
