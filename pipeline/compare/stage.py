@@ -141,11 +141,12 @@ def log_comparison(
 
 def run_description(markdown: str) -> str:
     """The parent run's description: the report's tables (MLflow tags hold at most 8000 characters)."""
-    body = markdown.split("\n## Plots")[0]
-    if len(body) > NOTE_LIMIT:  # keep the title and the best-per-task table only
-        title, best, *_ = body.split("\n## ")
-        body = f"{title}\n## {best}"
     note = "\n\nPlots and the full report: this run's artifacts (comparison.md, plots/)."
+    title, *sections = markdown.split("\n## Plots")[0].split("\n## ")
+    body = title
+    for section in sections:  # in report order, every section that still fits (a long one is skipped whole)
+        if len(body) + len(section) + 4 + len(note) <= NOTE_LIMIT:
+            body += f"\n## {section}"
     return (body + note)[:NOTE_LIMIT]
 
 
