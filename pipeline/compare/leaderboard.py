@@ -11,7 +11,8 @@ status "not run", so nothing silently disappears. From each run's test_items.jso
 a row gets the 95% bootstrap interval of its main metric (`main_ci`), and a model with a control (a model whose
 params entry names it in `twin_of`) gets its gain over that control with a paired bootstrap test: `transfer_gain`
 (pretrained - its scratch twin, e.g. gpt - gpt_scratch) or `attention_gain` (rnn - rnn_noattn).
-pipeline.compare.report renders the rows, pipeline.compare.stage runs the compare stage.
+Baselines (BASELINES: the lead-n-words summary of pipeline/train/baseline.py) get a row when their metrics file
+exists. pipeline.compare.report renders the rows, pipeline.compare.stage runs the compare stage.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ NOT_RUN = "not run"
 NOT_AVAILABLE = "n/a"
 COST_FIELDS = ("param_count", "train_time_s", "tokens_per_s", "latency_ms_per_example")
 REL_TOL = 1e-6
+BASELINES = {"summarization": ("lead",)}  # task kind -> baseline rows (data/models/<baseline>-<task>/metrics.json)
 
 
 class CompareError(RuntimeError):
@@ -231,10 +233,14 @@ def build_leaderboard(params: Params, root: Path | None = None) -> list[Row]:
     configure(params, root)
     client = MlflowClient()
     rows = [read_metrics_file(task, model, root) for task in TASKS for model in params.models]
+    for task in TASKS:
+        baselines = (read_metrics_file(task, b, root) for b in BASELINES.get(TASK_SPECS[task].kind, ()))
+        rows += [row for row in baselines if row.status == OK]
     for row in rows:
         enrich_from_mlflow(row, client)
-        row.family = row.family or params.models[row.model].family
-        row.weight_source = row.weight_source or params.models[row.model].source
+        if row.model in params.models:
+            row.family = row.family or params.models[row.model].family
+            row.weight_source = row.weight_source or params.models[row.model].source
     add_significance(rows, params, root)
     mark_champions(rows, client)
     done = sum(r.status == OK for r in rows)

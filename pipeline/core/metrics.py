@@ -145,3 +145,15 @@ def summarization_metrics(references: Sequence[str], summaries: Sequence[str]) -
             totals[name] += score.fmeasure
     n = max(len(summaries), 1)
     return {name: 100.0 * total / n for name, total in totals.items()}
+
+
+def text_metrics(kind: str, references: Sequence, outputs: Sequence[str]) -> dict[str, float]:
+    """The metrics of generated text: translation BLEU/chrF, summarization ROUGE-1/2/L, generative QA EM/F1
+    (references: each question's list of answers)."""
+    if kind == "translation":
+        return translation_metrics(references, outputs)
+    if kind == "summarization":
+        return summarization_metrics(references, outputs)
+    if kind == "qa":
+        return qa_metrics(references, outputs)
+    raise ValueError(f"task kind {kind!r} is not scored on generated text")

@@ -4,8 +4,9 @@
 - ner: words -> sub-word tokens; each word's label goes on its FIRST sub-token, the other positions get -100.
   Words are aligned through character offsets (text = words joined by spaces), which works the same for
   WordPiece and byte-level BPE tokenizers and for raw text at serving time.
-- translation, decoder-only (GPT): `prompt(en) + " " + de + eos`; the loss is on the German part only.
-- translation, encoder-decoder: en -> encoder input_ids (encoder tokenizer), de + eos -> labels (decoder tokenizer).
+- source -> target text (TEXT_PAIRS: translation en -> de, summarization dialogue -> summary):
+  decoder-only (GPT): `prompt(source) + " " + target + eos`, the loss on the target only;
+  encoder-decoder: source -> encoder input_ids (encoder tokenizer), target + eos -> labels (decoder tokenizer).
 - qa, decoder-only (GPT): `Context: <context>\nQuestion: <question>\nAnswer:` + " " + first answer + eos; the loss
   is on the answer only; a long context is cut, never the question or the cue. (Extractive QA windows for the
   bert family: pipeline/data/qa_features.py.)
@@ -25,8 +26,6 @@ from pipeline.core import paths
 from pipeline.core.config import TASK_SPECS
 
 IGNORE_INDEX = -100  # label value the loss skips (torch CrossEntropyLoss default)
-TRANSLATION_PROMPT = "English: {source}\nGerman:"
-PROMPT_PREFIX, PROMPT_SUFFIX = "English:", "\nGerman:"  # around " " + source
 _WORD = re.compile(r"\S+")
 
 
@@ -216,28 +215,70 @@ def word_predictions(pred_ids: Sequence[int], labels: Sequence[int]) -> list[int
     return [int(p) for p, lab in zip(pred_ids, labels) if lab != IGNORE_INDEX]
 
 
-# ---------------------------------------------------------------- translation
+# ---------------------------------------------------------------- conditional generation (source text -> target text)
+@dataclass(frozen=True)
+class TextPair:
+    """A task kind whose examples are a source text and a target text, and how GPT is prompted with it:
+    `prefix + " " + source + cue + " " + target + eos` (prefix may be empty: then no leading space)."""
+
+    source: str  # column of the source text
+    target: str  # column of the target text
+    prefix: str
+    cue: str  # the target follows it; never cut
+
+
+TEXT_PAIRS: dict[str, TextPair] = {
+    "translation": TextPair("en", "de", "English:", "\nGerman:"),
+    # dialogue turns are separated by "\n" (each "Speaker: text"); the summary follows the cue
+    "summarization": TextPair("dialogue", "summary", "", "\nSummary:"),
+}
+
+
+def text_pair(kind: str) -> TextPair:
+    if kind not in TEXT_PAIRS:
+        raise ValueError(f"task kind {kind!r} is not source -> target text (those are {sorted(TEXT_PAIRS)})")
+    return TEXT_PAIRS[kind]
+
+
+def prompt_text(kind: str, source: str) -> str:
+    """The GPT prompt of one source (what prompt_ids encodes when nothing is cut)."""
+    pair = text_pair(kind)
+    return f"{pair.prefix} {source.strip()}{pair.cue}".lstrip(" ")
+
+
 def translation_prompt(source: str) -> str:
-    return TRANSLATION_PROMPT.format(source=source.strip())
+    return prompt_text("translation", source)
 
 
-def prompt_ids(tokenizer, sources: Sequence[str], max_tokens: int) -> list[list[int]]:
-    """Token ids of translation_prompt(source) for each source; a long source is cut, never the
-    "German:" cue the translation follows (the same ids in training and generation)."""
-    prefix = tokenizer(PROMPT_PREFIX, add_special_tokens=False)["input_ids"]
-    suffix = tokenizer(PROMPT_SUFFIX, add_special_tokens=False)["input_ids"]
+def prompt_ids(tokenizer, sources: Sequence[str], max_tokens: int, kind: str = "translation") -> list[list[int]]:
+    """Token ids of prompt_text(kind, source) for each source; a long source is cut at its end, never the cue
+    the target follows (e.g. "\nGerman:", "\nSummary:"): the same ids in training and generation."""
+    pair = text_pair(kind)
+    prefix = tokenizer(pair.prefix, add_special_tokens=False)["input_ids"] if pair.prefix else []
+    suffix = tokenizer(pair.cue, add_special_tokens=False)["input_ids"]
     room = max(1, max_tokens - len(prefix) - len(suffix))
-    ids = tokenizer([" " + s.strip() for s in sources], add_special_tokens=False)["input_ids"]
+    lead = " " if pair.prefix else ""
+    ids = tokenizer([lead + s.strip() for s in sources], add_special_tokens=False)["input_ids"]
     return [prefix + x[:room] + suffix for x in ids]
 
 
-def encode_causal_translation(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-    """GPT as a conditional LM: prompt + target + eos; labels are -100 on the prompt (and padding)."""
-    eos = tokenizer.eos_token_id
+def target_room(max_length: int, max_new_tokens: int) -> int:
+    """Tokens of a causal training row kept for the target: as many as generation may write, at most half the
+    row (translation: half; summarization: the rest goes to the long dialogue)."""
+    return max(1, min(max_new_tokens, max_length // 2))
+
+
+def encode_causal(
+    split: datasets.Dataset, tokenizer, max_length: int, kind: str, max_new_tokens: int
+) -> datasets.Dataset:
+    """GPT as a conditional LM: prompt + " " + target + eos; labels are -100 on the prompt (and padding).
+    The prompt gets max_length - target_room(...) tokens (its source cut at the end, the cue kept)."""
+    pair, eos = text_pair(kind), tokenizer.eos_token_id
+    prompt_budget = max_length - target_room(max_length, max_new_tokens)
 
     def encode(batch):
-        prompts = prompt_ids(tokenizer, batch["en"], max_length // 2)  # keep room for the target
-        targets = tokenizer([" " + t.strip() for t in batch["de"]], add_special_tokens=False)["input_ids"]
+        prompts = prompt_ids(tokenizer, batch[pair.source], prompt_budget, kind)
+        targets = tokenizer([" " + t.strip() for t in batch[pair.target]], add_special_tokens=False)["input_ids"]
         ids, labels = [], []
         for p, t in zip(prompts, targets):
             t = (t + [eos])[: max_length - len(p)]
@@ -248,16 +289,17 @@ def encode_causal_translation(split: datasets.Dataset, tokenizer, max_length: in
     return tokenize_split(split, encode)
 
 
-def encode_seq2seq_translation(
-    split: datasets.Dataset, src_tokenizer, tgt_tokenizer, max_length: int
+def encode_seq2seq(
+    split: datasets.Dataset, src_tokenizer, tgt_tokenizer, kind: str, source_length: int, target_length: int
 ) -> datasets.Dataset:
-    """Encoder-decoder: en -> input_ids (encoder tokenizer); de + eos -> labels (decoder tokenizer)."""
-    eos = tgt_tokenizer.eos_token_id
+    """Encoder-decoder: source -> input_ids (encoder tokenizer, cut at source_length); target + eos -> labels
+    (decoder tokenizer, at most target_length tokens)."""
+    pair, eos = text_pair(kind), tgt_tokenizer.eos_token_id
 
     def encode(batch):
-        src = src_tokenizer(batch["en"], truncation=True, max_length=max_length)
-        tgt = tgt_tokenizer([t.strip() for t in batch["de"]], add_special_tokens=False)["input_ids"]
-        labels = [(t[: max_length - 1] + [eos]) for t in tgt]
+        src = src_tokenizer(batch[pair.source], truncation=True, max_length=source_length)
+        tgt = tgt_tokenizer([t.strip() for t in batch[pair.target]], add_special_tokens=False)["input_ids"]
+        labels = [(t[: target_length - 1] + [eos]) for t in tgt]
         return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "labels": labels}
 
     return tokenize_split(split, encode)

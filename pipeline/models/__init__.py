@@ -1,1 +1,2 @@
-"""Model code shared by training and serving: the GRU seq2seq, translators, NER tagger, loading, pyfunc."""
+"""Model code shared by training and serving: the GRU seq2seq, text generators (translation, summarization),
+NER tagger, loading, pyfunc."""

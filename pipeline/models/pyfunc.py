@@ -1,13 +1,16 @@
 """MLflow pyfunc wrappers: every family of a task serves the same request and response shape.
 
 Request (every task): a list of texts, one string, or a DataFrame whose `text` column holds them (translation
-also `en`; else the first column). NER texts are whitespace-separated words, as in CoNLL.
+also `en`, summarization also `dialogue`; else the first column). NER texts are whitespace-separated words, as in
+CoNLL.
 Response, per task kind (one item per input text, in order):
 - classification: {"label": str, "score": float | None} (the score is the predicted label's probability; None
   for models without one, the text-to-text families);
 - ner: a list of entities {"entity", "word", "start", "end", "word_start", "word_end"} (pipeline.models.
   ner_tagger.text_entities; character and word ends exclusive);
-- translation: the German text (str);
+- translation, summarization: the output text (str: the German text, the dialogue's summary), by
+  `ConditionalGenerationModel` for gpt/bert/minilm (pipeline.models.conditional_generation) and the scratch
+  families' own;
 - qa (request: a DataFrame with `question` and `context` columns, a list of such dicts or one dict):
   {"answer": str, "score": float | None} (the score: extractive models' softmax over their n-best spans; None
   for generated answers).
@@ -25,7 +28,7 @@ import mlflow.pyfunc
 
 MODEL_ARTIFACT = "model"
 BATCH_SIZE = 32  # a request's texts go through the model this many at a time
-TEXT_COLUMNS = ("text", "en")  # DataFrame columns read as the input texts, in this order
+TEXT_COLUMNS = ("text", "en", "dialogue")  # DataFrame columns read as the input texts, in this order
 
 
 def texts_of(model_input) -> list[str]:
@@ -141,22 +144,22 @@ class NerModel(mlflow.pyfunc.PythonModel):
         return self.tagger.entities(texts_of(model_input))
 
 
-class TranslationModel(mlflow.pyfunc.PythonModel):
+class ConditionalGenerationModel(mlflow.pyfunc.PythonModel):
     def __init__(self, num_beams: int = 4, max_new_tokens: int = 64, length_penalty: float = 1.0):
         self.generation = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "length_penalty": length_penalty}
-        self.translator = None
+        self.generator = None
 
     def __getstate__(self):
-        return {"generation": self.generation, "translator": None}
+        return {"generation": self.generation, "generator": None}
 
     def load_context(self, context):
-        from pipeline.models.translation import load_translator
+        from pipeline.models.conditional_generation import load_generator
 
-        self.translator = load_translator(context.artifacts[MODEL_ARTIFACT])
+        self.generator = load_generator(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         options = {**self.generation, **{k: v for k, v in (params or {}).items() if k in self.generation}}
-        return self.translator.translate(texts_of(model_input), batch_size=BATCH_SIZE, **options)
+        return self.generator.generate(texts_of(model_input), batch_size=BATCH_SIZE, **options)
 
 
 class QAModel(mlflow.pyfunc.PythonModel):

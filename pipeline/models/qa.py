@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from pipeline.data.qa_features import best_answers, encode_windows
 from pipeline.data.task_data import PaddingCollator, qa_prompt_budget, qa_prompt_ids
+from pipeline.models.conditional_generation import GptGenerator
 from pipeline.models.loading import load_tokenizer
-from pipeline.models.translation import GptTranslator
 
 QA_SETTINGS = "qa.json"
 
@@ -79,21 +79,22 @@ class ExtractiveReader:
         return self.spans(starts, ends, windows, contexts)
 
 
-class GptAnswerer(GptTranslator):
-    """GPT continuing a QA prompt; `translate(pairs)` / `answer(questions, contexts)` give the answer texts."""
+class GptAnswerer(GptGenerator):
+    """GPT continuing a QA prompt; `generate(pairs)` / `answer(questions, contexts)` give the answer texts."""
 
     def __init__(self, model, tokenizer, max_length: int):
-        super().__init__(model, tokenizer)
+        super().__init__(model, tokenizer, "qa")
         self.max_length = max_length
 
     @classmethod
     def load(cls, folder: str | Path) -> GptAnswerer:
         settings = json.loads((Path(folder) / QA_SETTINGS).read_text(encoding="utf-8"))
-        loaded = GptTranslator.load(folder)
+        loaded = GptGenerator.load(folder)
         return cls(loaded.model, loaded.tokenizer, settings["max_length"])
 
     def save(self, folder: str | Path) -> None:
-        super().save(folder)
+        self.model.save_pretrained(str(folder))  # weights and tokenizer as GptGenerator; the QA settings below
+        self.tokenizer.save_pretrained(str(folder))
         settings = {"kind": "generative", "max_length": self.max_length}
         (Path(folder) / QA_SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
@@ -103,13 +104,13 @@ class GptAnswerer(GptTranslator):
     def max_prompt_length(self, max_new_tokens: int) -> int:
         return qa_prompt_budget(self.max_length)  # the prompts the model was trained on
 
-    def translate(self, sources: Sequence, *, max_new_tokens: int = 64, **options) -> list[str]:
+    def generate(self, sources: Sequence, *, max_new_tokens: int = 64, **options) -> list[str]:
         """Answers of (question, context) pairs; generation stops at the model's last position."""
         room = self.model.config.n_positions - qa_prompt_budget(self.max_length)
-        return super().translate(sources, max_new_tokens=max(1, min(max_new_tokens, room)), **options)
+        return super().generate(sources, max_new_tokens=max(1, min(max_new_tokens, room)), **options)
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str], **options) -> list[tuple[str, None]]:
-        texts = self.translate(list(zip(questions, contexts)), **options)
+        texts = self.generate(list(zip(questions, contexts)), **options)
         return [(t, None) for t in texts]
 
 

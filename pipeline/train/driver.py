@@ -11,7 +11,9 @@ The same steps for every family (pipeline/train/family.py says what a family pro
   <task>-<model>;
 - outputs written atomically: data/models/<model>-<task>/{metrics.json, test_items.jsonl, plots/} (learning curve,
   confusion matrix, attention heatmaps); test_items.jsonl holds one {"gold", "prediction"} per test example (the
-  compare stage's bootstrap resamples them, pipeline/compare/significance.py); the checkpoints are removed after
+  compare stage's bootstrap resamples them, pipeline/compare/significance.py), plus examples.jsonl for tasks that
+  write text (the first test examples' source, reference and output; also an MLflow table,
+  pipeline/train/examples.py); the checkpoints are removed after
   success.
 """
 
@@ -30,6 +32,7 @@ from pipeline.data.task_data import load_prepared
 from pipeline.tracking import runs
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 from pipeline.train.attention_plots import save_heatmap
+from pipeline.train.examples import EXAMPLES_FILE, log_examples, run_examples, write_examples
 from pipeline.train.family import (
     ATTENTION_EXAMPLES,
     LATENCY_EXAMPLES,
@@ -150,8 +153,10 @@ def train(model: str, task: str, params: Params) -> dict:
         with timer.phase("register_s"):
             summary["registered_version"] = trainer.register(folder / EXPORT_DIR)
         with timer.phase("plots_s"):
+            examples = run_examples(s.kind, trainer.data["test"], scores.items)
+            log_examples(examples)
             summary["timing"] = timer.as_dict()  # plots_s and total_s up to here; final values below
-            out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES))
+            out = write_outputs(s, summary, outcome, scores, trainer.attention_maps(ATTENTION_EXAMPLES), examples)
             mlflow.log_artifacts(str(out / PLOTS_DIR), artifact_path="plots")
         summary["timing"] = timer.as_dict()
         write_json(out / METRICS_FILE, summary)
@@ -197,9 +202,15 @@ def run_summary(s: RunSettings, outcome: TrainOutcome, scores: TestScores, laten
 
 
 def write_outputs(
-    s: RunSettings, summary: dict, outcome: TrainOutcome, scores: TestScores, attention: list[AttentionMap]
+    s: RunSettings,
+    summary: dict,
+    outcome: TrainOutcome,
+    scores: TestScores,
+    attention: list[AttentionMap],
+    examples: list[dict] | None = None,
 ):
-    """data/models/<model>-<task>/{metrics.json, test_items.jsonl, plots/} built in a temp folder, then swapped in."""
+    """data/models/<model>-<task>/{metrics.json, test_items.jsonl, plots/, examples.jsonl} built in a temp folder, then
+    swapped in."""
     if scores.items is None:
         raise ValueError(f"{s.name}: the {s.family} family's score_test gave no per-example items (TestScores.items)")
     with atomic_dir(s.output_dir) as tmp:
@@ -215,6 +226,8 @@ def write_outputs(
                 plots / f"attention_{i}.png",
                 title=f"{s.model} on {s.task}: validation example {i}",
             )
+        if examples:
+            write_examples(tmp / EXAMPLES_FILE, examples)
         write_json(tmp / METRICS_FILE, summary)
         write_items(tmp / TEST_ITEMS_FILE, scores.items)
     return s.output_dir

@@ -176,7 +176,9 @@ class EncDecText2Text(Text2TextModel):
         self.ckpt = settings.checkpoint_dir
         self.tokenizer = load_bpe_tokenizer(fmt)
         self.codec = TextCodec(self.tokenizer, fmt, self.run.max_length, self.gen.max_new_tokens)
-        self.encoded = {s: self._encode(data[s]) for s in ("train", "validation", "test")}
+        self.validation = self.scored_validation()
+        splits = {"train": data["train"], "validation": self.validation, "test": data["test"]}
+        self.encoded = {s: self._encode(split) for s, split in splits.items()}
         set_seed(params.common.seed)
         max_positions = max(self.run.max_length, self.codec.gen_max_new_tokens) + 2
         self.model = build_bart(self.tokenizer, self.cfg, max_positions)
@@ -211,8 +213,8 @@ class EncDecText2Text(Text2TextModel):
         return [paths.tokenizer_dir("gpt")]
 
     # -------------------------------------------------------- fit
-    def _scores(self, generated, split: str) -> dict[str, float]:
-        metrics, _ = score_outputs(self.fmt, self.data[split], [self.codec.output_words(ids) for ids in generated])
+    def _scores(self, generated, split) -> dict[str, float]:
+        metrics, _ = score_outputs(self.fmt, split, [self.codec.output_words(ids) for ids in generated])
         return metrics
 
     def _build_trainer(self, callbacks: list):
@@ -253,7 +255,7 @@ class EncDecText2Text(Text2TextModel):
             train_dataset=self.encoded["train"],
             eval_dataset=self.encoded["validation"],
             processing_class=self.tokenizer,
-            compute_metrics=lambda pred: self._scores(pred.predictions, "validation"),
+            compute_metrics=lambda pred: self._scores(pred.predictions, self.validation),
             callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=common.patience)],
         )
 

@@ -6,7 +6,8 @@ same architecture and tokenizer, randomly initialised (scratch_copy): the contro
 - Dynamic padding, validation every epoch, best epoch kept (the task's main metric), early stopping,
   checkpoints in checkpoints/finetune-<model>-<task>/ (resumed by the driver, pipeline/train/driver.py).
 - The test split is scored once, by the selected checkpoint. Every task is served through a pyfunc wrapper
-  (pipeline/models/pyfunc.py), with the task kind's one response shape (qa: {"answer", "score"}).
+  (pipeline/models/pyfunc.py), with the task kind's one response shape (qa: {"answer", "score"}; translation,
+  summarization: a list of output texts).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 
 from pipeline.core import distributed
 from pipeline.core.config import Params
-from pipeline.core.metrics import classification_metrics, ner_metrics, qa_metrics, translation_metrics
-from pipeline.data.task_data import word_predictions
+from pipeline.core.metrics import classification_metrics, ner_metrics, qa_metrics, text_metrics
+from pipeline.data.task_data import TEXT_PAIRS, word_predictions
 from pipeline.train.family import ModelFamily, TestScores, TrainOutcome
 from pipeline.train.finetune_setup import TaskSetup, argmax_logits, build_setup, qa_references
 from pipeline.train.hf_trainer import GenerationEvalTrainer, MlflowEpochLogger, TrainingSpeed, best_epoch
@@ -86,7 +87,7 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         load_best_model_at_end=True,
         metric_for_best_model=setup.main_metric,
         greater_is_better=True,
-        prediction_loss_only=setup.translator is not None,  # translations, gpt answers: scored from generation
+        prediction_loss_only=setup.generator is not None,  # generated text is scored from generation
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         report_to="none",
@@ -110,25 +111,25 @@ def _trainer(setup: TaskSetup, s: RunSettings, callbacks: list, resuming: bool):
         processing_class=setup.tokenizer,
         callbacks=[*callbacks, EarlyStoppingCallback(early_stopping_patience=s.common.patience)],
     )
-    if setup.kind == "translation":
+    if setup.kind == "qa" and setup.generator is not None:  # gpt: answers generated after the prompt
         validation = setup.data["validation"]
         return GenerationEvalTrainer(
-            translator=setup.translator,
-            sources=validation["en"],
-            references=validation["de"],
-            max_new_tokens=s.generation.max_new_tokens,
-            batch_size=s.common.eval_batch_size,
-            **kwargs,
-        )
-    if setup.kind == "qa" and setup.translator is not None:  # gpt: answers generated after the prompt
-        validation = setup.data["validation"]
-        return GenerationEvalTrainer(
-            translator=setup.translator,
+            generator=setup.generator,
             sources=list(zip(validation["question"], validation["context"])),
             references=qa_references(validation),
             max_new_tokens=s.generation.max_new_tokens,
             batch_size=s.common.eval_batch_size,
-            metrics_fn=qa_metrics,
+            **kwargs,
+        )
+    if setup.generator is not None:
+        pair, validation = TEXT_PAIRS[setup.kind], setup.data["validation"]
+        scored = validation.select(range(min(s.training.val_generation_examples or len(validation), len(validation))))
+        return GenerationEvalTrainer(
+            generator=setup.generator,
+            sources=scored[pair.source],
+            references=scored[pair.target],
+            max_new_tokens=s.generation.max_new_tokens,
+            batch_size=s.common.eval_batch_size,
             **kwargs,
         )
     if setup.kind == "qa":  # extractive: EM/F1 from the windows' start/end logits (finetune_setup.compute_metrics)
@@ -149,12 +150,18 @@ class PretrainedTransformer(ModelFamily):
         # a scratch twin reads its twin's folder for the architecture (config.json) and the tokenizer only
         self.weights = weights_path(settings.twin_of or settings.model, params)
         self.setup = build_setup(
-            settings.family, self.weights, settings.task, data, settings.training.max_length, settings.qa
+            settings.family,
+            self.weights,
+            settings.task,
+            data,
+            settings.training.max_length,
+            settings.generation.max_new_tokens,
+            settings.qa,
         )
         if settings.source == "scratch":
             self.setup.model = scratch_copy(self.setup.model, settings.seed)
-            if self.setup.translator is not None:
-                self.setup.translator.model = self.setup.model
+            if self.setup.generator is not None:
+                self.setup.generator.model = self.setup.model
             if self.setup.reader is not None:
                 self.setup.reader.model = self.setup.model
         self.trainer = None
@@ -192,8 +199,8 @@ class PretrainedTransformer(ModelFamily):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - start
         self.setup.model = trainer.model  # the selected (best) checkpoint's weights
-        if self.setup.translator is not None:
-            self.setup.translator.model = trainer.model
+        if self.setup.generator is not None:
+            self.setup.generator.model = trainer.model
         if self.setup.reader is not None:
             self.setup.reader.model = trainer.model
         return TrainOutcome(
@@ -207,23 +214,10 @@ class PretrainedTransformer(ModelFamily):
     def score_test(self) -> TestScores:
         """Test metrics of the selected model; classification also gets its confusion matrix."""
         setup, test = self.setup, self.setup.data["test"]
-        if setup.kind == "translation":
-            gen = self.settings.generation
-            options = dict(
-                max_new_tokens=gen.max_new_tokens,
-                length_penalty=gen.length_penalty,
-                batch_size=self.settings.common.eval_batch_size,
-                progress=True,
-            )
-            greedy = translation_metrics(test["de"], setup.translator.translate(test["en"], num_beams=1, **options))
-            hyps = setup.translator.translate(test["en"], num_beams=gen.num_beams, **options)
-            beam = translation_metrics(test["de"], hyps)
-            for source, hyp, ref in list(zip(test["en"], hyps, test["de"]))[:3]:
-                log.info("test example:\n  en:  %s\n  hyp: %s\n  ref: %s", source, hyp, ref)
-            items = [{"gold": ref, "prediction": hyp} for ref, hyp in zip(test["de"], hyps)]
-            return TestScores({**beam, **{f"{k}_greedy": v for k, v in greedy.items()}}, items=items)
         if setup.kind == "qa":
             return self._score_qa(test)
+        if setup.generator is not None:
+            return self._score_generated(test)
         output = self.trainer.predict(setup.encoded["test"], metric_key_prefix="test")
         predictions = np.asarray(output.predictions)
         if setup.kind == "classification":
@@ -246,7 +240,7 @@ class PretrainedTransformer(ModelFamily):
         setup, batch_size = self.setup, self.settings.common.eval_batch_size
         if setup.reader is not None:
             return setup.reader.answer(questions, contexts, batch_size=batch_size, progress=progress)
-        return setup.translator.answer(
+        return setup.generator.answer(
             questions,
             contexts,
             num_beams=1,
@@ -263,6 +257,24 @@ class PretrainedTransformer(ModelFamily):
         items = [{"gold": g, "prediction": p} for g, p in zip(golds, predictions)]
         return TestScores(qa_metrics(golds, predictions), items=items)
 
+    def _score_generated(self, test) -> TestScores:
+        """Beam search (train.generation) gives the test metrics; greedy ones are kept as <metric>_greedy."""
+        setup, gen, pair = self.setup, self.settings.generation, TEXT_PAIRS[self.setup.kind]
+        sources, references = test[pair.source], test[pair.target]
+        options = dict(
+            max_new_tokens=gen.max_new_tokens,
+            length_penalty=gen.length_penalty,
+            batch_size=self.settings.common.eval_batch_size,
+            progress=True,
+        )
+        greedy = text_metrics(setup.kind, references, setup.generator.generate(sources, num_beams=1, **options))
+        outputs = setup.generator.generate(sources, num_beams=gen.num_beams, **options)
+        beam = text_metrics(setup.kind, references, outputs)
+        for source, out, ref in list(zip(sources, outputs, references))[:3]:
+            log.info("test example:\n  source: %s\n  output: %s\n  reference: %s", source, out, ref)
+        items = [{"gold": ref, "prediction": out} for ref, out in zip(references, outputs)]
+        return TestScores({**beam, **{f"{k}_greedy": v for k, v in greedy.items()}}, items=items)
+
     def latency_examples(self, n: int) -> list:
         test = self.setup.data["test"]
         self.setup.model.eval()
@@ -272,10 +284,10 @@ class PretrainedTransformer(ModelFamily):
     def infer_one(self, row: dict) -> None:
         """Tokenize + forward (or generate), batch 1."""
         setup = self.setup
-        if setup.kind == "translation":
+        if setup.generator is not None:
             gen = self.settings.generation
-            setup.translator.translate(
-                [row["en"]],
+            setup.generator.generate(
+                [row[TEXT_PAIRS[setup.kind].source]],
                 num_beams=gen.num_beams,
                 max_new_tokens=gen.max_new_tokens,
                 length_penalty=gen.length_penalty,
@@ -293,21 +305,27 @@ class PretrainedTransformer(ModelFamily):
     def register(self, export_dir: Path) -> str:
         """Log the selected model as a pyfunc wrapper (pipeline.models.pyfunc: the task kind's one response shape,
         the same as the scratch families') and register it as <task>-<model>."""
-        from pipeline.models.pyfunc import MODEL_ARTIFACT, ClassificationModel, NerModel, QAModel, TranslationModel
+        from pipeline.models.pyfunc import (
+            MODEL_ARTIFACT,
+            ClassificationModel,
+            ConditionalGenerationModel,
+            NerModel,
+            QAModel,
+        )
         from pipeline.tracking import registry
 
         setup, s = self.setup, self.settings
         test = setup.data["test"]
         shutil.rmtree(export_dir, ignore_errors=True)
         if setup.kind == "qa":
-            (setup.reader or setup.translator).save(export_dir)
+            (setup.reader or setup.generator).save(export_dir)
             wrapper = QAModel(s.generation.max_new_tokens, s.common.eval_batch_size)
             example = test.select(range(min(2, len(test)))).to_pandas()[["question", "context"]]
-        elif setup.kind == "translation":
-            setup.translator.save(export_dir)
+        elif setup.generator is not None:
+            setup.generator.save(export_dir)
             gen = s.generation
-            wrapper = TranslationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
-            example = list(test["en"][:2])
+            wrapper = ConditionalGenerationModel(gen.num_beams, gen.max_new_tokens, gen.length_penalty)
+            example = list(test[TEXT_PAIRS[setup.kind].source][:2])
         else:
             setup.model.save_pretrained(str(export_dir))
             setup.tokenizer.save_pretrained(str(export_dir))

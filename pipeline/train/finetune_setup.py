@@ -2,8 +2,9 @@
 
 - classification: AutoModelForSequenceClassification (GPT-2 pools its last non-pad token: pad_token_id set).
 - ner: AutoModelForTokenClassification; labels on each word's first sub-token.
-- translation: GPT as a conditional LM; BERT-family models as the encoder of an EncoderDecoderModel whose
-  decoder is this pipeline's pretrained GPT (cross-attention added), with the GPT byte-level tokenizer.
+- source -> target text (translation, summarization: task_data.TEXT_PAIRS): GPT as a conditional LM;
+  BERT-family models as the encoder of an EncoderDecoderModel whose decoder is this pipeline's pretrained GPT
+  (cross-attention added), with the GPT byte-level tokenizer. Both are scored from generated text.
 - qa: BERT-family models extract the answer span (AutoModelForQuestionAnswering over strided context windows,
   validation EM/F1 from the n-best span post-processing); GPT generates the answer after a prompt.
 Weights are read as safetensors only; no remote code.
@@ -24,12 +25,13 @@ from pipeline.core import paths
 from pipeline.core.config import QAConfig
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, qa_metrics
 from pipeline.data.task_data import (
+    TEXT_PAIRS,
     PaddingCollator,
+    encode_causal,
     encode_causal_qa,
-    encode_causal_translation,
     encode_classification,
     encode_ner,
-    encode_seq2seq_translation,
+    encode_seq2seq,
     label_names,
     task_kind,
     word_predictions,
@@ -52,7 +54,7 @@ class TaskSetup:
     main_metric: str
     max_length: int
     labels: list[str] | None = None
-    translator: Any = None  # generates the outputs validation and test are scored on (translation, gpt qa)
+    generator: Any = None  # generates the outputs validation and test are scored on (source -> target kinds, gpt qa)
     reader: Any = None  # extractive qa: pipeline.models.qa.ExtractiveReader
     compute_metrics: Callable | None = None
     inputs: list[Path] = field(default_factory=list)  # files this run depends on (for tags)
@@ -74,8 +76,16 @@ def argmax_logits(logits, labels):
 
 
 def build_setup(
-    family: str, weights: Path, task: str, data: datasets.DatasetDict, max_length: int, qa: QAConfig | None = None
+    family: str,
+    weights: Path,
+    task: str,
+    data: datasets.DatasetDict,
+    max_length: int,
+    max_new_tokens: int,
+    qa: QAConfig | None = None,
 ) -> TaskSetup:
+    """max_new_tokens: the run's generation cap (source -> target text kinds keep that much room for the target);
+    qa: the train.qa settings (question answering only)."""
     kind = task_kind(task)
     if kind == "classification":
         return _classification(family, weights, task, data, max_length)
@@ -85,9 +95,11 @@ def build_setup(
         if qa is None:
             raise ValueError(f"task {task!r} is question answering: build_setup needs the train.qa settings")
         return _gpt_qa(weights, data, max_length) if family == "gpt" else _extractive_qa(weights, data, max_length, qa)
+    if kind not in TEXT_PAIRS:
+        raise ValueError(f"fine-tuning has no setup for task kind {kind!r} ({task})")
     if family == "gpt":
-        return _gpt_translation(weights, data, max_length)
-    return _encoder_decoder_translation(weights, data, max_length)
+        return _gpt_generation(weights, data, kind, max_length, max_new_tokens)
+    return _encoder_decoder_generation(weights, data, kind, max_length)
 
 
 def _labelled_config(names: list[str], tokenizer):
@@ -164,55 +176,62 @@ def _ner(family, weights, task, data, max_length) -> TaskSetup:
     )
 
 
-def _gpt_translation(weights, data, max_length) -> TaskSetup:
+def _gpt_generation(weights, data, kind, max_length, max_new_tokens) -> TaskSetup:
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models.translation import GptTranslator
+    from pipeline.models.conditional_generation import GptGenerator
 
     tokenizer = load_tokenizer(weights)
     model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, trust_remote_code=False)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     max_length = min(max_length, max_positions(model.config))
-    encoded = datasets.DatasetDict({s: encode_causal_translation(data[s], tokenizer, max_length) for s in data})
+    encoded = datasets.DatasetDict(
+        {s: encode_causal(data[s], tokenizer, max_length, kind, max_new_tokens) for s in data}
+    )
     return TaskSetup(
-        "translation",
+        kind,
         model,
         tokenizer,
         data,
         encoded,
         PaddingCollator(tokenizer.pad_token_id),
-        MAIN_METRIC["translation"],
+        MAIN_METRIC[kind],
         max_length,
-        translator=GptTranslator(model, tokenizer),
+        generator=GptGenerator(model, tokenizer, kind),
     )
 
 
-def _encoder_decoder_translation(weights, data, max_length) -> TaskSetup:
-    from pipeline.models.translation import EncoderDecoderTranslator, build_encoder_decoder
+def _encoder_decoder_generation(weights, data, kind, max_length) -> TaskSetup:
+    from pipeline.models.conditional_generation import EncoderDecoderGenerator, build_encoder_decoder
 
     if not (GPT_DECODER / "config.json").exists():
         raise FileNotFoundError(
-            f"{GPT_DECODER} not found: BERT-family translation uses this pipeline's pretrained GPT as its decoder; "
+            f"{GPT_DECODER} not found: BERT-family {kind} uses this pipeline's pretrained GPT as its decoder; "
             "run the GPT pretraining stage first (python -m flows.pretrain gpt)"
         )
     encoder_tokenizer = load_tokenizer(weights)
     decoder_tokenizer = load_tokenizer(GPT_DECODER)
     model = build_encoder_decoder(weights, GPT_DECODER, decoder_tokenizer)
-    max_length = min(max_length, max_positions(model.config.encoder), max_positions(model.config.decoder))
+    # sources fill the encoder's positions, targets the decoder's (each at most max_length)
+    source_length = min(max_length, max_positions(model.config.encoder))
+    target_length = min(max_length, max_positions(model.config.decoder))
     encoded = datasets.DatasetDict(
-        {s: encode_seq2seq_translation(data[s], encoder_tokenizer, decoder_tokenizer, max_length) for s in data}
+        {
+            s: encode_seq2seq(data[s], encoder_tokenizer, decoder_tokenizer, kind, source_length, target_length)
+            for s in data
+        }
     )
     return TaskSetup(
-        "translation",
+        kind,
         model,
         encoder_tokenizer,
         data,
         encoded,
         PaddingCollator(encoder_tokenizer.pad_token_id),
-        MAIN_METRIC["translation"],
-        max_length,
-        translator=EncoderDecoderTranslator(model, encoder_tokenizer, decoder_tokenizer),
+        MAIN_METRIC[kind],
+        source_length,
+        generator=EncoderDecoderGenerator(model, encoder_tokenizer, decoder_tokenizer, kind),
         inputs=[GPT_DECODER],
     )
 
@@ -276,5 +295,5 @@ def _gpt_qa(weights, data, max_length) -> TaskSetup:
         PaddingCollator(tokenizer.pad_token_id),
         MAIN_METRIC["qa"],
         max_length,
-        translator=GptAnswerer(model, tokenizer, max_length),
+        generator=GptAnswerer(model, tokenizer, max_length),
     )

@@ -1,16 +1,16 @@
 """transformers Trainer pieces for fine-tuning: MLflow per-epoch logging, a training-speed meter, and a
-Trainer that adds metrics of generated outputs to each validation pass (BLEU/chrF for translation, EM/F1 for
-generative QA: model selection on what the model generates)."""
+Trainer that adds the metrics of generated text (BLEU/chrF, ROUGE, QA's EM/F1) to each validation pass (model
+selection on what the model generates)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from transformers import Trainer, TrainerCallback
 
-from pipeline.core.metrics import translation_metrics
+from pipeline.core.metrics import text_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +68,22 @@ class TrainingSpeed(TrainerCallback):
 
 
 class GenerationEvalTrainer(Trainer):
-    """Validation = loss plus metrics_fn(references, greedy outputs of the validation sources) (default: corpus
-    BLEU/chrF of translations; a source may be anything the translator takes, e.g. a (question, context) pair)."""
+    """Validation = loss plus the task kind's metrics (text_metrics) of greedy outputs for the validation
+    sources (the first `sources` given: the caller caps them, generation is the dear part). A source may be anything
+    the generator takes, e.g. a (question, context) pair for generative QA."""
 
     def __init__(
         self,
         *args,
-        translator,
+        generator,
         sources: Sequence[str],
         references: Sequence[str],
         max_new_tokens: int,
         batch_size: int,
-        metrics_fn: Callable[[Sequence, Sequence[str]], dict[str, float]] = translation_metrics,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.metrics_fn = metrics_fn
-        self.translator = translator
+        self.generator = generator
         self.sources = list(sources)
         self.references = list(references)
         self.max_new_tokens = max_new_tokens
@@ -95,13 +94,13 @@ class GenerationEvalTrainer(Trainer):
     ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if metric_key_prefix == "eval":
-            hyps = self.translator.translate(
+            outputs = self.generator.generate(
                 self.sources, num_beams=1, max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size
             )
-            scores = self.metrics_fn(self.references, hyps)
+            scores = text_metrics(self.generator.kind, self.references, outputs)
             for key, value in scores.items():
                 output.metrics[f"{metric_key_prefix}_{key}"] = value
-            log.info("validation (greedy): %s", {k: round(v, 2) for k, v in scores.items()})
+            log.info("validation (greedy, %d examples): %s", len(outputs), {k: round(v, 2) for k, v in scores.items()})
         return output
 
 

@@ -47,7 +47,7 @@ from pipeline.train.text2text import Text2TextModel, Vocab, read_serving_meta, s
 log = logging.getLogger(__name__)
 
 SRC_MIN_FREQ = 2  # rarer source words become <unk>, so the model learns what to do with unseen words
-TGT_MIN_FREQ = 2  # translation only; labels and tags use the task's full label set
+TGT_MIN_FREQ = 2  # text targets only (translation, summarization); labels and tags use the task's full label set
 CLASSIFICATION_DECODE_LEN = 2  # label + <eos>
 STATE_FILE = "state.json"
 
@@ -120,10 +120,12 @@ class RNNText2Text(Text2TextModel):
         fmt = self.fmt
         self.ckpt = settings.checkpoint_dir / "rnn"
         self.device = pick_device()
-        self.words = {s: [fmt.source_words(ex) for ex in data[s]] for s in ("train", "validation", "test")}
+        self.validation = self.scored_validation()
+        splits = {"train": data["train"], "validation": self.validation, "test": data["test"]}
+        self.words = {s: [fmt.source_words(ex) for ex in split] for s, split in splits.items()}
         train_targets = [fmt.target_words(ex) for ex in data["train"]]
         self.src_vocab = Vocab.build(self.words["train"], SRC_MIN_FREQ)
-        if fmt.kind in ("translation", "qa"):  # words of the target texts
+        if fmt.writes_text:
             self.tgt_vocab = Vocab.build(train_targets, TGT_MIN_FREQ)
         else:
             self.tgt_vocab = Vocab([*Vocab.SPECIALS, *fmt.label_names])
@@ -154,7 +156,7 @@ class RNNText2Text(Text2TextModel):
             "src_vocab_size": len(self.src_vocab),
             "tgt_vocab_size": len(self.tgt_vocab),
             "src_min_freq": SRC_MIN_FREQ,
-            "tgt_min_freq": TGT_MIN_FREQ if self.fmt.kind in ("translation", "qa") else "label set",
+            "tgt_min_freq": TGT_MIN_FREQ if self.fmt.writes_text else "label set",
             "decoding.validation": "greedy",
             "decoding.test": f"beam search (num_beams={self.gen.num_beams}, length_penalty={self.gen.length_penalty})",
             "device": str(self.device),
@@ -267,10 +269,10 @@ class RNNText2Text(Text2TextModel):
             self.device,
             progress="validation",
         )
-        metrics, _ = score_outputs(fmt, self.data["validation"], [self.tgt_vocab.decode(h.tokens) for h in hyps])
+        metrics, _ = score_outputs(fmt, self.validation, [self.tgt_vocab.decode(h.tokens) for h in hyps])
         targets = [
             [SOS_IDX, *self.tgt_vocab.encode(fmt.target_words(ex)[: self.run.max_length]), EOS_IDX]
-            for ex in self.data["validation"]
+            for ex in self.validation
         ]
         self.model.eval()
         total, count = 0.0, 0

@@ -33,12 +33,12 @@ class RunSettingsError(ValueError):
 class RunSettings:
     model: str  # the params.models key, e.g. "minilm"
     task: str
-    kind: str  # classification | ner | translation
+    kind: str  # classification | ner | translation | qa | summarization
     model_cfg: ModelConfig
     training: TaskTraining  # the task's settings with the model-task override applied
     batch_size: int
     common: TrainCommon
-    generation: GenerationConfig
+    generation: GenerationConfig  # train.generation with the task's max_new_tokens (if it sets one) applied
     seed: int
     qa: QAConfig  # windows and answer spans of extractive QA (recorded for qa tasks only)
 
@@ -57,15 +57,19 @@ class RunSettings:
             override = params.train.overrides.get(f"{twin}-{task}")
         changes = {k: v for k, v in (override.model_dump() if override else {}).items() if v is not None}
         batch_size = changes.pop("batch_size", params.train.common.batch_size)
+        task_training = TaskTraining(**{**training, **changes})
+        generation = params.train.generation
+        if task_training.max_new_tokens is not None:  # the task's own cap replaces the common one
+            generation = generation.model_copy(update={"max_new_tokens": task_training.max_new_tokens})
         return cls(
             model=model,
             task=task,
             kind=TASK_SPECS[task].kind,
             model_cfg=twin_config(model, params.models),
-            training=TaskTraining(**{**training, **changes}),
+            training=task_training,
             batch_size=batch_size,
             common=params.train.common,
-            generation=params.train.generation,
+            generation=generation,
             seed=params.common.seed,
             qa=params.train.qa,
         )
@@ -129,7 +133,9 @@ class RunSettings:
     def mlflow_params(self) -> dict[str, object]:
         """The same core params for every family (flat keys; a family adds its own via describe())."""
         flat: dict[str, object] = {f"model.{k}": v for k, v in self.model_cfg.model_dump().items() if v is not None}
-        flat.update({f"train.{k}": v for k, v in self.training.model_dump().items()})
+        flat.update(
+            {f"train.{k}": v for k, v in self.training.model_dump().items() if v is not None or k == "max_steps"}
+        )
         flat["train.batch_size"] = self.batch_size
         flat.update({f"train.common.{k}": v for k, v in self.common.model_dump().items() if k != "batch_size"})
         flat.update({f"train.generation.{k}": v for k, v in self.generation.model_dump().items()})

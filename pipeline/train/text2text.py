@@ -2,11 +2,12 @@
 encoder-decoder (encdec).
 
 Each task becomes source -> target text: emotion/sst2 -> the label name, conll2003 -> one tag per source word,
-multi30k -> the German sentence, squad -> the (first) answer of "question: <q> context: <c>" (the context is cut
-to max_length, never the question; scored against all reference answers; served as {"answer", "score": None}).
-Outputs are mapped back to labels/tags/text and scored with pipeline.core.metrics like
-every other model; an output that is no label (or a tag sequence with invalid tags or the wrong length) is
-scored as wrong (classification) or repaired to 'O'/padded (NER), and its rate is reported as `invalid_rate`.
+multi30k -> the German sentence, samsum -> the dialogue's summary (the columns of the text kinds come from
+pipeline.data.task_data.TEXT_PAIRS), squad -> the (first) answer of "question: <q> context: <c>" (the context is
+cut to max_length, never the question; scored against all reference answers; served as {"answer", "score": None}).
+Outputs are mapped back to labels/tags/text and scored with pipeline.core.metrics like every other model; an
+output that is no label (or a tag sequence with invalid tags or the wrong length) is scored as wrong
+(classification) or repaired to 'O'/padded (NER), and its rate is reported as `invalid_rate`.
 
 The families (rnn.py, encdec.py) subclass Text2TextModel; pipeline/train/driver.py runs them like any other.
 """
@@ -24,7 +25,8 @@ from typing import Any
 
 from pipeline.core.config import TASK_SPECS, Params
 from pipeline.core.io import write_json
-from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, qa_metrics, translation_metrics
+from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, qa_metrics, text_metrics
+from pipeline.data.task_data import TEXT_PAIRS
 from pipeline.models.ner_tagger import text_entities
 from pipeline.models.pyfunc import label_answer, qa_answers, qa_rows, texts_of
 from pipeline.train.family import ModelFamily, TestScores
@@ -94,12 +96,17 @@ class TaskFormat:
     """How one task becomes text-to-text and back."""
 
     task: str
-    kind: str  # classification | ner | translation | qa
+    kind: str  # classification | ner | translation | summarization | qa
     label_names: list[str] = field(default_factory=list)  # class names, or the NER tag set
 
     @property
     def main_metric(self) -> str:
         return MAIN_METRIC[self.kind]
+
+    @property
+    def writes_text(self) -> bool:
+        """The target is free text (translation, summarization, a qa answer), not a label or tags."""
+        return self.kind in TEXT_PAIRS or self.kind == "qa"
 
     def source_words(self, example: dict) -> list[str]:
         if self.kind == "ner":
@@ -115,7 +122,7 @@ class TaskFormat:
             return " ".join(example["tokens"])
         if self.kind == "qa":
             return qa_source(example["question"], example["context"])
-        return example["en"] if self.kind == "translation" else example["text"]
+        return example[TEXT_PAIRS[self.kind].source] if self.kind in TEXT_PAIRS else example["text"]
 
     def target_words(self, example: dict) -> list[str]:
         if self.kind == "classification":
@@ -125,11 +132,11 @@ class TaskFormat:
         return word_tokenize(self.target_text(example))
 
     def target_text(self, example: dict) -> str:
-        if self.kind == "translation":
-            return example["de"]
         if self.kind == "qa":
             answers = example["answers"]["text"]
             return answers[0] if answers else ""
+        if self.kind in TEXT_PAIRS:
+            return example[TEXT_PAIRS[self.kind].target]
         return " ".join(self.target_words(example))
 
     def gold(self, example: dict) -> Any:
@@ -139,7 +146,7 @@ class TaskFormat:
             return [self.label_names[t] for t in example["ner_tags"]]
         if self.kind == "qa":
             return list(example["answers"]["text"])
-        return example["de"]
+        return example[TEXT_PAIRS[self.kind].target]
 
     def prediction(self, output: Sequence[str], n_words: int) -> tuple[Any, bool]:
         """A model's output words -> (prediction in the gold's form, whether the output was valid)."""
@@ -160,13 +167,13 @@ class TaskFormat:
         elif self.kind == "qa":
             metrics = qa_metrics(golds, predictions)
         else:
-            metrics = translation_metrics(golds, predictions)
+            metrics = text_metrics(self.kind, golds, predictions)
         metrics["invalid_rate"] = 1.0 - sum(valid) / max(len(valid), 1)
         return metrics
 
     def natural(self, prediction: Any, text: str) -> Any:
         """The served form (pipeline.models.pyfunc): {"label", "score": None}, the entities found in `text` (NER:
-        its whitespace-separated words), the German text, or (qa) {"answer", "score": None}."""
+        its whitespace-separated words), the output text (German, a summary) or (qa) {"answer", "score": None}."""
         if self.kind == "classification":
             return label_answer(self.label_names[prediction] if prediction >= 0 else self.label_names[0])
         if self.kind == "ner":
@@ -225,6 +232,13 @@ class Text2TextModel(ModelFamily):
         self.cfg, self.run, self.gen = settings.model_cfg, settings.training, settings.generation
         self.batch_size = settings.batch_size
         self.name = settings.model
+
+    def scored_validation(self):
+        """The validation examples each epoch decodes and scores: the first train.tasks.<task>.
+        val_generation_examples of them (all when unset)."""
+        validation = self.data["validation"]
+        cap = self.run.val_generation_examples
+        return validation if cap is None or cap >= len(validation) else validation.select(range(cap))
 
     def predict_test(self) -> list[list[str]]:
         """Output words per test example (tags for NER; one text for encdec), by beam search."""

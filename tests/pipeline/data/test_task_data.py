@@ -12,19 +12,21 @@ from pipeline.data.task_data import (
     PaddingCollator,
     TaskDataError,
     check_columns,
+    encode_causal,
     encode_causal_qa,
-    encode_causal_translation,
     encode_classification,
     encode_ner,
-    encode_seq2seq_translation,
+    encode_seq2seq,
     encode_words,
     encodings,
     first_subtoken_labels,
     join_words,
     label_names,
     prompt_ids,
+    prompt_text,
     qa_prompt_budget,
     qa_prompt_ids,
+    target_room,
     token_words,
     translation_prompt,
     word_predictions,
@@ -139,7 +141,7 @@ def pairs() -> datasets.Dataset:
 @pytest.mark.integration
 def test_causal_translation_loss_is_on_the_german_target_only(tokenizers, pairs):
     tok = tokenizers["gpt"]
-    enc = encode_causal_translation(pairs, tok, max_length=1024)  # long enough: nothing cut
+    enc = encode_causal(pairs, tok, 1024, "translation", 64)  # long enough: nothing cut
     for row, item in zip(pairs, enc):
         ids, labels = item["input_ids"], item["labels"]
         prompt_len = sum(1 for lab in labels if lab == IGNORE_INDEX)
@@ -151,7 +153,7 @@ def test_causal_translation_loss_is_on_the_german_target_only(tokenizers, pairs)
 
 @pytest.mark.integration
 def test_seq2seq_translation_uses_each_side_tokenizer(tokenizers, pairs):
-    enc = encode_seq2seq_translation(pairs, tokenizers["minilm"], tokenizers["gpt"], max_length=512)
+    enc = encode_seq2seq(pairs, tokenizers["minilm"], tokenizers["gpt"], "translation", 512, 512)
     for row, item in zip(pairs, enc):
         source = tokenizers["minilm"].decode(item["input_ids"], skip_special_tokens=True)
         assert source.replace(" ", "") == row["en"].lower().replace(" ", "")  # WordPiece decodes with spaces
@@ -226,3 +228,55 @@ def test_causal_qa_loss_is_on_the_first_answer_only(tokenizers, squad):
         assert tok.decode(ids[:prompt_len]).endswith(f"\nQuestion: {row['question'].strip()}\nAnswer:")
         assert labels[prompt_len:] == ids[prompt_len:] and ids[-1] == tok.eos_token_id
         assert tok.decode(ids[prompt_len:-1]).strip() == row["answers"]["text"][0].strip()
+
+
+# ---------------------------------------------------------------- summarization (dialogue -> summary)
+@pytest.fixture(scope="module")
+def dialogues() -> datasets.Dataset:
+    """A few real SAMSum validation rows, read straight from the mirror's zip (turns joined by "\\n")."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(MIRROR / "samsum" / "samsum.zip") as z:
+        rows = json.loads(z.read("samsum/val.json"))[:6]
+    return datasets.Dataset.from_list(
+        [{"id": r["id"], "dialogue": r["dialogue"].replace("\r\n", "\n"), "summary": r["summary"]} for r in rows]
+    )
+
+
+@pytest.mark.integration
+def test_causal_summarization_loss_is_on_the_summary_only(tokenizers, dialogues):
+    tok = tokenizers["gpt"]
+    enc = encode_causal(dialogues, tok, 1024, "summarization", 64)  # long enough: nothing cut
+    for row, item in zip(dialogues, enc):
+        ids, labels = item["input_ids"], item["labels"]
+        prompt_len = sum(1 for lab in labels if lab == IGNORE_INDEX)
+        assert labels[:prompt_len] == [IGNORE_INDEX] * prompt_len and IGNORE_INDEX not in labels[prompt_len:]
+        assert tok.decode(ids[:prompt_len]) == prompt_text("summarization", row["dialogue"])
+        assert tok.decode(ids[:prompt_len]).endswith("\nSummary:") and "\n" in row["dialogue"]
+        assert labels[prompt_len:] == ids[prompt_len:] and ids[-1] == tok.eos_token_id
+        assert tok.decode(ids[prompt_len:-1]).strip() == row["summary"].strip()
+
+
+@pytest.mark.integration
+def test_a_long_dialogue_is_cut_at_its_end_and_keeps_the_summary_cue_and_room_for_the_summary(tokenizers, dialogues):
+    tok = tokenizers["gpt"]
+    max_length, max_new = 96, 24
+    enc = encode_causal(dialogues, tok, max_length, "summarization", max_new)
+    longest = max(range(len(dialogues)), key=lambda i: len(dialogues[i]["dialogue"]))
+    ids, labels = enc[longest]["input_ids"], enc[longest]["labels"]
+    prompt_len = sum(1 for lab in labels if lab == IGNORE_INDEX)
+    assert prompt_len == max_length - target_room(max_length, max_new) == 72  # the dialogue filled its budget
+    prompt = tok.decode(ids[:prompt_len])
+    assert prompt.endswith("\nSummary:") and dialogues[longest]["dialogue"].startswith(prompt[:40])
+    assert 0 < len(ids) - prompt_len <= max_new and len(ids) <= max_length
+    assert target_room(64, 64) == 32  # translation keeps half the row for the German side, as before
+
+
+@pytest.mark.integration
+def test_seq2seq_summarization_cuts_source_and_target_at_their_own_lengths(tokenizers, dialogues):
+    enc = encode_seq2seq(dialogues, tokenizers["minilm"], tokenizers["gpt"], "summarization", 40, 16)
+    for row, item in zip(dialogues, enc):
+        assert len(item["input_ids"]) <= 40 and len(item["labels"]) <= 16
+        assert item["labels"][-1] == tokenizers["gpt"].eos_token_id
+        assert row["summary"].strip().startswith(tokenizers["gpt"].decode(item["labels"][:-1]))

@@ -11,13 +11,15 @@ import json
 from collections import Counter
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
 
 from pipeline.compare.significance import metric_from_items, read_items
 from pipeline.core.config import TASK_SPECS, TASKS, parse_params
-from pipeline.core.metrics import MAIN_METRIC, qa_metrics, translation_metrics
+from pipeline.core.metrics import MAIN_METRIC, qa_metrics, text_metrics
+from pipeline.data.task_data import TEXT_PAIRS
 from pipeline.tracking.runs import registered_name, task_experiment
 from pipeline.train.driver import train as finetune
 from pipeline.train.settings import RunSettings, RunSettingsError
@@ -65,12 +67,19 @@ def assert_learned(model: str, task: str, summary: dict, rows, curve: list[dict]
     elif model == "minilm":
         # the 6-layer MiniLM encoder makes each step ~50x dearer than the tiny models': in the steps this
         # test affords, the freshly added cross-attention learns (validation loss falls well below the
-        # untrained model's) but greedy output is not German yet; the real stage trains on 10k pairs.
+        # untrained model's) but greedy output is not the target text yet; the real stage trains on far more.
         start, end = float(untrained["val_loss"]), float(curve[-1]["val_loss"])
-        assert end <= 0.85 * start, f"minilm-multi30k: validation loss {start:.3f} -> {end:.3f}"
-    else:
+        assert end <= 0.85 * start, f"minilm-{task}: validation loss {start:.3f} -> {end:.3f}"
+    elif kind == "translation":
         floor = float(untrained["val_bleu"]) + 10
         assert test["bleu"] >= floor, f"{model}-{task}: BLEU {test['bleu']:.1f} < {floor:.1f}"
+    else:  # summarization: ROUGE-1 in percent
+        floor = float(untrained["val_rouge1"]) + 15
+        assert test["rouge1"] >= floor, f"{model}-{task}: ROUGE-1 {test['rouge1']:.1f} < {floor:.1f}"
+
+
+def artifact_paths(run_id: str) -> set[str]:
+    return {a.path for a in MlflowClient().list_artifacts(run_id)}
 
 
 def read_csv(path) -> list[dict]:
@@ -179,11 +188,17 @@ def test_finetune_learns_tracks_and_registers(
         assert served_f1 == pytest.approx(summary["test"]["f1"])  # the same model as scored
         as_dicts = served.predict([{"question": q, "context": c} for q, c in zip(rows["question"], rows["context"])])
         assert [a["answer"] for a in as_dicts] == [a["answer"] for a in answers]
-    else:
-        german = served.predict(list(rows["en"]))
-        assert len(german) == len(rows) and all(isinstance(t, str) for t in german)
-        if model != "minilm":
-            assert translation_metrics(rows["de"], german)["bleu"] == pytest.approx(summary["test"]["bleu"])
+    else:  # source -> target text: a list of strings in, one output text per input
+        pair = TEXT_PAIRS[KIND[task]]
+        outputs = served.predict(list(rows[pair.source]))
+        assert len(outputs) == len(rows) and all(isinstance(t, str) for t in outputs)
+        if KIND[task] == "summarization":  # a DataFrame's "dialogue" column is read too
+            assert served.predict(pd.DataFrame({"dialogue": list(rows["dialogue"])})) == outputs
+        if model != "minilm":  # the same model as scored (served with the same beam search)
+            assert text_metrics(KIND[task], rows[pair.target], outputs)[main] == pytest.approx(summary["test"][main])
+        examples = [json.loads(line) for line in (out / "examples.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [e["source"] for e in examples] == list(rows[pair.source][:5])
+        assert [e["output"] for e in examples] == outputs[:5] and "examples.json" in artifact_paths(run.info.run_id)
 
 
 @pytest.mark.slow
@@ -290,8 +305,8 @@ def test_a_scratch_twin_has_its_twins_architecture_and_tokenizer_with_fresh_weig
     same = [k for k, v in wa.items() if v.ndim >= 2 and torch.equal(v, wb[k])]  # biases/norms may start equal
     assert not same, f"weight matrices still the pretrained ones: {same}"
     assert all(torch.equal(v, _weights(again.setup.model)[k]) for k, v in wb.items()), "seeded: the same init"
-    if scratch.setup.translator is not None:
-        assert scratch.setup.translator.model is b
+    if scratch.setup.generator is not None:
+        assert scratch.setup.generator.model is b
     assert scratch.settings.stage == "train" and scratch.settings.init == "scratch"
     assert scratch.describe()["architecture"] == original.describe()["architecture"]
 

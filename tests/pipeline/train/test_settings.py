@@ -103,3 +103,22 @@ def test_unknown_model_or_task(default_params_dict):
         RunSettings.resolve("nope", "emotion", params)
     with pytest.raises(RunSettingsError, match="train.tasks.imdb"):
         RunSettings.resolve("rnn", "imdb", params)
+
+
+def test_a_task_max_new_tokens_replaces_the_common_one_for_its_runs_only(default_params_dict):
+    raw = copy.deepcopy(default_params_dict)
+    raw["train"]["generation"]["max_new_tokens"] = 64
+    raw["train"]["tasks"]["samsum"]["max_new_tokens"] = 48
+    raw["train"]["overrides"]["gpt-samsum"] = {"max_new_tokens": 40, "val_generation_examples": 10}
+    params = parse_params(raw)
+    summarizer = RunSettings.resolve("minilm", "samsum", params)
+    assert (
+        summarizer.generation.max_new_tokens == 48
+        and summarizer.generation.num_beams == params.train.generation.num_beams
+    )
+    assert summarizer.mlflow_params()["train.generation.max_new_tokens"] == 48
+    assert RunSettings.resolve("gpt", "samsum", params).generation.max_new_tokens == 40  # the run's override
+    assert RunSettings.resolve("gpt", "samsum", params).training.val_generation_examples == 10
+    translator = RunSettings.resolve("gpt", "multi30k", params)
+    assert translator.generation.max_new_tokens == 64 and translator.training.max_new_tokens is None
+    assert "train.max_new_tokens" not in translator.mlflow_params()  # unset optional keys are not logged

@@ -1,15 +1,18 @@
-"""Translation with pretrained transformers: GPT as a conditional LM, BERT-family encoders + GPT decoder.
+"""Source text -> target text with pretrained transformers (translation, summarization: the task kinds of
+pipeline.data.task_data.TEXT_PAIRS): GPT as a conditional LM, BERT-family encoders + GPT decoder.
 
-- `GptTranslator`: the prompt `English: <en>\\nGerman:` is left-padded so a batch generates together; the
-  German text is what comes after the prompt, up to eos.
-- `EncoderDecoderTranslator`: a transformers EncoderDecoderModel (BERT/MiniLM encoder, this pipeline's
+- `GptGenerator`: the kind's prompt (`English: <en>\\nGerman:`, `<dialogue>\\nSummary:`) is left-padded so a
+  batch generates together; the output is what comes after the prompt, up to eos.
+- `EncoderDecoderGenerator`: a transformers EncoderDecoderModel (BERT/MiniLM encoder, this pipeline's
   pretrained GPT decoder with cross-attention added); sources use the encoder tokenizer, outputs the
   decoder's byte-level tokenizer (which covers German umlauts).
-Both save to / load from one folder (weights + tokenizer(s)), so the MLflow wrapper serves them as trained.
+Both save to / load from one folder (weights + tokenizer(s) + task_kind.json naming the task kind), so the
+MLflow wrapper serves them as trained.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,13 +20,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.data.task_data import prompt_ids
+from pipeline.data.task_data import prompt_ids, target_room, text_pair
 from pipeline.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 ENCODER_TOKENIZER = "encoder_tokenizer"
 DECODER_TOKENIZER = "decoder_tokenizer"
+KIND_FILE = "task_kind.json"  # {"kind": "translation" | "summarization"}, saved with the weights
+
+
+def save_kind(folder: Path, kind: str) -> None:
+    text_pair(kind)  # a known source -> target kind
+    (folder / KIND_FILE).write_text(json.dumps({"kind": kind}), encoding="utf-8")
+
+
+def load_kind(folder: Path) -> str:
+    """The task kind a saved generator was trained for (folders saved before generation.json: translation)."""
+    path = folder / KIND_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["kind"] if path.exists() else "translation"
 
 
 def build_encoder_decoder(encoder_path: str | Path, decoder_path: str | Path, decoder_tokenizer):
@@ -62,32 +77,36 @@ def _batches(items: Sequence, size: int):
         yield items[i : i + size]
 
 
-class GptTranslator:
-    def __init__(self, model, tokenizer):
+class GptGenerator:
+    def __init__(self, model, tokenizer, kind: str):
         self.model = model
         self.tokenizer = tokenizer
+        self.kind = kind
 
     @classmethod
-    def load(cls, folder: str | Path) -> GptTranslator:
+    def load(cls, folder: str | Path) -> GptGenerator:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
-        return cls(model, load_tokenizer(folder))
+        return cls(model, load_tokenizer(folder), load_kind(Path(folder)))
 
     def save(self, folder: str | Path) -> None:
         self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
+        save_kind(Path(folder), self.kind)
 
     def prompt_ids(self, sources: Sequence, max_tokens: int) -> list[list[int]]:
         """The token ids each generation continues (a subclass prompts for another task: pipeline/models/qa.py)."""
-        return prompt_ids(self.tokenizer, sources, max_tokens)
+        return prompt_ids(self.tokenizer, sources, max_tokens, self.kind)
 
     def max_prompt_length(self, max_new_tokens: int) -> int:
-        """Prompt tokens that still leave room for the translation within the model's positions."""
-        return max(8, self.model.config.n_positions - max_new_tokens)
+        """Prompt tokens: the model's positions less the output's room, as in training rows of the model's full
+        length (task_data.encode_causal: at most half of them for the output)."""
+        positions = self.model.config.n_positions
+        return max(8, positions - target_room(positions, max_new_tokens))
 
     @torch.no_grad()
-    def translate(
+    def generate(
         self,
         sources: Sequence[str],
         *,
@@ -103,12 +122,13 @@ class GptTranslator:
         tok.padding_side = "left"  # generation continues every row from its last real token
         out: list[str] = []
         try:
-            for batch in tqdm(list(_batches(list(sources), batch_size)), desc="translate", disable=not progress):
+            for batch in tqdm(list(_batches(list(sources), batch_size)), desc="generate", disable=not progress):
                 ids = self.prompt_ids(batch, self.max_prompt_length(max_new_tokens))
                 enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(model.device)
+                room = model.config.n_positions - enc["input_ids"].shape[1]  # never past the last position
                 generated = model.generate(
                     **enc,  # input_ids [batch, prompt_len]
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=max(1, min(max_new_tokens, room)),
                     num_beams=num_beams,
                     do_sample=False,
                     length_penalty=length_penalty,
@@ -123,14 +143,15 @@ class GptTranslator:
         return out
 
 
-class EncoderDecoderTranslator:
-    def __init__(self, model, encoder_tokenizer, decoder_tokenizer):
+class EncoderDecoderGenerator:
+    def __init__(self, model, encoder_tokenizer, decoder_tokenizer, kind: str):
         self.model = model
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
+        self.kind = kind
 
     @classmethod
-    def load(cls, folder: str | Path) -> EncoderDecoderTranslator:
+    def load(cls, folder: str | Path) -> EncoderDecoderGenerator:
         from transformers import EncoderDecoderModel
 
         folder = Path(folder)
@@ -139,6 +160,7 @@ class EncoderDecoderTranslator:
             model,
             load_tokenizer(folder / ENCODER_TOKENIZER),
             load_tokenizer(folder / DECODER_TOKENIZER),
+            load_kind(folder),
         )
 
     def save(self, folder: str | Path) -> None:
@@ -146,9 +168,10 @@ class EncoderDecoderTranslator:
         self.model.save_pretrained(str(folder))
         self.encoder_tokenizer.save_pretrained(str(folder / ENCODER_TOKENIZER))
         self.decoder_tokenizer.save_pretrained(str(folder / DECODER_TOKENIZER))
+        save_kind(folder, self.kind)
 
     @torch.no_grad()
-    def translate(
+    def generate(
         self,
         sources: Sequence[str],
         *,
@@ -161,7 +184,7 @@ class EncoderDecoderTranslator:
         self.model.eval()
         out: list[str] = []
         dec = self.decoder_tokenizer
-        for batch in tqdm(list(_batches(list(sources), batch_size)), desc="translate", disable=not progress):
+        for batch in tqdm(list(_batches(list(sources), batch_size)), desc="generate", disable=not progress):
             enc = self.encoder_tokenizer(
                 list(batch),
                 return_tensors="pt",
@@ -185,9 +208,9 @@ class EncoderDecoderTranslator:
         return out
 
 
-def load_translator(folder: str | Path):
-    """The translator saved in `folder` (an encoder-decoder when it holds an encoder tokenizer)."""
+def load_generator(folder: str | Path):
+    """The generator saved in `folder` (an encoder-decoder when it holds an encoder tokenizer)."""
     folder = Path(folder)
     if (folder / ENCODER_TOKENIZER).is_dir():
-        return EncoderDecoderTranslator.load(folder)
-    return GptTranslator.load(folder)
+        return EncoderDecoderGenerator.load(folder)
+    return GptGenerator.load(folder)
