@@ -24,7 +24,7 @@ from pipeline.compare.leaderboard import (
     rows_for,
 )
 from pipeline.core import paths
-from pipeline.core.config import TASKS
+from pipeline.core.config import TASK_SPECS, TASKS
 from pipeline.core.io import atomic_dir, write_json, write_text
 from pipeline.core.metrics import main_metric, secondary_metrics
 
@@ -196,7 +196,39 @@ def _gains_section(rows: list[Row]) -> list[str]:
     return lines
 
 
-def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: str = "plots") -> str:
+EXAMPLES_SHOWN = 3  # summarization examples per task in the report (examples.jsonl holds 5 per model)
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def examples_section(task: str, examples: list[dict]) -> list[str]:
+    """A summarization task's first test examples: the dialogue, the reference and every model's output."""
+    if not examples:
+        return []
+    lines = [f"## {task}: example outputs", ""]
+    for example in examples[:EXAMPLES_SHOWN]:
+        lines += [
+            f"**Test example {example['index']}.** Source: {_cell(example['source'])}",
+            "",
+            "| model | output |",
+            "|---|---|",
+            f"| *reference* | {_cell(example['reference'])} |",
+            *[f"| {model} | {_cell(output)} |" for model, output in example.get("outputs", {}).items()],
+            "",
+        ]
+    return lines
+
+
+def markdown(
+    rows: list[Row],
+    champions: dict,
+    history: list[dict],
+    plots_rel: str = "plots",
+    examples: dict[str, list[dict]] | None = None,
+) -> str:
+    """The report; `examples`: task -> its test examples with every model's output (summarization tasks)."""
     best = best_per_task(rows)
     done = sum(r.status == OK for r in rows)
     lines = [
@@ -223,6 +255,8 @@ def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: s
     lines += ["", *_gains_section(rows)]
     for task in TASKS:
         lines += ["", f"## {task} (main metric: {main_metric(task)})", "", *_table(rows, task)]
+    for task, task_examples in (examples or {}).items():
+        lines += ["", *examples_section(task, task_examples)]
     lines += [
         "",
         "## Plots",
@@ -250,6 +284,18 @@ def markdown(rows: list[Row], champions: dict, history: list[dict], plots_rel: s
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def summarization_examples(rows: list[Row], root: Path) -> dict[str, list[dict]]:
+    """task -> its test examples with each model's output side by side, for the summarization tasks."""
+    from pipeline.train.examples import gather_examples
+
+    out = {}
+    for task in TASKS:
+        if TASK_SPECS[task].kind == "summarization":
+            models = [r.model for r in rows_for(rows, task) if r.status == OK]
+            out[task] = gather_examples(task, models, root)
+    return out
 
 
 # ---------------------------------------------------------------- plots
@@ -326,7 +372,7 @@ def write_reports(
     """Write comparison.md/.json and plots/ under reports/; returns ({artifact name: path}, the markdown)."""
     reports = (root or Path.cwd()) / paths.REPORTS
     plots = write_plots(rows, reports / "plots")
-    text = markdown(rows, champions, history)
+    text = markdown(rows, champions, history, examples=summarization_examples(rows, root or Path.cwd()))
     write_text(reports / "comparison.md", text)
     write_json(reports / "comparison.json", metrics_json(rows, champions))
     log.info("Wrote %s, %s and %s", reports / "comparison.md", reports / "comparison.json", plots)
