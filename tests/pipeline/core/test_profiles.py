@@ -133,13 +133,18 @@ def test_load_params_composes_in_memory_and_does_not_trust_a_stale_effective_fil
     assert yaml.safe_load((repo / profiles.EFFECTIVE_FILE).read_text())["common"]["seed"] == 42  # stale on disk
 
 
-def test_gpu_profile_only_resizes_pretraining():
+def test_gpu_profile_only_grows_sizes():
+    """GPU-sized pretraining, and the new tasks' full data (the CPU default caps SQuAD and SAMSum)."""
     overlay = yaml.safe_load((REPO_ROOT / "profiles" / "gpu.yaml").read_text())
-    assert list(overlay) == ["pretrain"]
+    assert list(overlay) == ["pretrain", "prepare", "train"]
     gpu = load_params(REPO_ROOT / "params.yaml", profile="gpu")
     cpu = load_params(REPO_ROOT / "params.yaml", profile=None)
     for family in ("gpt", "bert"):
         assert getattr(gpu.pretrain, family).n_embd > getattr(cpu.pretrain, family).n_embd
+    for task in ("squad", "samsum"):
+        caps = gpu.prepare.tasks[task]
+        assert caps.max_train is caps.max_validation is caps.max_test is None
+    assert gpu.train.tasks["squad"].max_length > cpu.train.tasks["squad"].max_length
 
 
 def test_smoke_profile_only_shrinks_sizes():
