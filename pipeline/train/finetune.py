@@ -284,6 +284,9 @@ class PretrainedTransformer(ModelFamily):
     def infer_one(self, row: dict) -> None:
         """Tokenize + forward (or generate), batch 1."""
         setup = self.setup
+        if setup.kind == "qa":  # extracted span (bert family) or generated answer (gpt)
+            self._answers([row["question"]], [row["context"]])
+            return
         if setup.generator is not None:
             gen = self.settings.generation
             setup.generator.generate(
@@ -292,9 +295,6 @@ class PretrainedTransformer(ModelFamily):
                 max_new_tokens=gen.max_new_tokens,
                 length_penalty=gen.length_penalty,
             )
-            return
-        if setup.kind == "qa":
-            self._answers([row["question"]], [row["context"]])
             return
         text = row["text"] if setup.kind == "classification" else " ".join(row["tokens"])
         enc = setup.tokenizer(
