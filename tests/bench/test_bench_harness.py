@@ -217,7 +217,7 @@ def test_pipeline_level_benchmarks_say_not_measured_without_a_finished_run(tmp_p
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(workspace, "candidate_workspaces", lambda explicit: [tmp_path])
     body = quality.run(BenchOptions(), {})
-    assert len(body["rows"]) == 4 and {r["status"] for r in body["rows"]} == {common.NOT_MEASURED}
+    assert len(body["rows"]) == len(quality.TARGETS) and {r["status"] for r in body["rows"]} == {common.NOT_MEASURED}
     body = whole_pipeline.run(BenchOptions(), {})
     assert body["rows"][0]["status"] == common.NOT_MEASURED and "FULL=1" in body["rows"][0]["note"]
 
@@ -236,6 +236,28 @@ def test_quality_reads_the_agreed_metrics_files(tmp_path):
     scores = quality.collect(tmp_path)
     assert scores["emotion"] == {"bert": 0.93, "rnn": 0.5} and scores["multi30k"] == {"gpt": 20.0}
     assert scores["sst2"] == {}
+
+
+def test_quality_judges_samsum_against_the_lead_baseline_and_reports_the_new_tasks(tmp_path):
+    from bench import quality
+
+    for model, task, test in (
+        ("lead", "samsum", {"rouge1": 30.0, "rouge2": 9.0, "rougeL": 25.0}),
+        ("gpt", "samsum", {"rouge1": 34.0, "rouge2": 10.0, "rougeL": 28.0}),
+        ("minilm", "squad", {"f1": 62.0, "exact_match": 50.0}),
+    ):
+        folder = tmp_path / "data" / "models" / f"{model}-{task}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"task": task, "model": model, "test": test}))
+    (tmp_path / "data" / "generate").mkdir(parents=True)
+    (tmp_path / "data" / "generate" / "metrics.json").write_text(json.dumps({"heldout": {"perplexity": 250.0}}))
+    scores = quality.collect(tmp_path)
+    samsum = quality.task_row("samsum", scores, True, "", tmp_path)
+    assert samsum["target"] == ">= 35" and samsum["measured"] == "34 (gpt)"  # the lead is no candidate
+    assert samsum["status"] == common.MISSED and "gpt rouge2 10" in samsum["note"]
+    squad = quality.task_row("squad", scores, True, "", tmp_path)
+    assert squad["status"] == common.MET and "minilm exact_match 50" in squad["note"]
+    assert quality.generation_perplexity(tmp_path) == 250.0
 
 
 def test_gpu_benchmark_is_skipped_not_failed_without_cuda():
