@@ -82,3 +82,31 @@ def test_the_throwaway_cluster_listens_only_on_its_socket_and_trusts_only_its_us
         conn.execute("CREATE ROLE intruder LOGIN")
     with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
         psycopg.connect(host=str(cluster.socket_dir), port=cluster.port, user="intruder", dbname="mlflow")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_fine_tuning_logs_registers_and_serves_through_the_server(
+    mlflow_server_uri, pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    """A pretrained transformer (the tiny GPT) fine-tuned against the server: its weights go through the proxied
+    artifact store, and the registered version loads back from it and answers."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline.core.config import parse_params
+    from tests.fixtures.finetune import finetune_params, memorization_split, write_prepared
+
+    rows = memorization_rows_by_task["emotion"]
+    write_prepared(pretrained_repo, "emotion", memorization_split("gpt", "emotion", rows))
+    params = parse_params(finetune_params(pretrained_repo, default_params_dict, "gpt", "emotion"))
+    assert configure(params) == mlflow_server_uri
+    summary = train("gpt", "emotion", params)
+    version = MlflowClient().get_model_version("emotion-gpt", summary["registered_version"])
+    assert MlflowClient().get_run(version.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+    served = mlflow.pyfunc.load_model(f"models:/emotion-gpt/{summary['registered_version']}")
+    predicted = served.predict(list(rows["text"]))
+    names = rows.features["label"].names
+    accuracy = sum(p["label"] == names[y] for p, y in zip(predicted, rows["label"])) / len(rows)
+    assert accuracy == pytest.approx(summary["test"]["accuracy"])  # the same weights as scored
+    assert not (pretrained_repo / "mlflow").exists(), "nothing went to the params' local SQLite store"
