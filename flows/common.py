@@ -100,7 +100,8 @@ def run_cli(flow: Callable, *args) -> None:
 
 
 def exit_now(code: int) -> None:
-    """End the stage's process at once, after sending Prefect's pending logs and events and flushing output.
+    """End the stage's process at once, after sending Prefect's pending logs and events and flushing output
+    (with a Prefect server of its own, started because no PREFECT_API_URL was given: a normal exit, which stops it).
 
     The interpreter's normal shutdown (tearing down torch, transformers, datasets, MLflow ... module by module)
     took 2-9 s per stage process, after the work was done and written (bench/README.md, fixed cost per stage).
@@ -109,7 +110,12 @@ def exit_now(code: int) -> None:
     """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():
+        # no server was given (PREFECT_API_URL): Prefect runs a temporary one for this process, which only its
+        # exit hooks stop; os._exit would leave it running (holding the caller's pipes open): exit normally
+        raise SystemExit(code)
     for worker in (APILogWorker, EventsWorker):
         try:
             worker.drain_all(timeout=10)

@@ -79,3 +79,20 @@ def test_a_stage_process_exits_at_once_with_its_status_and_output(outcome, prefe
     assert "never reached" not in proc.stdout
     if outcome == "fail":
         assert "FAILED: ValueError: bad row 3" in proc.stderr
+
+
+@pytest.mark.integration
+def test_without_a_server_the_stage_exits_normally_and_stops_its_temporary_server(prefect_env, tmp_path):
+    """No PREFECT_API_URL: Prefect starts a temporary server for the process, which only a normal exit stops;
+    os._exit would leave it running and holding the caller's pipes open (the caller would wait for ever)."""
+    from tests.fixtures.orchestration import REPO_ROOT
+
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE_SCRIPT)
+    env = {k: v for k, v in prefect_env.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO_ROOT), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    proc = subprocess.run(
+        [sys.executable, str(script), "fail"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 1 and "FAILED: ValueError: bad row 3" in proc.stderr, proc.stderr[-2000:]
+    assert "never reached" not in proc.stdout  # and run() returned: no server left holding the pipes (timeout)
