@@ -42,8 +42,9 @@ MODEL_TRAINING_KIND = "custom_model_development"
 # Set by flows/ (pipeline/ never imports Prefect) so runs can be tagged with their flow run.
 FLOW_RUN_ENV = "HT_PREFECT_FLOW_RUN_ID"
 ALLOW_DIRTY_ENV = "HT_ALLOW_DIRTY"
-# Written by the pipeline itself (the params stage, dvc repro): they never make a tree "dirty".
-GENERATED_FILES = ("dvc.lock", "params.effective.yaml")
+# Written by the pipeline itself (the params stage, dvc repro, the mirror hashes make run records): they never make
+# a tree "dirty".
+GENERATED_FILES = ("dvc.lock", "params.effective.yaml", "data-sources.yaml")
 
 
 class DirtyTreeError(RuntimeError):
