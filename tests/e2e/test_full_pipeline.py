@@ -22,6 +22,7 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
+from flows.ui import UI_MODEL_TRAINING_QUERY
 from pipeline.core.config import TASK_SPECS, TASKS
 from pipeline.core.profiles import PROFILE_ENV
 from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
@@ -173,7 +174,7 @@ def test_mlflow_ui_over_the_run_shows_the_models_side_by_side_and_the_registry(p
     try:
         wait_http_ok(f"{url}/health", proc, log, "make ui's MLflow server")
         with chromium_page({"width": 1800, "height": 1100}, 120_000) as page:
-            page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+            page.goto(f"{url}/#/experiments/{experiment_id}?{UI_MODEL_TRAINING_QUERY}")  # the link `make ui` prints
             page.wait_for_selector(f"text=minilm-{task}")
             text = page.inner_text("body")
             for model in MODELS:
