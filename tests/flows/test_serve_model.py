@@ -86,8 +86,13 @@ def test_each_tasks_champion_is_served_in_its_task_kinds_shape(championed, tmp_p
     assert len(processes) > 3 and not [pid for pid in processes if alive(pid)], "a server process was left running"
 
 
-def test_serve_model_refuses_a_task_without_a_champion(compare_repo, capsys):
+def test_serve_model_refuses_a_task_without_a_champion(compare_repo, capsys, monkeypatch):
     from flows.serve_model import main
+
+    # the compare repo's own store: an MLFLOW_TRACKING_URI left by an earlier test (MLflow exports it) may hold an
+    # emotion champion, and then main() would exec into `mlflow models serve` in place of this test process
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
 
     with pytest.raises(SystemExit) as exit_info:
         main(["emotion", "--port", "1"])
