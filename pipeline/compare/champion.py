@@ -468,10 +468,21 @@ def _sync_task_model(client, task: str, leader: dict | None, params: Params, his
         tags = {SOURCE_MODEL_TAG: want[0], SOURCE_VERSION_TAG: want[1], "model": family_model}
         if family_model in params.models:
             tags["model_family"] = params.models[family_model].family
-        target = client.create_model_version(task, source.source, run_id=source.run_id, tags=tags)
+        # MLflow 3: a version whose source is a logged model (models:/m-...) must name it; a server checks that
+        model_id = getattr(source, "model_id", None) or _logged_model_id(source.source)
+        logged = {"model_id": model_id} if model_id else {}
+        target = client.create_model_version(task, source.source, run_id=source.run_id, tags=tags, **logged)
     client.set_registered_model_alias(task, CHAMPION_ALIAS, str(target.version))
     _task_event(client, history, task, current, held, target, leader, reason)
     return {**state, "version": str(target.version)}
+
+
+def _logged_model_id(source: str) -> str | None:
+    """`m-...` of a logged-model source `models:/m-...` (MLflow 3), else None."""
+    prefix = "models:/"
+    if source.startswith(prefix) and source[len(prefix) :].startswith("m-") and "/" not in source[len(prefix) :]:
+        return source[len(prefix) :]
+    return None
 
 
 def _metric_of(client, task: str, source: tuple[str | None, str | None] | None) -> float | None:
