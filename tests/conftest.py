@@ -38,6 +38,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR_DIR = (REPO_ROOT / ".." / "shared" / "datasets").resolve()
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_store(monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: left set, the next test's stages would write to the
+    previous test's store instead of their params' one. A test that wants a server sets it again itself."""
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

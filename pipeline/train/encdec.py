@@ -398,14 +398,14 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None) -> list[Any]:
         texts = served_sources(self.fmt, model_input)
         sources = [" ".join(t.split()) if self.fmt.kind == "ner" else t for t in texts]
-        if self.fmt.kind == "classification":  # the most probable label sequence: always a label name
+        if self.fmt.kind == "classification":  # the most probable label sequence: always a label
             labels, results = self.codec.label_targets(), []
             for start in range(0, len(texts), 32):
                 ids, mask = pad_sources(
                     [self.codec.source(t) for t in texts[start : start + 32]], self.codec.pad, self.model.device
                 )
                 picked = score_labels(self.model, labels, ids, mask, self.codec.eos)  # [batch]
-                results += [self.fmt.label_names[i] for i in picked.tolist()]
+                results += [self.fmt.natural(i, "") for i in picked.tolist()]  # {"label", "score": None}
             return results
         results = []
         for start in range(0, len(texts), 32):
