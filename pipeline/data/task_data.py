@@ -268,6 +268,16 @@ def target_room(max_length: int, max_new_tokens: int) -> int:
     return max(1, min(max_new_tokens, max_length // 2))
 
 
+def prompted_rows(prompts: list[list[int]], targets: list[list[int]], eos: int, max_length: int) -> dict:
+    """Causal-LM rows: prompt + target + eos cut to max_length, with labels -100 on the prompt (loss on the target)."""
+    ids, labels = [], []
+    for p, t in zip(prompts, targets):
+        t = (t + [eos])[: max_length - len(p)]
+        ids.append(p + t)
+        labels.append([IGNORE_INDEX] * len(p) + t)
+    return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}
+
+
 def encode_causal(
     split: datasets.Dataset, tokenizer, max_length: int, kind: str, max_new_tokens: int
 ) -> datasets.Dataset:
@@ -279,12 +289,7 @@ def encode_causal(
     def encode(batch):
         prompts = prompt_ids(tokenizer, batch[pair.source], prompt_budget, kind)
         targets = tokenizer([" " + t.strip() for t in batch[pair.target]], add_special_tokens=False)["input_ids"]
-        ids, labels = [], []
-        for p, t in zip(prompts, targets):
-            t = (t + [eos])[: max_length - len(p)]
-            ids.append(p + t)
-            labels.append([IGNORE_INDEX] * len(p) + t)
-        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}
+        return prompted_rows(prompts, targets, eos, max_length)
 
     return tokenize_split(split, encode)
 
@@ -338,12 +343,7 @@ def encode_causal_qa(split: datasets.Dataset, tokenizer, max_length: int) -> dat
         prompts = qa_prompt_ids(tokenizer, list(zip(batch["question"], batch["context"])), qa_prompt_budget(max_length))
         answers = [" " + (a["text"][0] if a["text"] else "").strip() for a in batch["answers"]]
         targets = tokenizer(answers, add_special_tokens=False)["input_ids"]
-        ids, labels = [], []
-        for p, t in zip(prompts, targets):
-            t = (t + [eos])[: max_length - len(p)]
-            ids.append(p + t)
-            labels.append([IGNORE_INDEX] * len(p) + t)
-        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}
+        return prompted_rows(prompts, targets, eos, max_length)
 
     return tokenize_split(split, encode)
 
