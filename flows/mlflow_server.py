@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from flows.prefect_server import HOST, free_port
+from pipeline.core.processes import HOST, free_port, stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class PostgresCluster:
     def stop(self, timeout_s: float = 30.0, keep_files: bool = False) -> None:
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
-            _stop_group(proc, signal.SIGINT, timeout_s)  # SIGINT: PostgreSQL's "fast" shutdown
+            stop_process_group(proc, signal.SIGINT, timeout_s)  # SIGINT: PostgreSQL's "fast" shutdown
         if not (keep_files or self.keep):
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -196,17 +196,6 @@ class PostgresCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _stop_group(proc: subprocess.Popen, sig: int, timeout_s: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def healthy(url: str, timeout_s: float = 2.0) -> bool:
@@ -281,7 +270,7 @@ class MlflowServer:
     def stop(self, timeout_s: float = 20.0) -> None:
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
-            _stop_group(proc, signal.SIGTERM, timeout_s)
+            stop_process_group(proc, signal.SIGTERM, timeout_s)
 
     def __enter__(self) -> MlflowServer:
         return self.start()

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.core.processes import HOST, free_port, stop_process_group
+
 log = logging.getLogger(__name__)
 
 API_ENV = "PREFECT_API_URL"
-HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 STARTUP_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def api_url_for(port: int) -> str:
@@ -123,14 +117,7 @@ class LocalServer:
             self.log_path.unlink(missing_ok=True)
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the group we created: the server and its own children
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc, signal.SIGTERM, timeout_s)  # the group we created: the server and its children
 
     def __enter__(self) -> LocalServer:
         return self.start()

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from pipeline.core.processes import HOST, free_port, stop_process_group
+
 CHAMPION_ALIAS = "champion"
 STARTUP_TIMEOUT_S = 180
 
@@ -62,12 +62,6 @@ def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
 def serve_env(tracking: str) -> dict[str, str]:
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     return {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_REGISTRY_URI": tracking}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def invoke(port: int, body: dict, timeout_s: float = 60) -> list:
@@ -111,14 +105,7 @@ class Server:
         pids = [self.process.pid]
         with contextlib.suppress(psutil.NoSuchProcess):
             pids += [p.pid for p in psutil.Process(self.process.pid).children(recursive=True)]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.2)

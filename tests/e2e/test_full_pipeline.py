@@ -24,8 +24,9 @@ from datasets import load_from_disk
 
 from flows.ui import UI_MODEL_TRAINING_QUERY
 from pipeline.core.config import TASK_SPECS, TASKS
+from pipeline.core.processes import free_port
 from pipeline.core.profiles import PROFILE_ENV
-from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
+from tests.fixtures.browser import assert_server_gone, chromium_page, stop_group, wait_http_ok
 from tests.fixtures.dvc_repo import RAN, copy_repo, git, pipeline_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3000)]

@@ -18,8 +18,9 @@ from mlflow import MlflowClient
 
 from flows.ui import UI_MODEL_TRAINING_QUERY
 from pipeline.compare.stage import compare
+from pipeline.core.processes import free_port
 from pipeline.tracking.runs import COMPARE_EXPERIMENT, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, task_experiment
-from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
+from tests.fixtures.browser import assert_server_gone, chromium_page, stop_group, wait_http_ok
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from flows.serve import DEPLOYMENT_NAME
-from tests.fixtures.browser import assert_server_gone, chromium_page, free_port, stop_group, wait_http_ok
+from pipeline.core.processes import free_port
+from tests.fixtures.browser import assert_server_gone, chromium_page, stop_group, wait_http_ok
 from tests.fixtures.orchestration import _migrated_prefect_db
 
 pytestmark = pytest.mark.integration
