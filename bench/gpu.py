@@ -43,11 +43,15 @@ def datasheet_peak(device_name: str) -> float | None:
     return None
 
 
-def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = True) -> dict:
-    """Hand-written bf16-autocast training loop (AdamW, fused) on random tokens; tokens/s per step."""
+def build_gpt(cfg: dict, lean: bool = False) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel, or with lean=True the same parameters in bench.lean_gpt's layout."""
+    if lean:
+        from bench.lean_gpt import LeanGPT
+
+        keys = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size")
+        return LeanGPT(**{k: cfg[k] for k in keys})
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
     drop = cfg.get("dropout", 0.1)  # GPT2Config's default
     config = GPT2Config(
         vocab_size=cfg["vocab_size"],
@@ -61,7 +65,13 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
         embd_pdrop=drop,
         attn_pdrop=drop,
     )
-    model = GPT2LMHeadModel(config).cuda()
+    return GPT2LMHeadModel(config)
+
+
+def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = True, lean: bool = False) -> dict:
+    """Hand-written bf16-autocast training loop (AdamW, fused) on random tokens; tokens/s per step."""
+    torch.manual_seed(0)
+    model = build_gpt(cfg, lean).cuda()
     n = gpt_flop_params(model)
     step_model = torch.compile(model) if compile_model else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -72,7 +82,8 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = step_model(input_ids=batch, labels=batch).loss
+            out = step_model(input_ids=batch, labels=batch)
+            loss = out if lean else out.loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -83,7 +94,7 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
     torch.cuda.empty_cache()
     rates = [tokens / t for t in times]
     return {
-        "config": cfg,
+        "config": {**cfg, "module": "bench.lean_gpt" if lean else "transformers GPT2LMHeadModel"},
         "n_params_6n": n,
         "tokens_per_step": tokens,
         "step_s": times,
@@ -202,19 +213,21 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
             "vocab_size": defaults.tokenizers.gpt_vocab_size,
         },
         "gpt2_small": GPT2_SMALL,
+        "gpt2_small_lean": GPT2_SMALL,
     }
     runs, rows = {}, []
     for key, cfg in [*configs.items(), ("pipeline_trainer_gpu_params", None)]:
         if cfg is None:  # the pipeline's Trainer set-up with the gpu profile (needs the tokenizer and corpus stages)
             r = pipeline_trainer_tokens_per_s("gpu", steps=opts.size(100, 30), warmup=opts.size(10, 5))
         else:
-            r = gpt_tokens_per_s(cfg, steps=opts.size(30, 10), warmup=opts.size(10, 5))
+            lean = key.endswith("_lean")
+            r = gpt_tokens_per_s(cfg, steps=opts.size(30, 10), warmup=opts.size(10, 5), lean=lean)
         med = r["stats"]["median"]
         r["mfu_datasheet"] = 6 * r["n_params_6n"] * med / sheet if sheet else None
         r["mfu_measured_peak"] = 6 * r["n_params_6n"] * med / measured["peak_flops"]
         runs[key] = r
         mfu = 6 * r["n_params_6n"] * med / peak
-        target_applies = key == "gpt2_small" and "H100" in device
+        target_applies = key.startswith("gpt2_small") and "H100" in device
         rows.append(
             row(
                 f"{key} bf16 ({device})",

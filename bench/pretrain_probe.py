@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "pretrain_probe"
 MERGED = REPO / "bench" / "results" / "pretrain_probe.json"
 EVAL_EXAMPLES = 500
+# On a GPU (bench/gpu_probe.sh) the Trainer runs there in bf16; on CPU in fp32 (use_cpu).
+CUDA = torch.cuda.is_available()
 
 
 def _read(path: Path) -> list[str]:
@@ -54,9 +56,12 @@ def _save(name: str, result: dict) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
-def _config(family: str, sets: list[str]) -> dict:
+def _config(family: str, sets: list[str], profile: str | None = None) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     cfg = dict(params["pretrain"][family])
+    if profile:  # the profile's overlay of pretrain.<family> (profiles/<profile>.yaml)
+        overlay = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
+        cfg.update((overlay.get("pretrain") or {}).get(family) or {})
     for item in sets:
         key, value = item.split("=", 1)
         parsed = yaml.safe_load(value)
@@ -87,7 +92,7 @@ class Curve(TrainerCallback):
 def pretrain(opts) -> None:
     data = Path(opts.data)
     family = opts.family
-    cfg = SimpleNamespace(**_config(family, opts.set))
+    cfg = SimpleNamespace(**_config(family, opts.set, opts.profile))
     torch.set_num_threads(opts.threads)
     set_seed(42)
     tok = load_tokenizer(data / "tokenizers" / family)
@@ -130,7 +135,8 @@ def pretrain(opts) -> None:
         report_to="none",
         seed=42,
         data_seed=42,
-        use_cpu=True,
+        use_cpu=not CUDA,
+        bf16=CUDA,
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
         disable_tqdm=True,
@@ -156,6 +162,8 @@ def pretrain(opts) -> None:
             "group_by_length": opts.group_by_length,
             "train_examples": len(train),
             "threads": opts.threads,
+            "profile": opts.profile,
+            "device": torch.cuda.get_device_name(0) if CUDA else "cpu",
             "pretrain_wall_s": round(wall, 1),
             "tokens_seen": trainer.state.num_input_tokens_seen,
             "curve": curve.points,
@@ -182,9 +190,9 @@ def finetune_one(weights: Path, family: str, task: str, opts) -> dict:
     lr = opts.lr or lr
     epochs = opts.epochs or epochs
     set_seed(42)
-    setup = build_setup(family, weights, task, data, max_length)
+    setup = build_setup(family, weights, task, data, max_length, max_new_tokens=64)  # classification, NER: unused
     args = TrainingArguments(  # the settings of pipeline.train.finetune._training_args
-        output_dir=str(weights.parent / f"ft-{task}-{weights.name}"),
+        output_dir=str(weights.parent / f"ft-{task}-{weights.name}-lr{lr}-ep{epochs}"),  # side by side: own folders
         num_train_epochs=epochs,
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
@@ -202,7 +210,8 @@ def finetune_one(weights: Path, family: str, task: str, opts) -> dict:
         report_to="none",
         seed=42,
         data_seed=42,
-        use_cpu=True,
+        use_cpu=not CUDA,
+        bf16=CUDA,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -234,15 +243,19 @@ def finetune_one(weights: Path, family: str, task: str, opts) -> dict:
 
 
 def finetune(opts) -> None:
+    """Results go into NAME's file, or with --own-file into NAME@TASK's (fine-tunes of one checkpoint running
+    side by side, as bench/gpu_probe.sh does, must not rewrite one file)."""
     torch.set_num_threads(opts.threads)
-    result = _result(opts.name)
-    family = result["family"]
+    family = _result(opts.name)["family"]
     key = f"{opts.task}" + (f"@lr{opts.lr}" if opts.lr else "") + (f"@ep{opts.epochs}" if opts.epochs else "")
+    out_name = f"{opts.name}@{key}" if opts.own_file else opts.name
+    result = _result(out_name)
+    result.setdefault("family", family)
     down = result.setdefault("downstream", {}).setdefault(key, {})
     for which in opts.which:
         down[which] = finetune_one(Path(opts.work) / opts.name / which, family, opts.task, opts)
         log.info("%s %s %s: %s", opts.name, key, which, down[which]["test"])
-        _save(opts.name, result)
+        _save(out_name, result)
 
 
 def adopt(opts) -> None:
@@ -309,6 +322,8 @@ def main() -> None:
     parser.add_argument("name", nargs="?")
     parser.add_argument("--family", choices=["gpt", "bert"], default="bert")
     parser.add_argument("--set", action="append", default=[], help="pretrain.<family> key=value")
+    parser.add_argument("--profile", help="overlay profiles/<profile>.yaml's pretrain.<family> (e.g. gpu)")
+    parser.add_argument("--own-file", action="store_true", help="finetune: write NAME@TASK.json")
     parser.add_argument("--negatives", default="random_document")
     parser.add_argument("--split-single", action="store_true")
     parser.add_argument("--scheduler", default="linear")

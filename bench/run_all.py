@@ -58,8 +58,10 @@ README_BEGIN = "<!-- bench-summary:begin -->"
 README_END = "<!-- bench-summary:end -->"
 
 
-def run_one(name: str, opts: BenchOptions, ctx: dict) -> dict:
-    """Run one benchmark; an exception becomes an 'error' row (with the traceback in the JSON), never a crash."""
+def run_one(name: str, opts: BenchOptions, ctx: dict) -> dict | None:
+    """Run one benchmark; an exception becomes an 'error' row (with the traceback in the JSON), never a crash.
+    None when it was skipped (no CUDA device, say) and an earlier measured result exists: that one is kept, so a
+    CPU machine's bench run does not erase the last GPU measurement."""
     started = time.time()
     try:
         module = importlib.import_module(BENCHMARKS[name])
@@ -70,6 +72,10 @@ def run_one(name: str, opts: BenchOptions, ctx: dict) -> dict:
             "rows": [row(name, "-", "-", ERROR, f"{type(err).__name__}: {err}")],
             "traceback": traceback.format_exc(),
         }
+    previous = read_result(name)
+    if body.get("skipped") and previous and not previous.get("skipped"):
+        log.info("%s: skipped (%s); keeping the measured result of %s", name, body["skipped"], previous["started_at"])
+        return None
     result = envelope(name, body, started, time.time())
     path = write_result(name, result)
     log.info("%s: wrote %s (%.1f s)", name, path, result["duration_s"])
@@ -135,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx: dict[str, dict] = {}
     for name in names:
         log.info("=== %s ===", name)
-        ctx[name] = run_one(name, opts, ctx)
+        result = run_one(name, opts, ctx)
+        if result is not None:
+            ctx[name] = result
     # The summary covers every benchmark: this run's results, and the latest earlier one of those not run now.
     earlier = {n: read_result(n) for n in BENCHMARKS if n not in ctx}
     earlier = {n: r for n, r in earlier.items() if r}

@@ -138,6 +138,30 @@ def test_run_all_writes_results_and_summary_and_survives_a_broken_benchmark(tmp_
     assert "no subject yet" in capsys.readouterr().out
 
 
+def test_a_skipped_benchmark_keeps_the_last_measured_result(tmp_path, monkeypatch):
+    """A CPU machine's bench run (gpu: skipped, no CUDA) must not erase the GPU numbers measured when one was lent;
+    a skip with nothing measured before is written as usual."""
+    gpu = types.ModuleType("bench_test_gpu")
+    gpu.run = lambda opts, ctx: common.result_body(
+        [common.row("MFU", "report", "-", common.SKIPPED, "no CUDA")], skipped="no CUDA device"
+    )
+    monkeypatch.setitem(sys.modules, "bench_test_gpu", gpu)
+    monkeypatch.setattr(run_all, "BENCHMARKS", {"gpu": "bench_test_gpu"})
+    monkeypatch.setattr(run_all, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+
+    assert run_all.main([]) == 0  # nothing measured yet: the skip is recorded
+    assert json.loads((tmp_path / "gpu.json").read_text())["skipped"] == "no CUDA device"
+
+    measured = common.envelope("gpu", common.result_body([common.row("MFU", "report", "37 %", common.REPORT)]), 0, 1)
+    common.write_result("gpu", measured)
+    assert run_all.main([]) == 0
+    kept = json.loads((tmp_path / "gpu.json").read_text())
+    assert "skipped" not in kept and kept["rows"][0]["measured"] == "37 %"
+    summary = (tmp_path / run_all.SUMMARY_MD).read_text()
+    assert "37 %" in summary and "From earlier runs: gpu" in summary
+
+
 def test_run_all_rejects_unknown_names():
     with pytest.raises(SystemExit):
         run_all.parse_args(["--only", "nope"])
