@@ -352,10 +352,11 @@ class TaskTraining(Strict):
     learning_rate: PosFloat
     max_length: Annotated[int, Field(ge=8)]
     max_steps: PosInt | None
-    # optional per task (source -> target text tasks): the task's own cap on generated tokens, replacing
-    # train.generation.max_new_tokens for its runs (RunSettings.generation is the one resolved value), and how
+    # optional per task (source -> target text tasks): the task's own cap on generated tokens and beam width,
+    # replacing train.generation's for its runs (RunSettings.generation is the one resolved value), and how
     # many validation examples (the first ones) each epoch's greedy generation scores (unset: all of them)
     max_new_tokens: PosInt | None = None
+    num_beams: PosInt | None = None
     val_generation_examples: PosInt | None = None
 
 
@@ -368,6 +369,7 @@ class TaskOverride(Strict):
     max_steps: PosInt | None = None
     batch_size: PosInt | None = None
     max_new_tokens: PosInt | None = None
+    num_beams: PosInt | None = None
     val_generation_examples: PosInt | None = None
 
 

@@ -258,7 +258,8 @@ class PretrainedTransformer(ModelFamily):
         return TestScores(qa_metrics(golds, predictions), items=items)
 
     def _score_generated(self, test) -> TestScores:
-        """Beam search (train.generation) gives the test metrics; greedy ones are kept as <metric>_greedy."""
+        """Beam search (train.generation) gives the test metrics; greedy ones are kept as <metric>_greedy (the same
+        when the run's num_beams is 1)."""
         setup, gen, pair = self.setup, self.settings.generation, TEXT_PAIRS[self.setup.kind]
         sources, references = test[pair.source], test[pair.target]
         options = dict(
@@ -267,9 +268,13 @@ class PretrainedTransformer(ModelFamily):
             batch_size=self.settings.common.eval_batch_size,
             progress=True,
         )
-        greedy = text_metrics(setup.kind, references, setup.generator.generate(sources, num_beams=1, **options))
-        outputs = setup.generator.generate(sources, num_beams=gen.num_beams, **options)
-        beam = text_metrics(setup.kind, references, outputs)
+        greedy_outputs = setup.generator.generate(sources, num_beams=1, **options)
+        greedy = text_metrics(setup.kind, references, greedy_outputs)
+        if gen.num_beams == 1:  # the test decoding is greedy itself: no second pass
+            outputs, beam = greedy_outputs, greedy
+        else:
+            outputs = setup.generator.generate(sources, num_beams=gen.num_beams, **options)
+            beam = text_metrics(setup.kind, references, outputs)
         for source, out, ref in list(zip(sources, outputs, references))[:3]:
             log.info("test example:\n  source: %s\n  output: %s\n  reference: %s", source, out, ref)
         items = [{"gold": ref, "prediction": out} for ref, out in zip(references, outputs)]

@@ -38,7 +38,7 @@ class RunSettings:
     training: TaskTraining  # the task's settings with the model-task override applied
     batch_size: int
     common: TrainCommon
-    generation: GenerationConfig  # train.generation with the task's max_new_tokens (if it sets one) applied
+    generation: GenerationConfig  # train.generation with the task's max_new_tokens / num_beams (if set) applied
     seed: int
     qa: QAConfig  # windows and answer spans of extractive QA (recorded for qa tasks only)
 
@@ -58,9 +58,9 @@ class RunSettings:
         changes = {k: v for k, v in (override.model_dump() if override else {}).items() if v is not None}
         batch_size = changes.pop("batch_size", params.train.common.batch_size)
         task_training = TaskTraining(**{**training, **changes})
-        generation = params.train.generation
-        if task_training.max_new_tokens is not None:  # the task's own cap replaces the common one
-            generation = generation.model_copy(update={"max_new_tokens": task_training.max_new_tokens})
+        # the task's (or model-task's) own generation cap and beam width replace the common ones
+        own = {k: getattr(task_training, k) for k in ("max_new_tokens", "num_beams")}
+        generation = params.train.generation.model_copy(update={k: v for k, v in own.items() if v is not None})
         return cls(
             model=model,
             task=task,

@@ -122,3 +122,17 @@ def test_a_task_max_new_tokens_replaces_the_common_one_for_its_runs_only(default
     translator = RunSettings.resolve("gpt", "multi30k", params)
     assert translator.generation.max_new_tokens == 64 and translator.training.max_new_tokens is None
     assert "train.max_new_tokens" not in translator.mlflow_params()  # unset optional keys are not logged
+
+
+def test_a_task_num_beams_replaces_the_common_beam_width_for_its_runs_only(default_params_dict):
+    raw = copy.deepcopy(default_params_dict)
+    raw["train"]["generation"]["num_beams"] = 4
+    raw["train"]["tasks"]["samsum"]["num_beams"] = 1
+    raw["train"]["overrides"]["rnn-samsum"] = {"num_beams": 2}
+    params = parse_params(raw)
+    summarizer = RunSettings.resolve("bert", "samsum", params)
+    assert summarizer.generation.num_beams == 1
+    assert summarizer.mlflow_params()["train.generation.num_beams"] == 1
+    assert RunSettings.resolve("rnn", "samsum", params).generation.num_beams == 2  # the run's override
+    assert RunSettings.resolve("rnn_noattn", "samsum", params).generation.num_beams == 2  # the twin's override
+    assert RunSettings.resolve("gpt", "multi30k", params).generation.num_beams == 4
