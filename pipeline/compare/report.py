@@ -164,6 +164,12 @@ def _table(rows: list[Row], task: str) -> list[str]:
     return lines
 
 
+def _significance_cell(gain: dict) -> str:
+    if not gain["significant"]:
+        return "no"
+    return f"yes {SIGNIFICANT_MARK}" + (" (control better)" if gain["gain"] < 0 else "")
+
+
 def _gains_section(rows: list[Row]) -> list[str]:
     """What pretraining and attention add: every model's gain over its control, significant ones marked."""
     lines = [
@@ -171,7 +177,8 @@ def _gains_section(rows: list[Row]) -> list[str]:
         "",
         "transfer gain = pretrained model - its scratch twin (same architecture and tokenizer, random init); "
         "attention gain = rnn - rnn_noattn. Main metric on the test set; [95% bootstrap interval]; "
-        f"{SIGNIFICANT_MARK} = significant (one-sided paired bootstrap p-value below compare.significance_level).",
+        f"{SIGNIFICANT_MARK} = significant (one-sided paired bootstrap p-value, in the direction of the observed "
+        "gain, below compare.significance_level); a significant negative gain means the control did better.",
         "",
         "| task | model | gain | control | gain (main metric) | 95% CI | p-value | significant |",
         "|---|---|---|---|---|---|---|---|",
@@ -189,7 +196,7 @@ def _gains_section(rows: list[Row]) -> list[str]:
                     f"| {task} | {r.model} | {name.replace('_', ' ')} | {g['control']} | "
                     f"{'+' if g['gain'] >= 0 else ''}{fmt_metric(main, g['gain'])} | "
                     f"[{fmt_metric(main, g['low'])}, {fmt_metric(main, g['high'])}] | {g['p_value']:.3f} | "
-                    f"{'yes ' + SIGNIFICANT_MARK if g['significant'] else 'no'} |"
+                    f"{_significance_cell(g)} |"
                 )
     if not found:
         lines.append(f"| {NOT_AVAILABLE} | no model and control both have test items |  |  |  |  |  |  |")

@@ -121,3 +121,11 @@ def test_leaderboard_intervals_and_gains_over_the_controls(compare_repo):
     cell = metrics_json(rows, {})["emotion"]["gpt"]
     assert cell["accuracy_ci_low"] == gpt.main_ci[0] and cell["transfer_gain"] == pytest.approx(0.75)
     assert "transfer_gain" not in metrics_json(rows, {})["emotion"]["gpt_scratch"]
+
+
+def test_a_significant_negative_gain_says_the_control_did_better():
+    from pipeline.compare.report import _significance_cell
+
+    assert _significance_cell({"gain": -0.07, "significant": True}) == "yes * (control better)"
+    assert _significance_cell({"gain": 0.12, "significant": True}) == "yes *"
+    assert _significance_cell({"gain": -0.01, "significant": False}) == "no"
