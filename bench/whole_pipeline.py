@@ -1,6 +1,6 @@
 """Whole pipeline: wall time and peak memory of `make run` on the default params, per stage.
 
-Opt-in (`make bench FULL=1`, ~30 min): copies the repo to a workspace (bench.workspace, default
+Opt-in (`make bench FULL=1`, ~100 min): copies the repo to a workspace (bench.workspace, default
 /tmp/ht-bench/full/repo), runs what `make run` runs there (`python -m flows.run_pipeline`; plain `dvc repro`
 while that flow does not exist), timing each DVC stage from its 'Running stage' line and sampling the RSS of the
 whole process tree. The workspace is kept: later `make bench` runs measure no-op/incremental repro, quality and
@@ -35,7 +35,10 @@ from bench.workspace import DEFAULT_WORKDIR, bench_env, clone_repo, run_tracked
 log = logging.getLogger("bench")
 
 NAME = "whole_pipeline"
-WALL_TARGET_S = 30 * 60
+# the performance issue's budget for the whole default run: 35 min on 2 cores whose fp32 matmul peak is ~300
+# GFLOP/s; a slower machine's budget scales with its measured peak (wall_target_s)
+WALL_TARGET_S = 35 * 60
+WALL_TARGET_PEAK_FLOPS = 300e9
 RSS_TARGET_GIB = 8.0
 TIMEOUT_S = 3 * 3600
 SMOKE_ENV = "HT_BENCH_SMOKE"
@@ -122,6 +125,17 @@ def fixed_cost_rows(costs: dict, peak: dict | None, judge) -> list[dict]:
     return rows
 
 
+def wall_target_s(peak: dict | None) -> float:
+    """35 min, scaled up on a machine slower than the ~300 GFLOP/s the budget was set on (never down)."""
+    if not peak or not peak.get("peak_flops"):
+        return WALL_TARGET_S
+    return WALL_TARGET_S * max(1.0, WALL_TARGET_PEAK_FLOPS / peak["peak_flops"])
+
+
+def wall_target_text(peak: dict | None) -> str:
+    return f"<= {wall_target_s(peak) / 60:.0f} min on 2 cores"
+
+
 def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
     suffix = f" (full run of {when})" if when else ""
     if smoke:
@@ -131,7 +145,7 @@ def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
         return [
             row(
                 "make run (default params)",
-                "<= 30 min on 2 cores",
+                wall_target_text(run.get("matmul_peak")),
                 fmt_s(run["wall_s"]),
                 ERROR,
                 f"exited {run['rc']}{suffix}: {tail}",
@@ -144,9 +158,9 @@ def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
     return [
         row(
             "make run wall time (default params)",
-            "<= 30 min on 2 cores",
+            wall_target_text(run.get("matmul_peak")),
             fmt_s(run["wall_s"]),
-            judge(run["wall_s"] <= WALL_TARGET_S),
+            judge(run["wall_s"] <= wall_target_s(run.get("matmul_peak"))),
             f"{len(stages)} stages{suffix}",
         ),
         row(
@@ -173,10 +187,10 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
                 [
                     row(
                         "make run (default params)",
-                        "<= 30 min on 2 cores, <= 8 GiB",
+                        f"{wall_target_text(None)}, <= 8 GiB",
                         "-",
                         NOT_MEASURED,
-                        "not measured: opt-in, run `make bench FULL=1` (~30 min)",
+                        "not measured: opt-in, run `make bench FULL=1` (~100 min)",
                     )
                 ]
             )

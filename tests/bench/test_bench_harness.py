@@ -406,3 +406,12 @@ def test_whole_pipeline_reports_the_fixed_cost_of_training_stages_from_their_tim
     )
     assert "3 stages" in fixed["note"] and "150.0 GFLOP/s" in fixed["note"] and "register 2.0 s" in fixed["note"]
     assert compare["status"] == common.verdict(True)
+
+
+def test_the_whole_run_budget_scales_up_on_a_slower_machine_only():
+    from bench import whole_pipeline
+
+    assert whole_pipeline.wall_target_s(None) == 35 * 60
+    assert whole_pipeline.wall_target_s({"peak_flops": 356e9}) == 35 * 60  # faster than 300 GFLOP/s: not cut
+    assert whole_pipeline.wall_target_s({"peak_flops": 150e9}) == pytest.approx(70 * 60)
+    assert whole_pipeline.wall_target_text({"peak_flops": 150e9}) == "<= 70 min on 2 cores"
