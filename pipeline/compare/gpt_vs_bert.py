@@ -356,6 +356,8 @@ def transfer_gain_text(rows: list[Row]) -> Callable[[str, str], str | None]:
             return None
         gain = row.transfer_gain
         verdict = "significant" if gain["significant"] else "not significant"
+        if gain["significant"] and gain["gain"] < 0:
+            verdict += ": the scratch twin did better"
         return f"{fmt_gain(main_metric(task), gain)}, {verdict}"
 
     return text

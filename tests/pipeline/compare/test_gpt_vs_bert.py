@@ -77,3 +77,21 @@ def test_generation_samples_and_perplexity_are_shown(tmp_path):
     _, text = write_gpt_vs_bert([], tmp_path)
     assert "Held-out perplexity: 123.4 (vocabulary 800" in text
     assert "| The history of | the city \\| began |" in text
+
+
+def test_a_significant_negative_transfer_gain_says_the_scratch_twin_did_better():
+    from pipeline.compare.gpt_vs_bert import transfer_gain_text
+
+    def gain(value: float, significant: bool) -> dict:
+        return {"control": "x_scratch", "gain": value, "low": value - 0.02, "high": value + 0.02, "p_value": 0.01,
+                "significant": significant}  # fmt: skip
+
+    rows = [
+        Row("emotion", "bert", OK, test={"accuracy": 0.54}, transfer_gain=gain(-0.07, True)),
+        Row("emotion", "gpt", OK, test={"accuracy": 0.72}, transfer_gain=gain(0.12, True)),
+        Row("sst2", "gpt", OK, test={"accuracy": 0.67}, transfer_gain=gain(0.03, False)),
+    ]
+    text = transfer_gain_text(rows)
+    assert text("emotion", "bert").endswith("significant: the scratch twin did better")
+    assert text("emotion", "gpt").endswith(", significant") and text("sst2", "gpt").endswith("not significant")
+    assert text("squad", "gpt") is None
