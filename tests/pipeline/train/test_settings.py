@@ -111,7 +111,7 @@ def test_a_task_max_new_tokens_replaces_the_common_one_for_its_runs_only(default
     raw["train"]["tasks"]["samsum"]["max_new_tokens"] = 48
     raw["train"]["overrides"]["gpt-samsum"] = {"max_new_tokens": 40, "val_generation_examples": 10}
     params = parse_params(raw)
-    summarizer = RunSettings.resolve("minilm", "samsum", params)
+    summarizer = RunSettings.resolve("encdec", "samsum", params)  # encdec-samsum overrides nothing
     assert (
         summarizer.generation.max_new_tokens == 48
         and summarizer.generation.num_beams == params.train.generation.num_beams
