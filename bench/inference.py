@@ -45,23 +45,30 @@ def tracking_store(root: Path):
         mlflow.set_registry_uri(old[1])
 
 
-def test_texts(root: Path, task: str, n: int) -> list[str]:
-    """Up to n test inputs of a task as text (NER: the words joined by spaces, translation: English)."""
+def test_texts(root: Path, task: str, n: int) -> list:
+    """Up to n test inputs of a task (NER: the words joined by spaces, translation: English, summarization: the
+    dialogue, QA: {"question", "context"} rows)."""
     from datasets import load_from_disk
 
     test = load_from_disk(str(root / "data" / "prepared" / task))["test"]
     test = test.select(range(min(n, len(test))))
     if "tokens" in test.column_names:
         return [" ".join(t) for t in test["tokens"]]
-    if "en" in test.column_names:
-        return list(test["en"])
+    if "question" in test.column_names:
+        return [{"question": q, "context": c} for q, c in zip(test["question"], test["context"])]
+    for column in ("en", "dialogue"):
+        if column in test.column_names:
+            return list(test[column])
     return list(test["text"])
 
 
-def shaped(example, texts: list[str]):
-    """`texts` in the form of the model's logged input example (list of str, a DataFrame column, a dict)."""
+def shaped(example, texts: list):
+    """`texts` in the form of the model's logged input example (list of str, a DataFrame column, a dict); QA rows
+    (dicts) as a DataFrame of their fields or a list of dicts."""
     import pandas as pd
 
+    if texts and isinstance(texts[0], dict):
+        return pd.DataFrame(texts) if isinstance(example, pd.DataFrame) else list(texts)
     if isinstance(example, pd.DataFrame):
         column = "text" if "text" in example.columns else example.columns[0]
         if column == "tokens":
@@ -84,7 +91,7 @@ def latencies(model, inputs: list, warmup: int) -> list[float]:
     return out
 
 
-def measure_model(name: str, texts: list[str], opts: BenchOptions) -> dict:
+def measure_model(name: str, texts: list, opts: BenchOptions) -> dict:
     from pipeline.tracking.registry import load_registered
 
     t0 = time.perf_counter()

@@ -415,3 +415,16 @@ def test_the_whole_run_budget_scales_up_on_a_slower_machine_only():
     assert whole_pipeline.wall_target_s({"peak_flops": 356e9}) == 35 * 60  # faster than 300 GFLOP/s: not cut
     assert whole_pipeline.wall_target_s({"peak_flops": 150e9}) == pytest.approx(70 * 60)
     assert whole_pipeline.wall_target_text({"peak_flops": 150e9}) == "<= 70 min on 2 cores"
+
+
+def test_inference_shapes_qa_rows_and_texts_like_the_logged_example():
+    import pandas as pd
+
+    from bench.inference import shaped
+
+    rows = [{"question": "Who?", "context": "Ann did."}]
+    framed = shaped(pd.DataFrame(rows), rows)
+    assert isinstance(framed, pd.DataFrame) and list(framed.columns) == ["question", "context"]
+    assert shaped(rows, rows) == rows
+    assert shaped(pd.DataFrame({"dialogue": ["a: hi"]}), ["b: yo"]).to_dict("list") == {"dialogue": ["b: yo"]}
+    assert shaped(["x"], ["y", "z"]) == ["y", "z"]
