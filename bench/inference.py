@@ -32,17 +32,15 @@ def tracking_store(root: Path):
     import mlflow
 
     from pipeline.core.config import load_params
-    from pipeline.tracking.runs import tracking_uri
+    from pipeline.tracking.runs import point_mlflow_at, tracking_uri
 
-    old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    old = mlflow.get_tracking_uri()
     uri = tracking_uri(load_params(root / "params.yaml"), root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    point_mlflow_at(uri)
     try:
         yield uri
     finally:
-        mlflow.set_tracking_uri(old[0])
-        mlflow.set_registry_uri(old[1])
+        point_mlflow_at(old)  # not exported: a later in-process run keeps its params' store
 
 
 def test_texts(root: Path, task: str, n: int) -> list:

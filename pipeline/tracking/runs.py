@@ -82,18 +82,26 @@ def artifact_root(params: Params, root: Path | None = None) -> str | None:
 
 
 def configure(params: Params, root: Path | None = None) -> str:
-    import mlflow
 
     uri = tracking_uri(params, root)
+    point_mlflow_at(uri)
+    return uri
+
+
+def point_mlflow_at(uri: str) -> None:
+    """Tracking and registry URI of this process. MLflow 3 also exports them as env vars; left set, they would
+    override the params' store on the next call (another stage, test or benchmark in this process) and hide
+    artifact_root(): the env vars are put back as the user had them."""
+    import mlflow
+
     user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    # MLflow 3 also exports these env vars; left set, they would override the params' store on the next call
-    # (another stage or test in this process) and hide artifact_root(): keep only what the user set.
     for key, value in user_env.items():
         if value is None:
             os.environ.pop(key, None)
-    return uri
+        else:
+            os.environ[key] = value
 
 
 def ensure_experiment(name: str, params: Params, root: Path | None = None) -> str:
