@@ -11,6 +11,8 @@ PREFECT_PORT ?= 4200
 PORT ?= 5001
 # params profile for `make run` (profiles/<name>.yaml, e.g. gpu, smoke); empty: params.yaml's defaults
 PROFILE ?=
+# stages at once for `make run` (empty: params.orchestration.parallel_stages)
+JOBS ?=
 
 .PHONY: help install postgres run lint test test-fast bench ui mlflow-server serve serve-model rollback reproduce clean-data
 help: ## show this help
@@ -31,8 +33,8 @@ postgres: ## install PostgreSQL (Debian's postgresql package) for `make mlflow-s
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
-run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are; PROFILE=gpu|smoke
-	$(PY) -m flows.run_pipeline --profile '$(PROFILE)'
+run: $(STAMP) ## set up, run the whole pipeline (dvc repro) and print where results are; PROFILE=gpu|smoke, JOBS=N
+	$(PY) -m flows.run_pipeline --profile '$(PROFILE)' $(if $(JOBS),--jobs $(JOBS))
 
 lint: $(STAMP) ## ruff check, ruff format --check, lint-imports (architecture contracts); runs all three
 	@rc=0; for cmd in "ruff check ." "ruff format --check ." "lint-imports"; do \

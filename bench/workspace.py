@@ -31,6 +31,9 @@ DEFAULT_WORKDIR = Path(os.environ.get("HT_BENCH_WORKDIR", "/tmp/ht-bench"))
 # DVC's stage lines, also when a flow re-logs them with a prefix (flows.retrain streams dvc into Prefect logs).
 RUNNING_RE = re.compile(r"(?:^|\s)Running stage '([^']+)':")
 SKIPPED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' didn't change, skipping")
+# flows/parallel_repro.py (stages at once): each stage's end is its own line, not the next stage's start
+ENDED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' (?:finished in|failed \(exit)")
+CONCURRENT_RE = re.compile(r"Running up to \d+ stages at a time")
 # Variables that would point a copy at the developer's stores (or params profile) instead of its own.
 ISOLATE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "HT_PROFILE", "PREFECT_API_URL")
 
@@ -256,8 +259,10 @@ def run_tracked(
 ) -> TrackedRun:
     """Run a command, timestamp DVC's 'Running stage' lines, sample the process tree's RSS.
 
-    Each stage lasts from its 'Running stage' line to the next one (or the end); its peak is the largest
-    tree RSS sampled meanwhile (the whole tree: DVC, the stage's python, a Prefect server if one runs).
+    Each stage lasts from its 'Running stage' line to its 'finished in' line when the run prints one (stages
+    run at once: flows/parallel_repro.py), else to the next 'Running stage' line (`dvc repro`) or the end; its
+    peak is the largest tree RSS sampled meanwhile (the whole tree: DVC, the stage's python, a Prefect server
+    if one runs, and the stages running beside it).
     """
     import psutil
 
@@ -269,20 +274,22 @@ def run_tracked(
     run = TrackedRun(cmd=cmd, rc=-1, wall_s=0.0, peak_rss_gib=0.0)
     lock = threading.Lock()
     done = threading.Event()
+    open_stages: dict[str, StageTiming] = {}
 
     def sample() -> None:
         while not done.is_set():
             gib = tree_rss(ps) / 2**30
             with lock:
                 run.peak_rss_gib = max(run.peak_rss_gib, gib)
-                if run.stages:
-                    run.stages[-1].peak_rss_gib = max(run.stages[-1].peak_rss_gib, gib)
+                for stage in open_stages.values():
+                    stage.peak_rss_gib = max(stage.peak_rss_gib, gib)
             done.wait(sample_every)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     sink = open(log_file, "w", encoding="utf-8") if log_file else None  # noqa: SIM115 (closed in finally)
     deadline = t0 + timeout if timeout else None
+    concurrent = False  # set by flows/parallel_repro.py's first line
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
             now = time.perf_counter() - t0
@@ -292,10 +299,20 @@ def run_tracked(
             run.tail = (run.tail + [line])[-200:]
             if m := RUNNING_RE.search(line):
                 with lock:
-                    if run.stages:
-                        run.stages[-1].wall_s = now - run.stages[-1].start_s
-                    run.stages.append(StageTiming(m.group(1), now))
+                    if not concurrent:  # `dvc repro`: the previous stage ended here
+                        for stage in open_stages.values():
+                            stage.wall_s = now - stage.start_s
+                        open_stages.clear()
+                    stage = StageTiming(m.group(1), now)
+                    run.stages.append(stage)
+                    open_stages[stage.name] = stage
                 log.info("[%7.1fs] stage %s", now, m.group(1))
+            elif CONCURRENT_RE.search(line):
+                concurrent = True
+            elif m := ENDED_RE.search(line):
+                with lock:
+                    if stage := open_stages.pop(m.group(1), None):
+                        stage.wall_s = now - stage.start_s
             elif m := SKIPPED_RE.search(line):
                 run.skipped.append(m.group(1))
             if deadline and time.perf_counter() > deadline:
@@ -312,8 +329,8 @@ def run_tracked(
             proc.kill()
             proc.wait()
     run.wall_s = time.perf_counter() - t0
-    if run.stages:
-        run.stages[-1].wall_s = run.wall_s - run.stages[-1].start_s
+    for stage in open_stages.values():
+        stage.wall_s = run.wall_s - stage.start_s
     return run
 
 

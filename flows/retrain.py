@@ -12,7 +12,9 @@ The params profile stays the one params.effective.yaml records (like a bare `dvc
 2. `dvc status`: the stages out of date (changed data, code or params). None -> "nothing changed", no repro.
    First data-sources.yaml is refreshed (pipeline.data.sources), so a changed mirror file re-runs its ingest.
 3. Otherwise `dvc repro` (only the out-of-date stages and what depends on them run; each is its own flow
-   run, reporting to the same Prefect server), its output streamed into this flow run's logs.
+   run, reporting to the same Prefect server), its output streamed into this flow run's logs. With
+   params.orchestration.parallel_stages (or --jobs) N > 1, flows/parallel_repro.py runs N stages at once and
+   records each in dvc.lock as it finishes (DVC's own `dvc repro` runs one at a time).
 4. Compare and champion promotion are the last DVC stage (pipeline.compare.stage calls
    pipeline.compare.champion), so they run whenever a model's metrics changed. To re-apply the champion gate
    alone (e.g. after unblocking a version in the MLflow UI): `dvc repro --force --single-item compare`.
@@ -44,7 +46,7 @@ from pipeline.core.config import SELECTED, ParamsError, load_params, write_effec
 from pipeline.core.locking import LockBusy, repo_lock
 from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV
 from pipeline.data.sources import SOURCES_FILE, refresh_sources
-from pipeline.tracking.runs import FLOW_RUN_ENV
+from pipeline.tracking.runs import FLOW_RUN_ENV, ensure_store
 
 LOCK_FILE = Path(".locks") / "retrain.lock"
 NOTHING_CHANGED = "nothing changed"
@@ -100,10 +102,23 @@ def stale_stages(repo: Path, targets: list[str], env: dict[str, str]) -> dict[st
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE, persist_result=False)
-def reproduce(repo: Path, targets: list[str], force: bool, env: dict[str, str]) -> list[str]:
-    """Run `dvc repro`, streaming its output into the flow-run logs; returns the stages it re-ran."""
+def reproduce(
+    repo: Path, targets: list[str], force: bool, env: dict[str, str], jobs: int = 1, stale: set[str] | None = None
+) -> list[str]:
+    """Run `dvc repro` (jobs > 1: flows.parallel_repro, that many stages at once), streaming its output into the
+    flow-run logs; returns the stages it re-ran."""
     logger = get_run_logger()
     before = lock_entries(repo)
+    if jobs > 1:
+        from flows.parallel_repro import reproduce_parallel
+
+        logger.info("$ dvc repro %s with %d stages at a time (in %s)", " ".join(targets), jobs, repo)
+        try:
+            reproduce_parallel(repo, targets, force, jobs, env, set(stale or ()), lambda line: logger.info("%s", line))
+        except Exception as err:
+            raise RuntimeError(f"`dvc repro` failed in {repo}: {err}") from None
+        after = lock_entries(repo)
+        return sorted(name for name in after if after[name] != before.get(name))
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
     logger.info("$ %s  (in %s)", " ".join(["dvc", *cmd[3:]]), repo)
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -129,6 +144,16 @@ def reproduce(repo: Path, targets: list[str], force: bool, env: dict[str, str]) 
     return sorted(name for name in after if after[name] != before.get(name))
 
 
+def stage_jobs(params, jobs: int | None) -> int:
+    """Stages to run at once: `jobs`, else params.orchestration.parallel_stages; 1 under torchrun (DDP stages
+    take every core themselves)."""
+    wanted = jobs if jobs is not None else params.orchestration.parallel_stages
+    if wanted > 1 and params.common.torchrun_nproc:
+        get_run_logger().info("common.torchrun_nproc is set: one stage at a time (each takes every core)")
+        return 1
+    return max(1, wanted)
+
+
 def champions(repo: Path) -> dict:
     """The task leaders the last compare wrote to reports/comparison.json ({} when there is none)."""
     try:
@@ -145,11 +170,13 @@ def retrain_flow(
     force: bool = False,
     lock_timeout_seconds: float | None = None,
     profile: str | None = None,
+    jobs: int | None = None,
 ) -> dict:
     """Reproduce what is out of date (compare and champion promotion included), publish the leaderboard.
 
     profile: write params.effective.yaml for profiles/<profile>.yaml ('' = no profile) first; None keeps the
-    selected one (HT_PROFILE, else the recorded one)."""
+    selected one (HT_PROFILE, else the recorded one). jobs: stages at once (None: params.orchestration's
+    parallel_stages)."""
     logger = get_run_logger()
     started = time.monotonic()
     repo = Path(repo_dir).expanduser().resolve()
@@ -175,7 +202,10 @@ def retrain_flow(
         stale = stale_stages(repo, targets, env)
         if stale or force:
             logger.info("Out of date: %s", ", ".join(sorted(stale)) or "(none; --force)")
-            rerun = reproduce(repo, targets, force, env)
+            jobs = stage_jobs(params, jobs)
+            if jobs > 1:
+                ensure_store(params, repo)  # a new store's tables made once, before stages open it together
+            rerun = reproduce(repo, targets, force, env, jobs, set(stale))
         else:
             logger.info(
                 "%s: every stage of %s/dvc.yaml is up to date, nothing to reproduce", NOTHING_CHANGED.capitalize(), repo
@@ -213,6 +243,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="seconds to wait for a running retrain (default: params.orchestration)",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="stages at once (default: params.orchestration.parallel_stages)"
+    )
     return parser.parse_args(argv)
 
 
@@ -226,7 +259,11 @@ def main(argv: list[str]) -> None:
     setup_logging()
     try:
         retrain_flow(
-            repo_dir=args.repo_dir, targets=args.targets, force=args.force, lock_timeout_seconds=args.lock_timeout
+            repo_dir=args.repo_dir,
+            targets=args.targets,
+            force=args.force,
+            lock_timeout_seconds=args.lock_timeout,
+            jobs=args.jobs,
         )
     except LockBusy as err:
         print(f"\nNOT RUN: {err}", file=sys.stderr)

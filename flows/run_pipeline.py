@@ -119,6 +119,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.run_pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("targets", nargs="*", help="dvc.yaml stages (default: all)")
     parser.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="stages at once (default: params.orchestration.parallel_stages)"
+    )
     parser.add_argument("--no-push", action="store_true", help=f"no `dvc push` afterwards (also: {PUSH_ENV}=0)")
     parser.add_argument(
         "--profile",
@@ -139,7 +142,9 @@ def main(argv: list[str]) -> None:
         with prefect_api(port=None, reuse_port=DEFAULT_PORT):
             from flows.retrain import retrain_flow
 
-            summary = retrain_flow(repo_dir=str(root), targets=args.targets, force=args.force, profile=profile)
+            summary = retrain_flow(
+                repo_dir=str(root), targets=args.targets, force=args.force, profile=profile, jobs=args.jobs
+            )
             flush_prefect_queues()
     except LockBusy as err:
         print(f"\nNOT RUN: {err}", file=sys.stderr)

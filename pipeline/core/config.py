@@ -406,6 +406,7 @@ class CompareConfig(Strict):
 
 class OrchestrationConfig(Strict):
     retries: NonNegInt
+    parallel_stages: PosInt
     retry_delay_seconds: Annotated[float, Field(ge=0)]
     retrain_cron: str
     lock_timeout_seconds: Annotated[float, Field(ge=0)]

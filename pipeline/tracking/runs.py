@@ -104,6 +104,20 @@ def point_mlflow_at(uri: str) -> None:
             os.environ[key] = value
 
 
+def ensure_store(params: Params, root: Path | None = None) -> None:
+    """Create a new local store's tables now: stages that start together on a missing sqlite file would race to
+    create them. A server (http) or an existing file needs nothing, and then mlflow is not even imported."""
+    uri = tracking_uri(params, root)
+    if uri.startswith(("http://", "https://")):
+        return
+    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).exists():
+        return
+    import mlflow
+
+    point_mlflow_at(uri)
+    mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
 def ensure_experiment(name: str, params: Params, root: Path | None = None) -> str:
     import mlflow
 

@@ -134,9 +134,11 @@ def test_load_params_composes_in_memory_and_does_not_trust_a_stale_effective_fil
 
 
 def test_gpu_profile_only_grows_sizes():
-    """GPU-sized pretraining, and the new tasks' full data (the CPU default caps SQuAD and SAMSum)."""
+    """GPU-sized pretraining, and the new tasks' full data (the CPU default caps SQuAD and SAMSum); one stage at
+    a time on the one GPU."""
     overlay = yaml.safe_load((REPO_ROOT / "profiles" / "gpu.yaml").read_text())
-    assert list(overlay) == ["pretrain", "prepare", "train"]
+    assert list(overlay) == ["pretrain", "prepare", "train", "orchestration"]
+    assert overlay["orchestration"] == {"parallel_stages": 1}
     gpu = load_params(REPO_ROOT / "params.yaml", profile="gpu")
     cpu = load_params(REPO_ROOT / "params.yaml", profile=None)
     for family in ("gpt", "bert"):

@@ -1,0 +1,147 @@
+"""flows.parallel_repro on a real git+DVC repository in tmp: stages at once, dvc.lock kept as `dvc repro` keeps it.
+
+The pipeline a -> (b, c) -> d: b and c sleep, so run two at a time they overlap; each records when it ran and
+the OMP_NUM_THREADS it got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.parallel_repro import STAGE_TIMES_FILE, StageFailed, reproduce_parallel, stage_graph, wanted_stages
+from tests.fixtures.dvc_repo import git
+
+pytestmark = pytest.mark.integration
+
+STAGE = """\
+import json, os, sys, time
+from pathlib import Path
+name, inputs = sys.argv[1], sys.argv[2:]
+start = time.time()
+text = "".join(Path(f"data/{i}.txt").read_text() for i in inputs) + name
+if Path(f"fail_{name}").exists():
+    print(f"stage {name} breaks on purpose", flush=True)
+    sys.exit(3)
+time.sleep(float(os.environ.get("SLEEP_" + name, "0")))
+Path(f"data/{name}.txt").write_text(text)
+Path(f"runs").mkdir(exist_ok=True)
+Path(f"runs/{name}.json").write_text(json.dumps(
+    {"start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}))
+print(f"stage {name} done", flush=True)
+"""
+
+DVC_YAML = {
+    "stages": {
+        "a": {"cmd": "python stage.py a", "deps": ["stage.py", "input.txt"], "outs": ["data/a.txt"]},
+        "b": {"cmd": "python stage.py b a", "deps": ["stage.py", "data/a.txt"], "outs": ["data/b.txt"]},
+        "c": {"cmd": "python stage.py c a", "deps": ["stage.py", "data/a.txt", "c.cfg"], "outs": ["data/c.txt"]},
+        "d": {"cmd": "python stage.py d b c", "deps": ["stage.py", "data/b.txt", "data/c.txt"], "outs": ["data/d.txt"]},
+    }
+}
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    root = tmp_path / "repo"
+    (root / "data").mkdir(parents=True)
+    (root / "stage.py").write_text(STAGE)
+    (root / "input.txt").write_text("x")
+    (root / "c.cfg").write_text("1")
+    (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    (root / ".gitignore").write_text("/runs/\n/fail_*\n")
+    git(root, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, capture_output=True)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "tiny")
+    return root
+
+
+def _env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**env, "DVC_NO_ANALYTICS": "1", **extra}
+
+
+def _status(repo: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out[out.find("{") :]) if "{" in out else {}
+
+
+def _run(repo: Path, jobs: int = 2, force: bool = False, targets=(), **env) -> tuple[list[str], list[str]]:
+    lines: list[str] = []
+    ran = reproduce_parallel(repo, list(targets), force, jobs, _env(**env), set(_status(repo)), lines.append)
+    return ran, lines
+
+
+def _times(repo: Path, name: str) -> dict:
+    return json.loads((repo / "runs" / f"{name}.json").read_text())
+
+
+def test_stage_graph_and_order_follow_dvc_yaml(repo):
+    stages = stage_graph(repo)
+    assert set(stages) == {"a", "b", "c", "d"}
+    assert stages["d"].upstream == {"b", "c"} and stages["a"].upstream == set()
+    assert stages["c"].outs == ["data/c.txt"] and stages["b"].cmd == "python stage.py b a"
+    assert wanted_stages(stages, []) == ["a", "b", "c", "d"]
+    assert wanted_stages(stages, ["c"]) == ["a", "c"]
+    with pytest.raises(ValueError, match="no stage nope"):
+        wanted_stages(stages, ["nope"])
+
+
+def test_runs_independent_stages_at_once_and_records_each_in_dvc_lock(repo):
+    ran, lines = _run(repo, SLEEP_b="2", SLEEP_c="2")
+    assert sorted(ran) == ["a", "b", "c", "d"] and ran[0] == "a" and ran[-1] == "d"
+    b, c = _times(repo, "b"), _times(repo, "c")
+    assert b["start"] < c["end"] and c["start"] < b["end"], "b and c did not overlap"
+    assert b["threads"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert (repo / "data" / "d.txt").read_text() == "abacd"
+    # dvc.lock is what `dvc repro` would leave: nothing out of date, every stage recorded
+    assert _status(repo) == {}
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"a", "b", "c", "d"}
+    assert "Running stage 'b':" in "\n".join(lines) and any(line.startswith("[c] stage c done") for line in lines)
+    assert (repo / ".dvc/tmp/stage-logs/c.log").read_text().strip() == "stage c done"
+    assert set(json.loads((repo / STAGE_TIMES_FILE).read_text())) == {"a", "b", "c", "d"}
+
+    # nothing changed: nothing runs
+    ran, lines = _run(repo)
+    assert ran == [] and "Stage 'a' didn't change, skipping" in lines
+
+    # c's config changes but not its output: c re-runs, d (whose inputs came out the same) does not
+    (repo / "c.cfg").write_text("2")
+    ran, lines = _run(repo)
+    assert ran == ["c"] and "Stage 'd' didn't change, skipping" in lines
+    assert _status(repo) == {}
+
+    # forced: all of them again
+    ran, _ = _run(repo, force=True)
+    assert sorted(ran) == ["a", "b", "c", "d"]
+
+
+def test_a_failed_stage_stops_new_ones_and_keeps_what_finished(repo):
+    (repo / "fail_b").write_text("")
+    with pytest.raises(StageFailed, match=r"stage 'b' failed \(exit 3\)") as err:
+        _run(repo, SLEEP_c="2")
+    assert "stage b breaks on purpose" in str(err.value) and "stage-logs/b.log" in str(err.value)
+    # c was running beside b: it finished and is recorded; d never ran
+    assert not (repo / "data" / "d.txt").exists()
+    assert set(_status(repo)) == {"b", "d"}
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"a", "c"}
+    # fixed, the next run picks up from there
+    (repo / "fail_b").unlink()
+    ran, _ = _run(repo)
+    assert ran == ["b", "d"] and _status(repo) == {}
+
+
+def test_one_job_runs_one_stage_at_a_time(repo):
+    ran, lines = _run(repo, jobs=1, SLEEP_b="1", SLEEP_c="1")
+    b, c = _times(repo, "b"), _times(repo, "c")
+    assert b["end"] <= c["start"] or c["end"] <= b["start"]
+    assert c["threads"] == str(os.cpu_count() or 1) and "Running up to 1 stages at a time" in lines[0]
