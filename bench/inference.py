@@ -8,7 +8,6 @@ Latency = wall time of one `predict` call, after warmup calls. Read-only: nothin
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import time
@@ -26,21 +25,12 @@ TASK_KINDS = {task: spec.kind for task, spec in TASK_SPECS.items()}
 BATCHES = (1, 32)
 
 
-@contextlib.contextmanager
 def tracking_store(root: Path):
     """Point MLflow at the workspace's local store for the block (the params' default sqlite location)."""
-    import mlflow
-
     from pipeline.core.config import load_params
-    from pipeline.tracking.runs import point_mlflow_at, tracking_uri
+    from pipeline.tracking.runs import tracking_uri, using_store
 
-    old = mlflow.get_tracking_uri()
-    uri = tracking_uri(load_params(root / "params.yaml"), root)
-    point_mlflow_at(uri)
-    try:
-        yield uri
-    finally:
-        point_mlflow_at(old)  # not exported: a later in-process run keeps its params' store
+    return using_store(tracking_uri(load_params(root / "params.yaml"), root))
 
 
 def test_texts(root: Path, task: str, n: int) -> list:

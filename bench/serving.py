@@ -154,6 +154,7 @@ def test_texts(root: Path, n: int) -> list[str]:
 def run(opts: BenchOptions, ctx: dict) -> dict:
     import mlflow
 
+    from pipeline.tracking.runs import using_store
     from pipeline.tracking.serving import CHAMPION_ALIAS, champion_uri, running_server
 
     found = workspace_champion()
@@ -185,16 +186,10 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
             ms, errors = timed_requests(send, bodies(batch, n))
             out[f"batch_{batch}"] = {"ms": ms, "errors": errors, **(summarize(ms) if ms else {})}
         out["concurrent"] = concurrent_load(send, bodies(1, opts.pick(25, 8)), CLIENTS)
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
-    try:
+    with using_store(tracking):
         model = mlflow.pyfunc.load_model(champion_uri(TASK))
         ms, _ = timed_requests(lambda b: model.predict(b["inputs"]), bodies(1, opts.pick(50, 15)))
         out["in_process_batch_1"] = {"ms": ms, **summarize(ms)}
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
     return result_body(rows_of(out), **out)
 
 

@@ -129,6 +129,7 @@ def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[]
     from transformers import Trainer, set_seed
 
     from pipeline.pretrain import run as pretrain
+    from pipeline.tracking.runs import using_store
 
     params = fixtures.params()
     cfg = getattr(params.pretrain, family)
@@ -166,13 +167,8 @@ def trainer_family(family: str, opts: BenchOptions, extra: dict[str, Callable[[]
             processing_class=tok,
             callbacks=callbacks,
         )
-        previous_uri = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        try:
-            with mlflow.start_run():
-                trainer.train()
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
+        with using_store(f"sqlite:///{tmp}/mlflow.db"), mlflow.start_run():
+            trainer.train()
     keep = slice(warmup, None)
     a = [t / s for t, s in zip(samples["tokens"][keep], samples["trainer_s"][keep])]
     b = [t / s for t, s in zip(samples["tokens"][keep], samples["hand_s"][keep])]

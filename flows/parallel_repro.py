@@ -13,7 +13,8 @@ flow (flows/retrain.py) runs the stages itself, in dvc.yaml's dependency order:
    says so (as `dvc repro` skips a stage whose inputs came out unchanged); its non-persistent outputs are
    removed first, as `dvc repro` does;
 4. when it succeeds, `dvc commit --force STAGE` records it in dvc.lock and the DVC cache (one commit at a time,
-   under DVC's lock); so dvc.lock is always what `dvc repro` would have written for the stages done so far;
+   under DVC's lock, after the freed slot got its next stage); so dvc.lock is always what `dvc repro` would
+   have written for the stages done so far;
 5. when one fails, nothing new starts, the running ones finish and are committed, and the run fails with the
    failed stage's last lines: what finished is kept, and the next run starts from there.
 
@@ -227,6 +228,7 @@ def reproduce_parallel(
     failed: Running | None = None
     times = dict(previous)
     try:
+        finished_ok: list[str] = []  # ran, not yet committed
         while len(done) < len(order):
             if failed is None:
                 ready = sorted(
@@ -242,6 +244,13 @@ def reproduce_parallel(
                     else:
                         emit(f"Stage '{name}' didn't change, skipping")
                         done.add(name)
+            if finished_ok:  # committed once the free slots are refilled: DVC's ~1 s then idles no core
+                for name in finished_ok:
+                    commit(repo, env, name)
+                    ran.append(name)
+                    done.add(name)
+                finished_ok.clear()
+                continue  # their downstream stages may be ready now
             if not running:
                 if failed is not None:
                     break
@@ -258,11 +267,9 @@ def reproduce_parallel(
                     emit(f"Stage '{name}' failed (exit {run.proc.returncode}) after {took:.1f} s")
                     failed = failed or run
                     continue
-                commit(repo, env, name)
                 times[name] = round(took, 1)
                 emit(f"Stage '{name}' finished in {took:.1f} s")
-                ran.append(name)
-                done.add(name)
+                finished_ok.append(name)
     finally:
         stop_all(running)
         save_stage_times(repo, times)

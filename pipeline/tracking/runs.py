@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,11 @@ GENERATED_FILES = ("dvc.lock", "params.effective.yaml", "data-sources.yaml")
 
 class DirtyTreeError(RuntimeError):
     """A model would be registered from uncommitted code or params."""
+
+
+# dvc_hashes: reads of a dvc.lock caught mid-write
+LOCK_READ_TRIES = 10
+LOCK_READ_PAUSE_S = 0.2
 
 
 def task_experiment(task: str) -> str:
@@ -88,20 +94,33 @@ def configure(params: Params, root: Path | None = None) -> str:
     return uri
 
 
-def point_mlflow_at(uri: str) -> None:
-    """Tracking and registry URI of this process. MLflow 3 also exports them as env vars; left set, they would
-    override the params' store on the next call (another stage, test or benchmark in this process) and hide
-    artifact_root(): the env vars are put back as the user had them."""
+def point_mlflow_at(uri: str, registry_uri: str | None = None) -> None:
+    """Tracking and registry URI of this process (the registry: `uri` unless given). MLflow 3 also exports them
+    as env vars; left set, they would override the params' store on the next call (another stage, test or
+    benchmark in this process) and hide artifact_root(): the env vars are put back as the user had them."""
     import mlflow
 
     user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(registry_uri or uri)
     for key, value in user_env.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@contextlib.contextmanager
+def using_store(uri: str) -> Iterator[str]:
+    """This process's MLflow tracking and registry URIs set to `uri` inside the block, and back afterwards."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    point_mlflow_at(uri)
+    try:
+        yield uri
+    finally:
+        point_mlflow_at(*previous)
 
 
 def ensure_store(params: Params, root: Path | None = None) -> None:
@@ -198,21 +217,35 @@ def params_hash(params: Params) -> str:
 
 
 def dvc_hashes(paths: list[str | Path], root: Path | None = None) -> dict[str, str]:
-    """DVC md5 of each input path, read from dvc.lock (the outs of the stages that produced them)."""
+    """DVC md5 of each input path, read from dvc.lock (the outs of the stages that produced them).
+
+    DVC rewrites dvc.lock in place: a stage running beside a `dvc commit` (flows/parallel_repro.py) may read it
+    half-written, so an unreadable file, or one that lacks some of the paths, is read again a few times."""
     lock = (root or Path.cwd()) / "dvc.lock"
     if not lock.exists():
         return {}
     # libyaml's loader when present: dvc.lock grows with every stage, the pure-Python parser took 0.5-2 s
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    stages = (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {})  # noqa: S506 (a safe loader)
     wanted = {str(Path(p)).rstrip("/") for p in paths}
-    found: dict[str, str] = {}
-    for stage in stages.values():
-        for out in stage.get("outs", []) or []:
-            path = str(out.get("path", "")).rstrip("/")
-            if path in wanted and out.get("md5"):
-                found[path] = out["md5"]
-    return found
+    for attempt in range(LOCK_READ_TRIES):
+        last = attempt == LOCK_READ_TRIES - 1
+        try:
+            stages = (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {})  # noqa: S506 (safe loader)
+        except yaml.YAMLError:
+            if last:
+                raise
+            time.sleep(LOCK_READ_PAUSE_S)
+            continue
+        found: dict[str, str] = {}
+        for stage in stages.values():
+            for out in stage.get("outs", []) or []:
+                path = str(out.get("path", "")).rstrip("/")
+                if path in wanted and out.get("md5"):
+                    found[path] = out["md5"]
+        if len(found) == len(wanted) or last:
+            return found
+        time.sleep(LOCK_READ_PAUSE_S)
+    return {}
 
 
 def base_tags(

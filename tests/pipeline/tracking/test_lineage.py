@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 
 import pytest
 
@@ -74,3 +75,31 @@ def test_base_tags_record_the_lineage(clean_repo, default_params_dict):
     assert tags["profile"] == "smoke"
     assert tags["params_hash"] == runs.params_hash(params)
     assert len(tags["git_commit"]) == 40
+
+
+LOCK = "stages:\n  prepare@emotion:\n    outs:\n    - path: data/prepared/emotion\n      md5: abc.dir\n"
+LOCK_BOTH = LOCK + "  pretrain@gpt:\n    outs:\n    - path: data/pretrain/gpt/model\n      md5: def.dir\n"
+
+
+@pytest.mark.parametrize(
+    "caught",
+    [LOCK + "  pretrain@gpt:\n    outs: [{path: data/pre", LOCK],
+    ids=["half-written-yaml", "entry-not-there-yet"],
+)
+def test_dvc_hashes_reads_a_dvc_lock_caught_mid_write_again(tmp_path, caught):
+    """A stage beside `dvc commit` (stages at once) may read dvc.lock while DVC rewrites it in place."""
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(caught)
+    timer = threading.Timer(0.5, lock.write_text, args=(LOCK_BOTH,))
+    timer.start()
+    try:
+        found = runs.dvc_hashes(["data/prepared/emotion/", "data/pretrain/gpt/model"], tmp_path)
+    finally:
+        timer.join()
+    assert found == {"data/prepared/emotion": "abc.dir", "data/pretrain/gpt/model": "def.dir"}
+
+
+def test_dvc_hashes_of_a_path_no_stage_made_gives_up_with_what_it_found(tmp_path):
+    (tmp_path / "dvc.lock").write_text(LOCK)
+    assert runs.dvc_hashes(["data/prepared/emotion", "elsewhere"], tmp_path) == {"data/prepared/emotion": "abc.dir"}
+    assert runs.dvc_hashes(["x"], tmp_path / "no-repo") == {}
