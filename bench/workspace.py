@@ -33,7 +33,7 @@ RUNNING_RE = re.compile(r"(?:^|\s)Running stage '([^']+)':")
 SKIPPED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' didn't change, skipping")
 # flows/parallel_repro.py (stages at once): each stage's end is its own line, not the next stage's start
 ENDED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' (?:finished in|failed \(exit)")
-CONCURRENT_RE = re.compile(r"Running up to \d+ stages at a time")
+CONCURRENT_RE = re.compile(r"Running up to (\d+) stages at a time")
 # Variables that would point a copy at the developer's stores (or params profile) instead of its own.
 ISOLATE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "HT_PROFILE", "PREFECT_API_URL")
 
@@ -209,6 +209,7 @@ class TrackedRun:
     stages: list[StageTiming] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)
+    jobs: int = 1  # stages at once (flows/parallel_repro.py's first line), 1 for `dvc repro`
 
     @property
     def ran(self) -> list[str]:
@@ -230,6 +231,7 @@ class TrackedRun:
                 for s in self.stages
             ],
             "skipped": self.skipped,
+            "jobs": self.jobs,
             "log_tail": self.tail[-40:],
         }
 
@@ -307,8 +309,8 @@ def run_tracked(
                     run.stages.append(stage)
                     open_stages[stage.name] = stage
                 log.info("[%7.1fs] stage %s", now, m.group(1))
-            elif CONCURRENT_RE.search(line):
-                concurrent = True
+            elif m := CONCURRENT_RE.search(line):
+                concurrent, run.jobs = True, int(m.group(1))
             elif m := ENDED_RE.search(line):
                 with lock:
                     if stage := open_stages.pop(m.group(1), None):

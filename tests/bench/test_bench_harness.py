@@ -201,6 +201,25 @@ def test_run_tracked_times_dvc_stages_from_their_output_lines(tmp_path):
     assert run.peak_rss_gib >= compare.peak_rss_gib
     assert "Running stage 'compare'" in (tmp_path / "log.txt").read_text()
     assert json.loads(json.dumps(run.to_dict()))["stages"][1]["name"] == "compare"
+    assert run.jobs == 1
+
+
+def test_run_tracked_times_stages_run_at_once_by_their_finished_lines(tmp_path):
+    """flows/parallel_repro.py's output: a and b overlap, so a ends at its own line, not at b's start."""
+    script = (
+        "import time\n"
+        'print("INFO | Running up to 2 stages at a time, 1 thread(s) each", flush=True)\n'
+        "print(\"Running stage 'a':\", flush=True); time.sleep(0.1)\n"
+        "print(\"Running stage 'b':\", flush=True); time.sleep(0.5)\n"
+        "print(\"Stage 'a' finished in 0.6 s\", flush=True); time.sleep(0.2)\n"
+        "print(\"Stage 'b' failed (exit 3) after 0.7 s\", flush=True); time.sleep(0.3)\n"
+    )
+    run = workspace.run_tracked([sys.executable, "-c", script], tmp_path, sample_every=0.05)
+    a, b = run.stages
+    assert run.jobs == 2 and run.ran == ["a", "b"]
+    assert 0.5 < a.wall_s < 0.9 and b.start_s < a.start_s + a.wall_s  # overlapped
+    assert 0.5 < b.wall_s < run.wall_s - b.start_s - 0.2  # ended at its failed line, not at the end of the run
+    assert run.to_dict()["jobs"] == 2
 
 
 def test_clone_repo_copies_worktree_files_hardlinks_outputs_and_breaks_links(tmp_path):
