@@ -20,14 +20,16 @@ log = logging.getLogger("bench")
 
 NAME = "incremental_repro"
 DEFAULT_RUN = "bert-emotion"
-SCRATCH_MODELS = ("rnn", "encdec", "rnn_noattn", "gpt_scratch", "bert_scratch", "minilm_scratch")  # train@ stages
+SCRATCH_MODELS = ("rnn", "encdec", "rnn_noattn")  # train@ stages
+TWIN_MODELS = ("gpt_scratch", "bert_scratch", "minilm_scratch")  # scratch@ stages
 MAX_STEPS = 20
 TIMEOUT_S = 1800
 
 
 def stage_name(model_task: str) -> str:
     model = model_task.split("-", 1)[0]
-    return f"{'train' if model in SCRATCH_MODELS else 'finetune'}@{model_task}"
+    stage = "train" if model in SCRATCH_MODELS else "scratch" if model in TWIN_MODELS else "finetune"
+    return f"{stage}@{model_task}"
 
 
 def change_param(params_file, model_task: str) -> dict:

@@ -1,4 +1,4 @@
-"""Training flow for one model on one task (the finetune@ and train@ stages of dvc.yaml).
+"""Training flow for one model on one task (the finetune@, train@ and scratch@ stages of dvc.yaml).
 
     python -m flows.train MODEL TASK      e.g. python -m flows.train minilm emotion
 

@@ -12,7 +12,7 @@ CORPUS = DATA / "corpus"  # prepare: data/corpus/{train,heldout}.txt
 TOKENIZERS = DATA / "tokenizers"  # tokenizers: data/tokenizers/{bert,gpt}/
 PRETRAIN = DATA / "pretrain"  # pretrain: data/pretrain/<family>/{model,metrics.json,...}
 GENERATE = DATA / "generate"  # generate: data/generate/{samples.jsonl,metrics.json}
-MODELS = DATA / "models"  # finetune@ and train@: data/models/<model>-<task>/{metrics.json,plots/}
+MODELS = DATA / "models"  # finetune@, train@ and scratch@: data/models/<model>-<task>/{metrics.json,plots/}
 CHECKPOINTS = Path("checkpoints")  # resumable state of running stages (Trainer checkpoints, MLflow run ids)
 REPORTS = Path("reports")  # compare: reports/comparison.{md,json}, plots
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.core import paths
 from pipeline.core.config import (
+    PRETRAINED_FAMILIES,
     TASK_SPECS,
     GenerationConfig,
     ModelConfig,
@@ -97,8 +98,11 @@ class RunSettings:
 
     @property
     def stage(self) -> str:
-        """`finetune` for a model that starts from pretrained weights, `train` for one trained from scratch."""
-        return "train" if self.source == "scratch" else "finetune"
+        """The dvc.yaml stage: `finetune` for a model that starts from pretrained weights, `scratch` for a gpt/bert
+        architecture randomly initialised (a scratch twin), `train` for the rnn/encdec trained from scratch."""
+        if self.source != "scratch":
+            return "finetune"
+        return "scratch" if self.family in PRETRAINED_FAMILIES else "train"
 
     @property
     def init(self) -> str:

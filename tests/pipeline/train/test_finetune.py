@@ -315,7 +315,7 @@ def test_a_scratch_twin_has_its_twins_architecture_and_tokenizer_with_fresh_weig
     assert all(torch.equal(v, _weights(again.setup.model)[k]) for k, v in wb.items()), "seeded: the same init"
     if scratch.setup.generator is not None:
         assert scratch.setup.generator.model is b
-    assert scratch.settings.stage == "train" and scratch.settings.init == "scratch"
+    assert scratch.settings.stage == "scratch" and scratch.settings.init == "scratch"
     assert scratch.describe()["architecture"] == original.describe()["architecture"]
 
 
@@ -363,7 +363,7 @@ def test_a_scratch_twin_trains_tracks_and_writes_its_test_items(
 
     summary = finetune(model, task, params)
 
-    assert (summary["stage"], summary["init"], summary["weight_source"]) == ("train", "scratch", "scratch")
+    assert (summary["stage"], summary["init"], summary["weight_source"]) == ("scratch", "scratch", "scratch")
     out = root / "data" / "models" / f"{model}-{task}"
     items = read_items(out / "test_items.jsonl")
     assert [i["gold"] for i in items] == [int(y) for y in rows["label"]]
@@ -374,6 +374,6 @@ def test_a_scratch_twin_trains_tracks_and_writes_its_test_items(
     assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
     [run] = client.search_runs([experiment.experiment_id])
     tags = run.data.tags
-    assert (tags["family"], tags["init"], tags["twin_of"], tags["stage"]) == ("gpt", "scratch", "gpt", "train")
+    assert (tags["family"], tags["init"], tags["twin_of"], tags["stage"]) == ("gpt", "scratch", "gpt", "scratch")
     assert "attention" not in tags
     assert run.data.params["architecture"] == "GPT2ForSequenceClassification"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 
 from pipeline.core.config import EncDecModel, GptModel, RnnModel, parse_params
 from pipeline.train.settings import RunSettings, RunSettingsError
@@ -43,9 +44,9 @@ def test_settings_are_frozen_and_typed_per_family(default_params_dict):
         ("rnn", "train", "scratch", {"attention": "bahdanau"}),
         ("rnn_noattn", "train", "scratch", {"attention": "none", "twin_of": "rnn"}),
         ("gpt", "finetune", "pretrained-here", {}),
-        ("gpt_scratch", "train", "scratch", {"twin_of": "gpt"}),
+        ("gpt_scratch", "scratch", "scratch", {"twin_of": "gpt"}),
         ("minilm", "finetune", "pretrained-checkpoint", {}),
-        ("minilm_scratch", "train", "scratch", {"twin_of": "minilm"}),
+        ("minilm_scratch", "scratch", "scratch", {"twin_of": "minilm"}),
     ],
 )
 def test_stage_init_and_folders_follow_the_weight_source(default_params_dict, model, stage, init, extra):
@@ -55,6 +56,16 @@ def test_stage_init_and_folders_follow_the_weight_source(default_params_dict, mo
     assert s.output_dir.as_posix() == f"data/models/{model}-conll2003"
     tags = {"task": "conll2003", "model": model, "family": s.family, "stage": stage, "init": init}
     assert s.tags() == tags | extra
+
+
+def test_every_model_trains_in_the_dvc_stage_its_settings_name(default_params_dict, repo_root):
+    """The run's `stage` tag is what `make reproduce` re-runs (<stage>@<model>-<task>): it must be in dvc.yaml."""
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    params = parse_params(default_params_dict)
+    for model in params.models:
+        stage = RunSettings.resolve(model, "emotion", params).stage
+        assert model in stages[stage]["matrix"]["model"], f"{model}: not in dvc.yaml's {stage} stage"
+        assert "emotion" in stages[stage]["matrix"]["task"]
 
 
 def test_a_control_trains_like_its_twin_unless_it_has_its_own_override(default_params_dict):
