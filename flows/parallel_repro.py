@@ -18,7 +18,8 @@ flow (flows/retrain.py) runs the stages itself, in dvc.yaml's dependency order:
 5. when one fails, nothing new starts, the running ones finish and are committed, and the run fails with the
    failed stage's last lines: what finished is kept, and the next run starts from there.
 
-Each stage's output is streamed line by line, prefixed with its name, and kept in LOG_DIR/<stage>.log. The
+Each stage's output is streamed line by line, prefixed with its name (progress bars thinned to one line every
+PROGRESS_EVERY_S), and kept whole in LOG_DIR/<stage>.log. The
 'Running stage' / 'finished in' lines are the ones DVC prints (plus the time), so tools reading DVC's output work.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +43,8 @@ LOG_DIR = Path(".dvc") / "tmp" / "stage-logs"
 STAGE_TIMES_FILE = Path(".dvc") / "tmp" / "stage-times.json"
 TAIL_LINES = 40
 POLL_S = 0.2
+PROGRESS_RE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")  # a tqdm bar: " 39%|███▉      | 1173/3000 [01:03<01:37, ...]"
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
@@ -159,13 +163,23 @@ def remove_outs(repo: Path, stage: Stage) -> None:
 
 
 def _stream(run: Running, emit: Callable[[str], None], log_file: Path) -> None:
+    """Every line into the stage's log file; to `emit` with the stage's name, progress bars at most every
+    PROGRESS_EVERY_S (each redraw is a line here, and two stages' bars would bury everything else)."""
+    last_bar = -PROGRESS_EVERY_S
     with open(log_file, "w", encoding="utf-8") as sink:
         for line in run.proc.stdout:  # type: ignore[union-attr]
             sink.write(line)
             line = line.rstrip()
-            if line:
+            if not line:
+                continue
+            if PROGRESS_RE.search(line):
+                now = time.monotonic()
+                if now - last_bar < PROGRESS_EVERY_S and "100%|" not in line:
+                    continue
+                last_bar = now
+            else:
                 run.tail.append(line)
-                emit(f"[{run.stage.name}] {line}")
+            emit(f"[{run.stage.name}] {line}")
 
 
 def start(repo: Path, stage: Stage, env: dict[str, str], emit: Callable[[str], None]) -> Running:
@@ -232,7 +246,11 @@ def reproduce_parallel(
         while len(done) < len(order):
             if failed is None:
                 ready = sorted(
-                    (n for n in order if n not in done and n not in running and stages[n].upstream <= done),
+                    (
+                        n
+                        for n in order
+                        if n not in done and n not in running and n not in finished_ok and stages[n].upstream <= done
+                    ),
                     key=priority.__getitem__,
                 )
                 for name in ready:

@@ -30,6 +30,9 @@ if Path(f"fail_{name}").exists():
     print(f"stage {name} breaks on purpose", flush=True)
     sys.exit(3)
 time.sleep(float(os.environ.get("SLEEP_" + name, "0")))
+bars = int(os.environ.get("BARS_" + name, "0"))
+for i in range(bars):
+    print(f"{100 * (i + 1) // bars:3d}%|##| {i + 1}/{bars} [00:00<00:00]", flush=True)
 Path(f"data/{name}.txt").write_text(text)
 Path(f"runs").mkdir(exist_ok=True)
 Path(f"runs/{name}.json").write_text(json.dumps(
@@ -97,7 +100,7 @@ def test_stage_graph_and_order_follow_dvc_yaml(repo):
 
 
 def test_runs_independent_stages_at_once_and_records_each_in_dvc_lock(repo):
-    ran, lines = _run(repo, SLEEP_b="2", SLEEP_c="2")
+    ran, lines = _run(repo, SLEEP_b="2", SLEEP_c="2", BARS_a="50")
     assert sorted(ran) == ["a", "b", "c", "d"] and ran[0] == "a" and ran[-1] == "d"
     b, c = _times(repo, "b"), _times(repo, "c")
     assert b["start"] < c["end"] and c["start"] < b["end"], "b and c did not overlap"
@@ -108,6 +111,12 @@ def test_runs_independent_stages_at_once_and_records_each_in_dvc_lock(repo):
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"a", "b", "c", "d"}
     assert "Running stage 'b':" in "\n".join(lines) and any(line.startswith("[c] stage c done") for line in lines)
     assert (repo / ".dvc/tmp/stage-logs/c.log").read_text().strip() == "stage c done"
+    # a's 50 progress-bar redraws: all in its log, the first and the last (100 %) on the console
+    assert [line for line in lines if "%|" in line] == [
+        "[a]   2%|##| 1/50 [00:00<00:00]",
+        "[a] 100%|##| 50/50 [00:00<00:00]",
+    ]
+    assert (repo / ".dvc/tmp/stage-logs/a.log").read_text().count("%|##|") == 50
     assert set(json.loads((repo / STAGE_TIMES_FILE).read_text())) == {"a", "b", "c", "d"}
 
     # nothing changed: nothing runs
