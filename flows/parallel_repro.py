@@ -136,12 +136,17 @@ def _dvc(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
-def is_stale(repo: Path, env: dict[str, str], name: str) -> bool:
-    result = _dvc(repo, env, "status", "--json", name)
+def dvc_status(repo: Path, env: dict[str, str], *args: str) -> dict[str, list]:
+    """`dvc status --json [ARGS]`: the out-of-date stages and what changed in each ({} when none)."""
+    result = _dvc(repo, env, "status", "--json", *args)
     if result.returncode != 0:
-        raise RuntimeError(f"`dvc status {name}` failed (exit {result.returncode}):\n{result.stderr.strip()}")
+        raise RuntimeError(f"`dvc status` failed in {repo} (exit {result.returncode}):\n{result.stderr.strip()}")
     text = result.stdout.strip()
-    return name in (json.loads(text[text.find("{") :]) if "{" in text else {})
+    return json.loads(text[text.find("{") :]) if "{" in text else {}
+
+
+def is_stale(repo: Path, env: dict[str, str], name: str) -> bool:
+    return name in dvc_status(repo, env, name)
 
 
 def commit(repo: Path, env: dict[str, str], name: str) -> None:

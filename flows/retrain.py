@@ -42,6 +42,7 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import publish_leaderboard
 from flows.common import setup_logging
+from flows.parallel_repro import dvc_status, reproduce_parallel
 from pipeline.core.config import SELECTED, ParamsError, load_params, write_effective_params
 from pipeline.core.locking import LockBusy, repo_lock
 from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV
@@ -79,10 +80,6 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-def _dvc(repo: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
-
-
 def lock_entries(repo: Path) -> dict:
     path = repo / "dvc.lock"
     if not path.exists():
@@ -94,11 +91,7 @@ def lock_entries(repo: Path) -> dict:
 def stale_stages(repo: Path, targets: list[str], env: dict[str, str]) -> dict[str, list]:
     """Stages whose deps, params, command or outputs changed since dvc.lock (`dvc status --json`); with targets, their
     upstream stages too (`dvc repro` runs those): e.g. `params`, which turns a params.yaml edit into new values."""
-    result = _dvc(repo, "status", "--json", *(["--with-deps", *targets] if targets else []), env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"`dvc status` failed in {repo} (exit {result.returncode}):\n{result.stderr.strip()}")
-    text = result.stdout.strip()
-    return json.loads(text[text.find("{") :]) if "{" in text else {}
+    return dvc_status(repo, env, *(["--with-deps", *targets] if targets else []))
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE, persist_result=False)
@@ -110,15 +103,19 @@ def reproduce(
     logger = get_run_logger()
     before = lock_entries(repo)
     if jobs > 1:
-        from flows.parallel_repro import reproduce_parallel
-
         logger.info("$ dvc repro %s with %d stages at a time (in %s)", " ".join(targets), jobs, repo)
         try:
             reproduce_parallel(repo, targets, force, jobs, env, set(stale or ()), lambda line: logger.info("%s", line))
         except Exception as err:
             raise RuntimeError(f"`dvc repro` failed in {repo}: {err}") from None
-        after = lock_entries(repo)
-        return sorted(name for name in after if after[name] != before.get(name))
+    else:
+        repro_one_at_a_time(repo, targets, force, env, logger)
+    after = lock_entries(repo)
+    return sorted(name for name in after if after[name] != before.get(name))
+
+
+def repro_one_at_a_time(repo: Path, targets: list[str], force: bool, env: dict[str, str], logger) -> None:
+    """DVC's own `dvc repro`, its output streamed into the flow-run logs."""
     cmd = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
     logger.info("$ %s  (in %s)", " ".join(["dvc", *cmd[3:]]), repo)
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -140,8 +137,6 @@ def reproduce(
         code = proc.wait()
     if code != 0:
         raise RuntimeError(f"`dvc repro` failed in {repo} (exit {code}); last lines:\n" + "\n".join(tail))
-    after = lock_entries(repo)
-    return sorted(name for name in after if after[name] != before.get(name))
 
 
 def stage_jobs(params, jobs: int | None) -> int:

@@ -88,7 +88,6 @@ def artifact_root(params: Params, root: Path | None = None) -> str | None:
 
 
 def configure(params: Params, root: Path | None = None) -> str:
-
     uri = tracking_uri(params, root)
     point_mlflow_at(uri)
     return uri

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from flows.parallel_repro import STAGE_TIMES_FILE, StageFailed, reproduce_parallel, stage_graph, wanted_stages
-from tests.fixtures.dvc_repo import git
+from tests.fixtures.orchestration import commit_as_dvc_repo
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +59,7 @@ def repo(tmp_path) -> Path:
     (root / "c.cfg").write_text("1")
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (root / ".gitignore").write_text("/runs/\n/fail_*\n")
-    git(root, "init", "-q")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, capture_output=True)
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "tiny")
-    return root
+    return commit_as_dvc_repo(root, "tiny")
 
 
 def _env(**extra) -> dict[str, str]:

@@ -67,3 +67,10 @@ def test_retrain_reruns_only_what_changed_publishes_the_leaderboard_and_fails_cl
     assert "missing.txt" in wait_for_logs(failed_id, "missing.txt")  # the stage's own error reaches these logs
     assert (tiny_repo / "dvc.lock").read_text() == lock_before
     assert set(yaml.safe_load(lock_before)["stages"]) == {"count", "compare"}
+
+
+def test_one_job_is_dvcs_own_repro(prefect_api, tiny_repo):
+    state, _ = _retrain(tiny_repo, jobs=1)
+    assert state.is_completed(), state.message
+    assert state.result()["rerun"] == ["compare", "count"]
+    assert not (tiny_repo / ".dvc/tmp/stage-times.json").exists()  # the parallel runner's history: not used
