@@ -13,23 +13,24 @@ import os
 
 import yaml
 
-from bench.common import ERROR, NOT_MEASURED, BenchOptions, fmt_s, result_body, row, verdict
+from bench.common import ERROR, NOT_MEASURED, REPO_ROOT, BenchOptions, fmt_s, result_body, row, verdict
 from bench.workspace import NOT_RUN_HINT, bench_env, break_links, measurement_copy, run_tracked
 
 log = logging.getLogger("bench")
 
 NAME = "incremental_repro"
 DEFAULT_RUN = "bert-emotion"
-SCRATCH_MODELS = ("rnn", "encdec", "rnn_noattn")  # train@ stages
-TWIN_MODELS = ("gpt_scratch", "bert_scratch", "minilm_scratch")  # scratch@ stages
 MAX_STEPS = 20
 TIMEOUT_S = 1800
 
 
 def stage_name(model_task: str) -> str:
-    model = model_task.split("-", 1)[0]
-    stage = "train" if model in SCRATCH_MODELS else "scratch" if model in TWIN_MODELS else "finetune"
-    return f"{stage}@{model_task}"
+    """The dvc.yaml stage that trains <model>-<task> (the stage its runs are tagged with)."""
+    from pipeline.core.config import load_params
+    from pipeline.train.settings import RunSettings
+
+    model, task = model_task.split("-", 1)
+    return f"{RunSettings.resolve(model, task, load_params(REPO_ROOT / 'params.yaml')).stage}@{model_task}"
 
 
 def change_param(params_file, model_task: str) -> dict:
