@@ -217,8 +217,11 @@ def test_run_tracked_times_stages_run_at_once_by_their_finished_lines(tmp_path):
     run = workspace.run_tracked([sys.executable, "-c", script], tmp_path, sample_every=0.05)
     a, b = run.stages
     assert run.jobs == 2 and run.ran == ["a", "b"]
-    assert 0.5 < a.wall_s < 0.9 and b.start_s < a.start_s + a.wall_s  # overlapped
-    assert 0.5 < b.wall_s < run.wall_s - b.start_s - 0.2  # ended at its failed line, not at the end of the run
+    a_end, b_end = a.start_s + a.wall_s, b.start_s + b.wall_s
+    # the order of the script's lines, not their timing (a loaded machine may deliver them late, together):
+    # `dvc repro`'s rule would end a at b's start (a_end == b.start_s) and b at the end of the run
+    assert b.start_s < a_end < b_end  # overlapped; a ended at its own 'finished in' line
+    assert b_end < run.wall_s  # b ended at its 'failed' line
     assert run.to_dict()["jobs"] == 2
 
 
