@@ -229,22 +229,32 @@ def dvc_hashes(paths: list[str | Path], root: Path | None = None) -> dict[str, s
     for attempt in range(LOCK_READ_TRIES):
         last = attempt == LOCK_READ_TRIES - 1
         try:
-            stages = (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {})  # noqa: S506 (safe loader)
+            lock_data = yaml.load(lock.read_text(), Loader=loader)  # noqa: S506 (safe loader)
         except yaml.YAMLError:
             if last:
                 raise
             time.sleep(LOCK_READ_PAUSE_S)
             continue
-        found: dict[str, str] = {}
-        for stage in stages.values():
-            for out in stage.get("outs", []) or []:
-                path = str(out.get("path", "")).rstrip("/")
-                if path in wanted and out.get("md5"):
-                    found[path] = out["md5"]
+        found = _out_hashes(lock_data.get("stages") if isinstance(lock_data, dict) else None, wanted)
         if len(found) == len(wanted) or last:
             return found
         time.sleep(LOCK_READ_PAUSE_S)
     return {}
+
+
+def _out_hashes(stages: object, wanted: set[str]) -> dict[str, str]:
+    """md5 of each wanted out in dvc.lock's `stages`; entries a half-written file leaves empty (a stage cut
+    after its name, an out without its md5) are skipped, so the caller reads the file again."""
+    found: dict[str, str] = {}
+    for stage in stages.values() if isinstance(stages, dict) else ():
+        outs = stage.get("outs") if isinstance(stage, dict) else None
+        for out in outs if isinstance(outs, list) else ():
+            if not isinstance(out, dict):
+                continue
+            path = str(out.get("path", "")).rstrip("/")
+            if path in wanted and out.get("md5"):
+                found[path] = out["md5"]
+    return found
 
 
 def base_tags(

@@ -83,8 +83,24 @@ LOCK_BOTH = LOCK + "  pretrain@gpt:\n    outs:\n    - path: data/pretrain/gpt/mo
 
 @pytest.mark.parametrize(
     "caught",
-    [LOCK + "  pretrain@gpt:\n    outs: [{path: data/pre", LOCK],
-    ids=["half-written-yaml", "entry-not-there-yet"],
+    [
+        LOCK + "  pretrain@gpt:\n    outs: [{path: data/pre",
+        LOCK,
+        LOCK + "  pretrain@gpt:\n",
+        LOCK + "  pretrain@gpt:\n    outs:\n",
+        LOCK + "  pretrain@gpt:\n    outs:\n    - path: data/pretrain/gpt/model\n",
+        "stag",
+        "",
+    ],
+    ids=[
+        "half-written-yaml",
+        "entry-not-there-yet",
+        "stage-cut-after-its-name",
+        "outs-cut",
+        "out-without-md5",
+        "cut-in-the-first-word",
+        "empty",
+    ],
 )
 def test_dvc_hashes_reads_a_dvc_lock_caught_mid_write_again(tmp_path, caught):
     """A stage beside `dvc commit` (stages at once) may read dvc.lock while DVC rewrites it in place."""
