@@ -1,8 +1,9 @@
-"""Incremental reproduction: `dvc repro` after changing one fine-tune param runs only that stage and compare.
+"""Incremental reproduction: `dvc repro` after changing one fine-tune param runs only the stages it concerns.
 
 In a private copy (hard links) of a finished run, sets `train.overrides.<model>-<task>.max_steps` (a small
-value, so the re-run is short) in params.yaml, runs `dvc repro` and records which stages ran and how long it took
-(the `params` stage, which writes params.effective.yaml from params.yaml in a blink, runs too). The stage can be
+value, so the re-run is short) in params.yaml, runs `dvc repro` and records which stages ran and how long it took.
+Expected: that model-task's stage, its scratch twin's if it has one (a control trains with its twin's override),
+compare, and the `params` stage, which writes params.effective.yaml from params.yaml in a blink. The stage can be
 chosen with HT_BENCH_INCREMENTAL=<model>-<task> (default bert-emotion).
 """
 
@@ -13,7 +14,7 @@ import os
 
 import yaml
 
-from bench.common import ERROR, NOT_MEASURED, REPO_ROOT, BenchOptions, fmt_s, result_body, row, verdict
+from bench.common import ERROR, NOT_MEASURED, BenchOptions, fmt_s, result_body, row, verdict
 from bench.workspace import NOT_RUN_HINT, bench_env, break_links, measurement_copy, run_tracked
 
 log = logging.getLogger("bench")
@@ -24,13 +25,15 @@ MAX_STEPS = 20
 TIMEOUT_S = 1800
 
 
-def stage_name(model_task: str) -> str:
-    """The dvc.yaml stage that trains <model>-<task> (the stage its runs are tagged with)."""
-    from pipeline.core.config import load_params
-    from pipeline.train.settings import RunSettings
+def affected_stages(before, after) -> list[str]:
+    """The training stages whose settings (params.effective.yaml's runs.<model>-<task>, which each lists) differ
+    between two Params: the stages `dvc repro` must re-run, a control following its twin's override."""
+    from pipeline.core.effective import effective_runs
+    from pipeline.core.run_settings import RunSettings
 
-    model, task = model_task.split("-", 1)
-    return f"{RunSettings.resolve(model, task, load_params(REPO_ROOT / 'params.yaml')).stage}@{model_task}"
+    old, new = effective_runs(before), effective_runs(after)
+    changed = sorted(name for name in new if old.get(name) != new[name])
+    return [f"{RunSettings.resolve(*name.split('-', 1), after).stage}@{name}" for name in changed]
 
 
 def change_param(params_file, model_task: str) -> dict:
@@ -45,17 +48,22 @@ def change_param(params_file, model_task: str) -> dict:
 
 
 def run(opts: BenchOptions, ctx: dict) -> dict:
+    from pipeline.core.config import load_params
+
     model_task = os.environ.get("HT_BENCH_INCREMENTAL", DEFAULT_RUN)
-    stage = stage_name(model_task)
-    expected = {"params", stage, "compare"}
     item = f"dvc repro after changing train.overrides.{model_task}"
-    target = f"only params, {stage} and compare run"
     src, copy, why = measurement_copy(opts.workspace, NAME)
     if copy is None:
-        return result_body([row(item, target, "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")])
+        return result_body(
+            [row(item, "only params, its stage(s) and compare run", "-", NOT_MEASURED, f"{NOT_RUN_HINT} ({why})")]
+        )
+    before = load_params(copy / "params.yaml")
     override = change_param(copy / "params.yaml", model_task)
-    # The re-run stage and compare rewrite their outputs: give them private files, not links to the source's.
-    for folder in (copy / "data" / "models" / model_task, copy / "reports"):
+    trained = affected_stages(before, load_params(copy / "params.yaml"))
+    expected = {"params", *trained, "compare"}
+    target = f"only params, {', '.join(trained)} and compare run"
+    # The re-run stages and compare rewrite their outputs: give them private files, not links to the source's.
+    for folder in [copy / "data" / "models" / s.split("@", 1)[1] for s in trained] + [copy / "reports"]:
         if folder.exists():
             break_links(folder)
     tracked = run_tracked(["dvc", "repro"], copy, bench_env(), timeout=TIMEOUT_S, log_file=copy.parent / "repro.log")

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.core.config import ParamsError, write_effective_params
+from pipeline.core.config import ParamsError
+from pipeline.core.effective import write_effective_params
 from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV, selected_profile
 
 

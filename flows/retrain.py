@@ -43,7 +43,8 @@ from prefect.runtime import flow_run
 from flows.artifacts import publish_leaderboard
 from flows.common import setup_logging
 from flows.parallel_repro import dvc_status, reproduce_parallel
-from pipeline.core.config import SELECTED, ParamsError, load_params, write_effective_params
+from pipeline.core.config import SELECTED, ParamsError, load_params
+from pipeline.core.effective import write_effective_params
 from pipeline.core.locking import LockBusy, repo_lock
 from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV
 from pipeline.data.sources import SOURCES_FILE, refresh_sources

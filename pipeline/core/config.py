@@ -555,11 +555,3 @@ def load_params(path: str | Path | None = None, *, profile: str | None = SELECTE
     root = path.parent
     chosen = profiles.selected_profile(root) if profile == SELECTED else profile
     return parse_params(profiles.effective_mapping(root, chosen), profiles.composed_source(root, chosen))
-
-
-def write_effective_params(root: Path, profile: str | None) -> Path:
-    """Validate params.yaml + `profile` (None: none), then write <root>/params.effective.yaml, the file every DVC
-    stage reads, atomically and deterministically (left untouched when its text is unchanged)."""
-    mapping = profiles.effective_mapping(root, profile)
-    parse_params(mapping, profiles.composed_source(root, profile))
-    return profiles.write_if_changed(root / profiles.EFFECTIVE_FILE, profiles.render_effective(mapping))

@@ -9,8 +9,8 @@ Which profile: HT_PROFILE when set (and not empty), else the one recorded in par
 The `params` DVC stage (`python -m flows.params`) writes params.effective.yaml; `make run PROFILE=<name>` writes it
 for that profile before `dvc repro`, and a bare `dvc repro` keeps the profile recorded there.
 
-This module works on the raw mappings; pipeline/core/config.py validates them into `Params` (load_params,
-write_effective_params) and builds on this one, which therefore also owns ParamsError.
+This module works on the raw mappings; pipeline/core/config.py validates them into `Params` (load_params) and
+builds on this one, which therefore also owns ParamsError; pipeline/core/effective.py writes the file.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     train(model, task, params) -> dict   (the summary written to data/models/<model>-<task>/metrics.json)
 
 The same steps for every family (pipeline/train/family.py says what a family provides):
-- settings resolved once (pipeline/train/settings.py); checkpoints in checkpoints/<stage>-<model>-<task>/, resumed
+- settings resolved once (pipeline/core/run_settings.py); checkpoints in checkpoints/<stage>-<model>-<task>/, resumed
   when their fingerprint (settings, inputs, the family's own) matches;
 - one MLflow run in experiment task-<task> (a killed run resumes it), the same core params and tags for every
   family; per-epoch metrics come from the family's fit;
@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pipeline.core import distributed, paths
 from pipeline.core.config import PRETRAINED_FAMILIES, Params
 from pipeline.core.io import METRICS_FILE, PLOTS_DIR, TEST_ITEMS_FILE, atomic_dir, write_json
+from pipeline.core.run_settings import RunSettings
 from pipeline.data.task_data import load_prepared
 from pipeline.tracking import runs
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
@@ -43,7 +44,6 @@ from pipeline.train.family import (
     measure_latency_ms,
 )
 from pipeline.train.plots import write_confusion, write_learning_curve
-from pipeline.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 

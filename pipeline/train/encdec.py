@@ -26,10 +26,10 @@ import torch
 
 from pipeline.core import paths
 from pipeline.core.config import Params
+from pipeline.core.run_settings import RunSettings
 from pipeline.models.loading import load_tokenizer
 from pipeline.train.family import AttentionMap, TrainOutcome
 from pipeline.train.hf_trainer import best_epoch
-from pipeline.train.settings import RunSettings
 from pipeline.train.text2text import (
     TaskFormat,
     Text2TextError,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Params
-from pipeline.train.settings import RunSettings
+from pipeline.core.run_settings import RunSettings
 
 LATENCY_EXAMPLES = 20  # batch-1 inference over the first 20 test examples
 ATTENTION_EXAMPLES = 3  # the first validation examples get an attention heatmap (families that have attention)

@@ -23,12 +23,12 @@ import torch
 from pipeline.core import distributed
 from pipeline.core.config import Params
 from pipeline.core.metrics import classification_metrics, ner_metrics, qa_metrics, text_metrics
+from pipeline.core.run_settings import RunSettings
 from pipeline.data.task_data import TEXT_PAIRS, word_predictions
 from pipeline.train.family import ModelFamily, TestScores, TrainOutcome
 from pipeline.train.finetune_setup import TaskSetup, argmax_logits, build_setup, qa_references
 from pipeline.train.hf_trainer import GenerationEvalTrainer, MlflowEpochLogger, TrainingSpeed, best_epoch
 from pipeline.train.plots import learning_curve_from_history
-from pipeline.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from pipeline.core.config import Params
 from pipeline.core.io import atomic_file, write_json
+from pipeline.core.run_settings import RunSettings
 from pipeline.models.seq2seq_rnn import (
     EOS_IDX,
     PAD_IDX,
@@ -41,7 +42,6 @@ from pipeline.models.seq2seq_rnn import (
     greedy_decode,
 )
 from pipeline.train.family import AttentionMap, TrainOutcome
-from pipeline.train.settings import RunSettings
 from pipeline.train.text2text import Text2TextModel, Vocab, read_serving_meta, score_outputs, served_sources
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from typing import Any
 from pipeline.core.config import TASK_SPECS, Params
 from pipeline.core.io import write_json
 from pipeline.core.metrics import MAIN_METRIC, classification_metrics, ner_metrics, qa_metrics, text_metrics
+from pipeline.core.run_settings import RunSettings
 from pipeline.data.task_data import TEXT_PAIRS
 from pipeline.models.ner_tagger import text_entities
 from pipeline.models.pyfunc import label_answer, qa_answers, qa_rows, texts_of
 from pipeline.train.family import ModelFamily, TestScores
-from pipeline.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from pipeline.core.config import DATASETS, TASKS, write_effective_params
+from pipeline.core.config import DATASETS, TASKS
+from pipeline.core.effective import write_effective_params
 from pipeline.core.profiles import EFFECTIVE_FILE, PROFILE_ENV
 from tests.fixtures.dvc_repo import RAN, SKIPPED, copy_repo, dvc, git, set_params
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import write_effective_params
+from pipeline.core.effective import write_effective_params
 from tests.fixtures.dvc_repo import RAN, copy_repo, dvc, git, set_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -206,6 +206,25 @@ def test_second_make_run_changes_nothing(pipeline_run):
     assert "nothing changed" in output
 
 
+def test_an_override_makes_only_its_stage_and_its_scratch_twins_out_of_date(pipeline_run):
+    """Each training stage lists its own runs.<model>-<task>: editing train.overrides.bert-emotion leaves every
+    other stage of the finished run up to date (a control trains with its twin's override, so it follows)."""
+    from flows.parallel_repro import dvc_status
+
+    repo, env = pipeline_run["repo"], pipeline_run["env"]
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"]["overrides"]["bert-emotion"]["learning_rate"] = 0.000123
+    try:
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        subprocess.run([sys.executable, "-m", "flows.params"], cwd=repo, env=env, check=True, capture_output=True)
+        assert set(dvc_status(repo, env)) == {"params", "finetune@bert-emotion", "scratch@bert_scratch-emotion"}
+    finally:
+        (repo / "params.yaml").write_text(original)
+        subprocess.run([sys.executable, "-m", "flows.params"], cwd=repo, env=env, check=True, capture_output=True)
+    assert dvc_status(repo, env) == {}
+
+
 def test_a_registered_version_records_its_lineage_and_make_reproduce_rebuilds_it(pipeline_run):
     """The run was made from a committed tree: its lineage is complete, and `make reproduce` rebuilds the
     version in a worktree at its commit and gets the identical test metric (CPU, same seed and threads)."""

@@ -166,3 +166,19 @@ def test_relative_imports_and_docstring_only_packages(tmp_path):
     found = project_imports("pipeline.sub.a", tmp_path)
     assert set(found) == {"pipeline", "pipeline.sub", "pipeline.sub.a", "pipeline.sub.b", "pipeline.c"}
     assert uncovered("pipeline.sub.a", ["pipeline/sub"], tmp_path) == ["pipeline/c.py"]
+
+
+TRAINING_STAGES = ("finetune", "train", "scratch")
+
+
+def test_each_training_stage_reads_only_its_own_resolved_settings():
+    """runs.<model>-<task> (params.effective.yaml) holds everything the run's settings come from, so the stage
+    lists that key and not models / train.*: a change re-runs exactly the stages whose settings it changes."""
+    effective = yaml.safe_load((REPO_ROOT / "params.effective.yaml").read_text(encoding="utf-8"))
+    for name in TRAINING_STAGES:
+        stage = stages()[name]
+        keys = stage["params"][0]["params.effective.yaml"]
+        assert keys == ["common.torchrun_nproc", "runs.${item.model}-${item.task}"], f"{name}: {keys}"
+        for model in stage["matrix"]["model"]:
+            for task in stage["matrix"]["task"]:
+                assert f"{model}-{task}" in effective["runs"], f"{name}@{model}-{task}: no runs entry"

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from pipeline.core import profiles
-from pipeline.core.config import ParamsError, load_params, write_effective_params
+from pipeline.core.config import ParamsError, load_params
+from pipeline.core.effective import effective_text, write_effective_params
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -102,7 +103,9 @@ def test_the_effective_file_is_deterministic_atomic_and_records_its_source(repo)
     body = yaml.safe_load(text)
     assert list(body)[:2] == ["profile", "common"] and body["profile"] == "smoke"
     assert body["tokenizers"]["gpt_vocab_size"] == 600
+    runs = body.pop("runs")  # the generated settings of each training run (tests/pipeline/core/test_effective.py)
     assert load_params(profile="smoke") == load_params(profile=None).model_validate(body)  # the same params
+    assert set(runs) >= {"gpt-emotion", "rnn_noattn-samsum"}
     stat = path.stat()
     assert write_effective_params(repo, "smoke") == path and path.read_text() == text
     assert path.stat().st_mtime_ns == stat.st_mtime_ns  # unchanged text: the file is left alone
@@ -164,7 +167,7 @@ def test_smoke_profile_only_shrinks_sizes():
 def test_the_committed_effective_file_is_up_to_date():
     path = REPO_ROOT / profiles.EFFECTIVE_FILE
     recorded = profiles.recorded_profile(REPO_ROOT)
-    expected = profiles.render_effective(profiles.effective_mapping(REPO_ROOT, recorded))
+    expected = effective_text(REPO_ROOT, recorded)
     assert path.read_text() == expected, (
         f"{path.name} is stale for params.yaml + profile {recorded}: run "
         "`python -m flows.params` (git holds the default, no profile)"

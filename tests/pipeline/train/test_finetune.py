@@ -19,10 +19,10 @@ from mlflow import MlflowClient
 from pipeline.compare.significance import metric_from_items, read_items
 from pipeline.core.config import TASK_SPECS, TASKS, parse_params
 from pipeline.core.metrics import MAIN_METRIC, qa_metrics, text_metrics
+from pipeline.core.run_settings import RunSettings, RunSettingsError
 from pipeline.data.task_data import TEXT_PAIRS
 from pipeline.tracking.runs import registered_name, task_experiment
 from pipeline.train.driver import train as finetune
-from pipeline.train.settings import RunSettings, RunSettingsError
 from tests.fixtures.finetune import finetune_params, memorization_split, tiny_run, write_prepared
 
 MODELS = ("gpt", "bert", "minilm")

@@ -42,6 +42,8 @@ class RunSettings:
     generation: GenerationConfig  # train.generation with the task's max_new_tokens / num_beams (if set) applied
     seed: int
     qa: QAConfig  # windows and answer spans of extractive QA (recorded for qa tasks only)
+    # a transformer scratch twin's twin (models.<twin_of>): where its architecture and tokenizer come from
+    twin_cfg: ModelConfig | None = None
 
     @classmethod
     def resolve(cls, model: str, task: str, params: Params) -> RunSettings:
@@ -73,6 +75,7 @@ class RunSettings:
             generation=generation,
             seed=params.common.seed,
             qa=params.train.qa,
+            twin_cfg=params.models[twin] if twin and params.models[model].family in PRETRAINED_FAMILIES else None,
         )
 
     # ------------------------------------------------------------ derived names
@@ -132,6 +135,7 @@ class RunSettings:
             "generation": self.generation.model_dump(),
             "seed": self.seed,
             **({"qa": self.qa.model_dump()} if self.kind == "qa" else {}),
+            **({"twin": self.twin_cfg.model_dump()} if self.twin_cfg is not None else {}),
         }
 
     def mlflow_params(self) -> dict[str, object]:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.core.config import EncDecModel, GptModel, RnnModel, parse_params
-from pipeline.train.settings import RunSettings, RunSettingsError
+from pipeline.core.run_settings import RunSettings, RunSettingsError
 
 
 def _params(raw: dict, **override):
