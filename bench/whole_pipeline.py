@@ -154,6 +154,8 @@ def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
     stages = sorted(run["stages"], key=lambda s: -s["wall_s"])
     top = ", ".join(f"{s['name']} {fmt_s(s['wall_s'])}" for s in stages[:5])
     heaviest = max(stages, key=lambda s: s["peak_rss_gib"], default=None)
+    own = sorted((s for s in stages if s.get("own_peak_rss_gib")), key=lambda s: -s["own_peak_rss_gib"])
+    own_top = "; own peaks: " + ", ".join(f"{s['name']} {s['own_peak_rss_gib']:.2f}" for s in own[:3]) if own else ""
     judge = (lambda ok: REPORT) if smoke else verdict
     return [
         row(
@@ -168,7 +170,7 @@ def rows_for(run: dict, when: str = "", smoke: bool = False) -> list[dict]:
             f"<= {RSS_TARGET_GIB:.0f} GiB",
             f"{run['peak_rss_gib']:.2f} GiB",
             judge(run["peak_rss_gib"] <= RSS_TARGET_GIB),
-            f"heaviest stage {heaviest['name']} {heaviest['peak_rss_gib']:.2f} GiB" if heaviest else "",
+            (f"heaviest stage {heaviest['name']} {heaviest['peak_rss_gib']:.2f} GiB" if heaviest else "") + own_top,
         ),
         row("slowest stages", "report", top or "-", REPORT, "all stages in whole_pipeline.json"),
         *fixed_cost_rows(run.get("stage_costs") or {}, run.get("matmul_peak"), judge),

@@ -32,7 +32,7 @@ DEFAULT_WORKDIR = Path(os.environ.get("HT_BENCH_WORKDIR", "/tmp/ht-bench"))
 RUNNING_RE = re.compile(r"(?:^|\s)Running stage '([^']+)':")
 SKIPPED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' didn't change, skipping")
 # flows/parallel_repro.py (stages at once): each stage's end is its own line, not the next stage's start
-ENDED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' (?:finished in|failed \(exit)")
+ENDED_RE = re.compile(r"(?:^|\s)Stage '([^']+)' (?:finished in|failed \(exit)(?:.*\(peak memory ([\d.]+) GiB\))?")
 CONCURRENT_RE = re.compile(r"Running up to (\d+) stages at a time")
 # Variables that would point a copy at the developer's stores (or params profile) instead of its own.
 ISOLATE_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "HT_PROFILE", "PREFECT_API_URL")
@@ -197,7 +197,8 @@ class StageTiming:
     name: str
     start_s: float
     wall_s: float = 0.0
-    peak_rss_gib: float = 0.0
+    peak_rss_gib: float = 0.0  # the whole tree's, sampled while the stage ran (stages beside it included)
+    own_peak_rss_gib: float | None = None  # the stage's own process tree (flows/parallel_repro.py's wait4)
 
 
 @dataclass
@@ -227,6 +228,7 @@ class TrackedRun:
                     "start_s": round(s.start_s, 3),
                     "wall_s": round(s.wall_s, 3),
                     "peak_rss_gib": round(s.peak_rss_gib, 3),
+                    "own_peak_rss_gib": s.own_peak_rss_gib,
                 }
                 for s in self.stages
             ],
@@ -315,6 +317,7 @@ def run_tracked(
                 with lock:
                     if stage := open_stages.pop(m.group(1), None):
                         stage.wall_s = now - stage.start_s
+                        stage.own_peak_rss_gib = float(m.group(2)) if m.group(2) else None
             elif m := SKIPPED_RE.search(line):
                 run.skipped.append(m.group(1))
             if deadline and time.perf_counter() > deadline:

@@ -8,7 +8,10 @@ flow (flows/retrain.py) runs the stages itself, in dvc.yaml's dependency order:
 1. the stage graph (commands, outputs, upstream stages) comes from DVC's own index of dvc.yaml;
 2. a stage starts once every stage it depends on is done, at most N at once, each process with
    OMP_NUM_THREADS = cores // N (unless set already); among the ready stages, the one that took longest last
-   time (STAGE_TIMES_FILE) starts first, so a long stage does not end the run alone;
+   time starts first, so a long stage does not end the run alone; and a stage starts beside others only while
+   their peak memories last time (STAGE_HISTORY_FILE, per params profile) sum to at most the memory budget
+   (params.orchestration.memory_budget_gib), else it waits for a free slot that keeps the sum under it (a stage
+   alone always runs; one never run before counts as 0);
 3. it runs only when out of date: in the first `dvc status`, or its upstream re-ran and `dvc status STAGE` now
    says so (as `dvc repro` skips a stage whose inputs came out unchanged); its non-persistent outputs are
    removed first, as `dvc repro` does;
@@ -18,9 +21,11 @@ flow (flows/retrain.py) runs the stages itself, in dvc.yaml's dependency order:
 5. when one fails, nothing new starts, the running ones finish and are committed, and the run fails with the
    failed stage's last lines: what finished is kept, and the next run starts from there.
 
-Each stage's output is streamed line by line, prefixed with its name (progress bars thinned to one line every
-PROGRESS_EVERY_S), and kept whole in LOG_DIR/<stage>.log. The
-'Running stage' / 'finished in' lines are the ones DVC prints (plus the time), so tools reading DVC's output work.
+Each stage's wall time and peak resident memory (its process tree's largest, from wait4) are recorded in
+STAGE_HISTORY_FILE for the next run. Each stage's output is streamed line by line, prefixed with its name
+(progress bars thinned to one line every PROGRESS_EVERY_S), and kept whole in LOG_DIR/<stage>.log. The
+'Running stage' / 'finished in' lines are the ones DVC prints (plus the time and peak memory), so tools reading
+DVC's output work.
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 LOG_DIR = Path(".dvc") / "tmp" / "stage-logs"
-STAGE_TIMES_FILE = Path(".dvc") / "tmp" / "stage-times.json"
+STAGE_HISTORY_FILE = Path(".dvc") / "tmp" / "stage-history.json"  # {profile: {stage: {wall_s, peak_rss_gib}}}
+NO_PROFILE = "none"
 TAIL_LINES = 40
 POLL_S = 0.2
 PROGRESS_RE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")  # a tqdm bar: " 39%|███▉      | 1173/3000 [01:03<01:37, ...]"
@@ -63,6 +69,19 @@ class Running:
     started: float
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reader: threading.Thread | None = None
+    peak_rss_gib: float | None = None  # once it exited: its process tree's largest resident set
+
+    def exited(self) -> bool:
+        """Reaps the stage's process with wait4 (Popen.poll would lose its resource usage) once it has exited."""
+        if self.proc.returncode is not None:
+            return True
+        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        # ru_maxrss: the largest of the process and the descendants it waited for; KiB on Linux, bytes on macOS
+        self.peak_rss_gib = round(usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20), 3)
+        return True
 
 
 class StageFailed(RuntimeError):
@@ -117,19 +136,36 @@ def threads_per_stage(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def stage_times(repo: Path) -> dict[str, float]:
+def stage_history(repo: Path, profile: str | None) -> dict[str, dict[str, float]]:
+    """What each stage took last time under this params profile: {stage: {"wall_s", "peak_rss_gib"}}."""
     try:
-        return json.loads((repo / STAGE_TIMES_FILE).read_text(encoding="utf-8"))
+        recorded = json.loads((repo / STAGE_HISTORY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return recorded.get(profile or NO_PROFILE, {}) if isinstance(recorded, dict) else {}
 
 
-def save_stage_times(repo: Path, times: dict[str, float]) -> None:
-    path = repo / STAGE_TIMES_FILE
+def save_stage_history(repo: Path, profile: str | None, history: dict[str, dict[str, float]]) -> None:
+    path = repo / STAGE_HISTORY_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = {}
+    recorded[profile or NO_PROFILE] = history
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(times, indent=1, sort_keys=True), encoding="utf-8")
+    tmp.write_text(json.dumps(recorded, indent=1, sort_keys=True), encoding="utf-8")
     tmp.replace(path)
+
+
+def fits_memory(name: str, running: Iterable[str], history: dict[str, dict], budget_gib: float | None) -> bool:
+    """Whether `name` may start beside the `running` stages: their recorded peaks plus its own stay within the
+    budget (no budget, nothing running, or no record of `name`: yes)."""
+    running = list(running)
+    if budget_gib is None or not running:
+        return True
+    peak = {n: float(history.get(n, {}).get("peak_rss_gib") or 0.0) for n in [name, *running]}
+    return sum(peak.values()) <= budget_gib
 
 
 def _dvc(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -229,23 +265,29 @@ def reproduce_parallel(
     env: dict[str, str],
     stale: set[str],
     emit: Callable[[str], None],
+    memory_budget_gib: float | None = None,
 ) -> list[str]:
-    """Run the out-of-date stages (`stale`: the first `dvc status`; all with `force`) `jobs` at a time; returns
-    the stages that ran. Raises StageFailed (after the running ones finished and were committed) on a failure."""
+    """Run the out-of-date stages (`stale`: the first `dvc status`; all with `force`) `jobs` at a time, side by side
+    only within `memory_budget_gib` of their recorded peaks; returns the stages that ran. Raises StageFailed (after
+    the running ones finished and were committed) on a failure."""
+    from pipeline.core.profiles import recorded_profile
+
     stages = stage_graph(repo)
     order = wanted_stages(stages, targets)
-    previous = stage_times(repo)
-    priority = {name: (-previous.get(name, 0.0), i) for i, name in enumerate(order)}
+    profile = recorded_profile(repo)
+    previous = stage_history(repo, profile)
+    priority = {name: (-float(previous.get(name, {}).get("wall_s") or 0.0), i) for i, name in enumerate(order)}
     threads = threads_per_stage(jobs)
     stage_env = dict(env)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         stage_env.setdefault(var, str(threads))
-    emit(f"Running up to {jobs} stages at a time, {stage_env['OMP_NUM_THREADS']} thread(s) each")
+    budget = f", side by side within {memory_budget_gib:g} GiB" if memory_budget_gib else ""
+    emit(f"Running up to {jobs} stages at a time, {stage_env['OMP_NUM_THREADS']} thread(s) each{budget}")
     done: set[str] = set()
     ran: list[str] = []
     running: dict[str, Running] = {}
     failed: Running | None = None
-    times = dict(previous)
+    history = dict(previous)
     try:
         finished_ok: list[str] = []  # ran, not yet committed
         while len(done) < len(order):
@@ -261,6 +303,8 @@ def reproduce_parallel(
                 for name in ready:
                     if len(running) >= jobs:
                         break
+                    if not fits_memory(name, running, previous, memory_budget_gib):
+                        continue  # a smaller ready stage may fit; this one waits until the others finish
                     upstream_ran = any(up in ran for up in stages[name].upstream)
                     if force or name in stale or (upstream_ran and is_stale(repo, env, name)):
                         running[name] = start(repo, stages[name], stage_env, emit)
@@ -278,7 +322,7 @@ def reproduce_parallel(
                 if failed is not None:
                     break
                 continue
-            finished = [n for n, r in running.items() if r.proc.poll() is not None]
+            finished = [n for n, r in running.items() if r.exited()]
             if not finished:
                 time.sleep(POLL_S)
                 continue
@@ -290,12 +334,12 @@ def reproduce_parallel(
                     emit(f"Stage '{name}' failed (exit {run.proc.returncode}) after {took:.1f} s")
                     failed = failed or run
                     continue
-                times[name] = round(took, 1)
-                emit(f"Stage '{name}' finished in {took:.1f} s")
+                history[name] = {"wall_s": round(took, 1), "peak_rss_gib": run.peak_rss_gib}
+                emit(f"Stage '{name}' finished in {took:.1f} s (peak memory {run.peak_rss_gib:.2f} GiB)")
                 finished_ok.append(name)
     finally:
         stop_all(running)
-        save_stage_times(repo, times)
+        save_stage_history(repo, profile, history)
     if failed is not None:
         log = repo / LOG_DIR / f"{failed.stage.name}.log"
         raise StageFailed(

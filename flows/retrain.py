@@ -97,7 +97,13 @@ def stale_stages(repo: Path, targets: list[str], env: dict[str, str]) -> dict[st
 
 @task(name="dvc-repro", cache_policy=NO_CACHE, persist_result=False)
 def reproduce(
-    repo: Path, targets: list[str], force: bool, env: dict[str, str], jobs: int = 1, stale: set[str] | None = None
+    repo: Path,
+    targets: list[str],
+    force: bool,
+    env: dict[str, str],
+    jobs: int = 1,
+    stale: set[str] | None = None,
+    memory_budget_gib: float | None = None,
 ) -> list[str]:
     """Run `dvc repro` (jobs > 1: flows.parallel_repro, that many stages at once), streaming its output into the
     flow-run logs; returns the stages it re-ran."""
@@ -106,7 +112,16 @@ def reproduce(
     if jobs > 1:
         logger.info("$ dvc repro %s with %d stages at a time (in %s)", " ".join(targets), jobs, repo)
         try:
-            reproduce_parallel(repo, targets, force, jobs, env, set(stale or ()), lambda line: logger.info("%s", line))
+            reproduce_parallel(
+                repo,
+                targets,
+                force,
+                jobs,
+                env,
+                set(stale or ()),
+                lambda line: logger.info("%s", line),
+                memory_budget_gib,
+            )
         except Exception as err:
             raise RuntimeError(f"`dvc repro` failed in {repo}: {err}") from None
     else:
@@ -201,7 +216,7 @@ def retrain_flow(
             jobs = stage_jobs(params, jobs)
             if jobs > 1:
                 ensure_store(params, repo)  # a new store's tables made once, before stages open it together
-            rerun = reproduce(repo, targets, force, env, jobs, set(stale))
+            rerun = reproduce(repo, targets, force, env, jobs, set(stale), params.orchestration.memory_budget_gib)
         else:
             logger.info(
                 "%s: every stage of %s/dvc.yaml is up to date, nothing to reproduce", NOTHING_CHANGED.capitalize(), repo

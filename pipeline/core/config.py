@@ -407,6 +407,7 @@ class CompareConfig(Strict):
 class OrchestrationConfig(Strict):
     retries: NonNegInt
     parallel_stages: PosInt
+    memory_budget_gib: Annotated[float, Field(gt=0)] | None  # None: stages pair regardless of memory
     retry_delay_seconds: Annotated[float, Field(ge=0)]
     retrain_cron: str
     lock_timeout_seconds: Annotated[float, Field(ge=0)]

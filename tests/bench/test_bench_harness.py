@@ -211,7 +211,7 @@ def test_run_tracked_times_stages_run_at_once_by_their_finished_lines(tmp_path):
         'print("INFO | Running up to 2 stages at a time, 1 thread(s) each", flush=True)\n'
         "print(\"Running stage 'a':\", flush=True); time.sleep(0.1)\n"
         "print(\"Running stage 'b':\", flush=True); time.sleep(0.5)\n"
-        "print(\"Stage 'a' finished in 0.6 s\", flush=True); time.sleep(0.2)\n"
+        "print(\"Stage 'a' finished in 0.6 s (peak memory 1.25 GiB)\", flush=True); time.sleep(0.2)\n"
         "print(\"Stage 'b' failed (exit 3) after 0.7 s\", flush=True); time.sleep(0.3)\n"
     )
     run = workspace.run_tracked([sys.executable, "-c", script], tmp_path, sample_every=0.05)
@@ -223,6 +223,7 @@ def test_run_tracked_times_stages_run_at_once_by_their_finished_lines(tmp_path):
     assert b.start_s < a_end < b_end  # overlapped; a ended at its own 'finished in' line
     assert b_end < run.wall_s  # b ended at its 'failed' line
     assert run.to_dict()["jobs"] == 2
+    assert a.own_peak_rss_gib == 1.25 and b.own_peak_rss_gib is None  # the stage's own peak, from its line
 
 
 def test_clone_repo_copies_worktree_files_hardlinks_outputs_and_breaks_links(tmp_path):

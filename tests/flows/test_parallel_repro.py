@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.parallel_repro import STAGE_TIMES_FILE, StageFailed, reproduce_parallel, stage_graph, wanted_stages
+from flows.parallel_repro import (
+    STAGE_HISTORY_FILE,
+    StageFailed,
+    fits_memory,
+    reproduce_parallel,
+    stage_graph,
+    wanted_stages,
+)
 from tests.fixtures.orchestration import commit_as_dvc_repo
 
 pytestmark = pytest.mark.integration
@@ -29,6 +37,7 @@ text = "".join(Path(f"data/{i}.txt").read_text() for i in inputs) + name
 if Path(f"fail_{name}").exists():
     print(f"stage {name} breaks on purpose", flush=True)
     sys.exit(3)
+blob = b"x" * (int(os.environ.get("MEM_" + name, "0")) * 2**20)  # resident: filled, not just reserved
 time.sleep(float(os.environ.get("SLEEP_" + name, "0")))
 bars = int(os.environ.get("BARS_" + name, "0"))
 for i in range(bars):
@@ -74,9 +83,11 @@ def _status(repo: Path) -> dict:
     return json.loads(out[out.find("{") :]) if "{" in out else {}
 
 
-def _run(repo: Path, jobs: int = 2, force: bool = False, targets=(), **env) -> tuple[list[str], list[str]]:
+def _run(
+    repo: Path, jobs: int = 2, force: bool = False, targets=(), budget: float | None = None, **env
+) -> tuple[list[str], list[str]]:
     lines: list[str] = []
-    ran = reproduce_parallel(repo, list(targets), force, jobs, _env(**env), set(_status(repo)), lines.append)
+    ran = reproduce_parallel(repo, list(targets), force, jobs, _env(**env), set(_status(repo)), lines.append, budget)
     return ran, lines
 
 
@@ -113,7 +124,10 @@ def test_runs_independent_stages_at_once_and_records_each_in_dvc_lock(repo):
         "[a] 100%|##| 50/50 [00:00<00:00]",
     ]
     assert (repo / ".dvc/tmp/stage-logs/a.log").read_text().count("%|##|") == 50
-    assert set(json.loads((repo / STAGE_TIMES_FILE).read_text())) == {"a", "b", "c", "d"}
+    history = json.loads((repo / STAGE_HISTORY_FILE).read_text())["none"]  # no params profile here
+    assert set(history) == {"a", "b", "c", "d"} and history["b"]["wall_s"] >= 2
+    assert 0.005 < history["a"]["peak_rss_gib"] < 1  # a small python process
+    assert any(re.fullmatch(r"Stage 'b' finished in \d+\.\d s \(peak memory \d+\.\d\d GiB\)", x) for x in lines)
 
     # nothing changed: nothing runs
     ran, lines = _run(repo)
@@ -150,3 +164,27 @@ def test_one_job_runs_one_stage_at_a_time(repo):
     b, c = _times(repo, "b"), _times(repo, "c")
     assert b["end"] <= c["start"] or c["end"] <= b["start"]
     assert c["threads"] == str(os.cpu_count() or 1) and "Running up to 1 stages at a time" in lines[0]
+
+
+def test_stages_pair_only_within_the_memory_budget_of_their_recorded_peaks(repo):
+    _run(repo, MEM_b="300", MEM_c="300")  # the first run records each stage's peak (b, c: ~0.3 GiB)
+    history = json.loads((repo / STAGE_HISTORY_FILE).read_text())["none"]
+    assert history["b"]["peak_rss_gib"] > 0.29 and history["c"]["peak_rss_gib"] > 0.29
+    # under a 0.5 GiB budget b and c (~0.3 GiB each) may not run side by side
+    ran, lines = _run(repo, force=True, budget=0.5, SLEEP_b="1", SLEEP_c="1", MEM_b="300", MEM_c="300")
+    b, c = _times(repo, "b"), _times(repo, "c")
+    assert b["end"] <= c["start"] or c["end"] <= b["start"], "b and c ran side by side over the budget"
+    assert "side by side within 0.5 GiB" in lines[0] and sorted(ran) == ["a", "b", "c", "d"]
+    # a budget that holds both: they overlap again
+    _run(repo, force=True, budget=4, SLEEP_b="2", SLEEP_c="2")
+    b, c = _times(repo, "b"), _times(repo, "c")
+    assert b["start"] < c["end"] and c["start"] < b["end"]
+
+
+def test_fits_memory_sums_the_recorded_peaks():
+    history = {"big": {"peak_rss_gib": 5.0}, "mid": {"peak_rss_gib": 3.0}, "small": {"peak_rss_gib": 1.0}}
+    assert fits_memory("big", [], history, 4)  # alone: always
+    assert fits_memory("big", ["mid"], history, 8) and not fits_memory("big", ["mid"], history, 7.9)
+    assert fits_memory("new", ["big"], history, 5)  # never run: counts as 0
+    assert fits_memory("big", ["mid", "small"], history, None)  # no budget
+    assert not fits_memory("small", ["big", "mid"], history, 8.5)

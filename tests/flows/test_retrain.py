@@ -73,4 +73,4 @@ def test_one_job_is_dvcs_own_repro(prefect_api, tiny_repo):
     state, _ = _retrain(tiny_repo, jobs=1)
     assert state.is_completed(), state.message
     assert state.result()["rerun"] == ["compare", "count"]
-    assert not (tiny_repo / ".dvc/tmp/stage-times.json").exists()  # the parallel runner's history: not used
+    assert not (tiny_repo / ".dvc/tmp/stage-history.json").exists()  # the parallel runner's history: not used
