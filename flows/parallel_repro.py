@@ -331,7 +331,16 @@ def reproduce_parallel(
                 run.reader.join()  # type: ignore[union-attr]
                 took = time.monotonic() - run.started
                 if run.proc.returncode != 0:
-                    emit(f"Stage '{name}' failed (exit {run.proc.returncode}) after {took:.1f} s")
+                    emit(
+                        f"Stage '{name}' failed (exit {run.proc.returncode}) after {took:.1f} s "
+                        f"(peak memory {run.peak_rss_gib:.2f} GiB)"
+                    )
+                    # its peak so far: a stage killed for memory (exit -9) will not be paired the same way again
+                    last = previous.get(name, {})
+                    history[name] = {
+                        "wall_s": last.get("wall_s", round(took, 1)),
+                        "peak_rss_gib": max(run.peak_rss_gib or 0.0, float(last.get("peak_rss_gib") or 0.0)),
+                    }
                     failed = failed or run
                     continue
                 history[name] = {"wall_s": round(took, 1), "peak_rss_gib": run.peak_rss_gib}

@@ -153,6 +153,7 @@ def test_a_failed_stage_stops_new_ones_and_keeps_what_finished(repo):
     assert not (repo / "data" / "d.txt").exists()
     assert set(_status(repo)) == {"b", "d"}
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"a", "c"}
+    assert json.loads((repo / STAGE_HISTORY_FILE).read_text())["none"]["b"]["peak_rss_gib"] > 0  # known next time
     # fixed, the next run picks up from there
     (repo / "fail_b").unlink()
     ran, _ = _run(repo)
