@@ -451,3 +451,12 @@ def test_inference_shapes_qa_rows_and_texts_like_the_logged_example():
     assert shaped(rows, rows) == rows
     assert shaped(pd.DataFrame({"dialogue": ["a: hi"]}), ["b: yo"]).to_dict("list") == {"dialogue": ["b: yo"]}
     assert shaped(["x"], ["y", "z"]) == ["y", "z"]
+
+
+def test_transfer_search_grid_parses_typed_values():
+    from bench.transfer_search import parse_grid
+
+    assert parse_grid(["learning_rate=0.0005,1e-3", "epochs=4,8"]) == {
+        "learning_rate": [0.0005, 0.001],
+        "epochs": [4, 8],
+    }
