@@ -45,7 +45,7 @@ FLOW_RUN_ENV = "HT_PREFECT_FLOW_RUN_ID"
 ALLOW_DIRTY_ENV = "HT_ALLOW_DIRTY"
 # Written by the pipeline itself (the params stage, dvc repro, the mirror hashes make run records): they never make
 # a tree "dirty".
-GENERATED_FILES = ("dvc.lock", "params.effective.yaml", "data-sources.yaml")
+GENERATED_FILES = ("dvc.lock", "params.effective.yaml", "data-sources.yaml", "run-params/")  # "/": a folder
 
 
 class DirtyTreeError(RuntimeError):
@@ -192,7 +192,11 @@ def dirty_files(root: Path | None = None) -> list[str]:
     if out.returncode != 0:
         return []
     files = [line[3:].strip().strip('"') for line in out.stdout.splitlines() if line.strip()]
-    return [f for f in files if f.split(" -> ")[-1] not in GENERATED_FILES]
+    return [f for f in files if not _generated(f.split(" -> ")[-1])]
+
+
+def _generated(path: str) -> bool:
+    return any(path == g or (g.endswith("/") and path.startswith(g)) for g in GENERATED_FILES)
 
 
 def require_clean_tree(what: str, root: Path | None = None) -> bool:

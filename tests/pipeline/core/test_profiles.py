@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.core import profiles
 from pipeline.core.config import ParamsError, load_params
-from pipeline.core.effective import effective_text, write_effective_params
+from pipeline.core.effective import RUN_PARAMS_DIR, effective_files, write_effective_params
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -103,16 +103,17 @@ def test_the_effective_file_is_deterministic_atomic_and_records_its_source(repo)
     body = yaml.safe_load(text)
     assert list(body)[:2] == ["profile", "common"] and body["profile"] == "smoke"
     assert body["tokenizers"]["gpt_vocab_size"] == 600
-    runs = body.pop("runs")  # the generated settings of each training run (tests/pipeline/core/test_effective.py)
     assert load_params(profile="smoke") == load_params(profile=None).model_validate(body)  # the same params
-    assert set(runs) >= {"gpt-emotion", "rnn_noattn-samsum"}
+    # and one file per training run (tests/pipeline/core/test_effective.py)
+    assert {"gpt-emotion.yaml", "rnn_noattn-samsum.yaml"} <= {p.name for p in (repo / RUN_PARAMS_DIR).iterdir()}
     stat = path.stat()
     assert write_effective_params(repo, "smoke") == path and path.read_text() == text
     assert path.stat().st_mtime_ns == stat.st_mtime_ns  # unchanged text: the file is left alone
     write_effective_params(repo, None)
     assert yaml.safe_load(path.read_text())["profile"] is None
     assert "params.yaml (no profile)" in path.read_text().splitlines()[0]
-    assert sorted(p.name for p in repo.iterdir()) == ["params.effective.yaml", "params.yaml", "profiles"]  # no temp
+    assert sorted(p.name for p in repo.iterdir()) == ["params.effective.yaml", "params.yaml", "profiles", "run-params"]
+    assert not [p for p in (repo / RUN_PARAMS_DIR).iterdir() if p.suffix != ".yaml"]  # no temp files
 
 
 def test_profile_selection_env_then_recorded_then_none(repo, monkeypatch):
@@ -164,12 +165,17 @@ def test_smoke_profile_only_shrinks_sizes():
         assert caps.max_train <= (full.prepare.tasks[task].max_train or caps.max_train)
 
 
-def test_the_committed_effective_file_is_up_to_date():
-    path = REPO_ROOT / profiles.EFFECTIVE_FILE
+def test_the_committed_effective_files_are_up_to_date():
     recorded = profiles.recorded_profile(REPO_ROOT)
-    expected = effective_text(REPO_ROOT, recorded)
-    assert path.read_text() == expected, (
-        f"{path.name} is stale for params.yaml + profile {recorded}: run "
+    expected = effective_files(REPO_ROOT, recorded)
+    committed = [profiles.EFFECTIVE_FILE] + [
+        f"{RUN_PARAMS_DIR}/{p.name}" for p in (REPO_ROOT / RUN_PARAMS_DIR).iterdir()
+    ]
+    stale = [
+        rel for rel in expected if not (REPO_ROOT / rel).exists() or (REPO_ROOT / rel).read_text() != expected[rel]
+    ]
+    assert not stale and sorted(committed) == sorted(expected), (
+        f"{stale or sorted(set(committed) ^ set(expected))} stale for params.yaml + profile {recorded}: run "
         "`python -m flows.params` (git holds the default, no profile)"
     )
 

@@ -17,6 +17,8 @@ def clean_repo(tmp_path):
     (tmp_path / "code.py").write_text("x = 1\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     (tmp_path / "params.effective.yaml").write_text("profile: null\n")
+    (tmp_path / "run-params").mkdir()
+    (tmp_path / "run-params" / "rnn-emotion.yaml").write_text("seed: 42\n")
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", "-A")
     git(tmp_path, "commit", "-qm", "init")
@@ -33,7 +35,11 @@ def test_files_the_pipeline_writes_do_not_make_the_tree_dirty(clean_repo, monkey
     monkeypatch.delenv(runs.ALLOW_DIRTY_ENV, raising=False)
     (clean_repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     (clean_repo / "params.effective.yaml").write_text("profile: smoke\n")
+    (clean_repo / "run-params" / "rnn-emotion.yaml").write_text("seed: 1\n")  # modified
+    (clean_repo / "run-params" / "gpt-emotion.yaml").write_text("seed: 1\n")  # new
     assert runs.require_clean_tree("register x", clean_repo) is False
+    (clean_repo / "run-params-notes.txt").write_text("x")  # only the folder is the pipeline's
+    assert runs.dirty_files(clean_repo) == ["run-params-notes.txt"]
 
 
 @pytest.mark.parametrize("change", ["modified", "untracked", "staged"])
