@@ -44,6 +44,12 @@ class RunSettings:
     qa: QAConfig  # windows and answer spans of extractive QA (recorded for qa tasks only)
     # a transformer scratch twin's twin (models.<twin_of>): where its architecture and tokenizer come from
     twin_cfg: ModelConfig | None = None
+    micro_batch_size: int | None = None  # examples per forward/backward pass when less than batch_size
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Forward/backward passes per optimizer step (batch_size / micro_batch_size)."""
+        return self.batch_size // self.micro_batch_size if self.micro_batch_size else 1
 
     @classmethod
     def resolve(cls, model: str, task: str, params: Params) -> RunSettings:
@@ -60,6 +66,9 @@ class RunSettings:
             override = params.train.overrides.get(f"{twin}-{task}")
         changes = {k: v for k, v in (override.model_dump() if override else {}).items() if v is not None}
         batch_size = changes.pop("batch_size", params.train.common.batch_size)
+        micro_batch_size = changes.pop("micro_batch_size", None)
+        if micro_batch_size is not None:
+            _check_micro_batch(f"train.overrides.{model}-{task}", micro_batch_size, batch_size, params.models[model])
         task_training = TaskTraining(**{**training, **changes})
         # the task's (or model-task's) own generation cap and beam width replace the common ones
         own = {k: getattr(task_training, k) for k in ("max_new_tokens", "num_beams")}
@@ -71,6 +80,7 @@ class RunSettings:
             model_cfg=twin_config(model, params.models),
             training=task_training,
             batch_size=batch_size,
+            micro_batch_size=micro_batch_size if micro_batch_size != batch_size else None,
             common=params.train.common,
             generation=generation,
             seed=params.common.seed,
@@ -131,6 +141,7 @@ class RunSettings:
             "model": self.model_cfg.model_dump(),
             "training": self.training.model_dump(),
             "batch_size": self.batch_size,
+            **({"micro_batch_size": self.micro_batch_size} if self.micro_batch_size else {}),
             "common": self.common.model_dump(),
             "generation": self.generation.model_dump(),
             "seed": self.seed,
@@ -145,6 +156,7 @@ class RunSettings:
             {f"train.{k}": v for k, v in self.training.model_dump().items() if v is not None or k == "max_steps"}
         )
         flat["train.batch_size"] = self.batch_size
+        flat["train.micro_batch_size"] = self.micro_batch_size or self.batch_size
         flat.update({f"train.common.{k}": v for k, v in self.common.model_dump().items() if k != "batch_size"})
         flat.update({f"train.generation.{k}": v for k, v in self.generation.model_dump().items()})
         flat["seed"] = self.seed
@@ -159,3 +171,15 @@ class RunSettings:
         if self.twin_of is not None:
             tags["twin_of"] = self.twin_of
         return tags
+
+
+def _check_micro_batch(where: str, micro: int, batch: int, model_cfg) -> None:
+    if model_cfg.family not in PRETRAINED_FAMILIES:
+        raise RunSettingsError(
+            f"{where}.micro_batch_size: only the gpt/bert families (the Trainer's gradient accumulation) split a "
+            f"batch; remove it from this {model_cfg.family} run"
+        )
+    if micro > batch or batch % micro:
+        raise RunSettingsError(
+            f"{where}.micro_batch_size: {micro} must divide the batch size {batch} (e.g. {batch // 2})"
+        )

@@ -72,7 +72,10 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         num_train_epochs=run.epochs,
         max_steps=run.max_steps or -1,
         # batch sizes are global: under torchrun each of N processes takes 1/N (pipeline/core/distributed.py)
-        per_device_train_batch_size=distributed.per_process_batch(s.batch_size, f"{s.name} batch_size"),
+        per_device_train_batch_size=distributed.per_process_batch(
+            s.micro_batch_size or s.batch_size, f"{s.name} {'micro_' if s.micro_batch_size else ''}batch_size"
+        ),
+        gradient_accumulation_steps=s.accumulation_steps,
         per_device_eval_batch_size=distributed.per_process_batch(
             common.eval_batch_size, "train.common.eval_batch_size"
         ),

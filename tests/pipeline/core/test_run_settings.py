@@ -147,3 +147,25 @@ def test_a_task_num_beams_replaces_the_common_beam_width_for_its_runs_only(defau
     assert RunSettings.resolve("rnn", "samsum", params).generation.num_beams == 2  # the run's override
     assert RunSettings.resolve("rnn_noattn", "samsum", params).generation.num_beams == 2  # the twin's override
     assert RunSettings.resolve("gpt", "multi30k", params).generation.num_beams == 4
+
+
+def test_micro_batch_size_splits_a_transformer_batch_only(default_params_dict):
+    raw = copy.deepcopy(default_params_dict)
+    raw["train"]["overrides"]["minilm-samsum"]["micro_batch_size"] = 16
+    params = parse_params(raw)
+    s = RunSettings.resolve("minilm", "samsum", params)
+    assert s.batch_size == 32 and s.micro_batch_size == 16 and s.accumulation_steps == 2
+    assert s.as_dict()["micro_batch_size"] == 16 and s.mlflow_params()["train.micro_batch_size"] == 16
+    twin = RunSettings.resolve("minilm_scratch", "samsum", params)  # the twin trains the same way
+    assert twin.micro_batch_size == 16
+    plain = RunSettings.resolve("minilm", "emotion", params)
+    assert plain.accumulation_steps == 1 and "micro_batch_size" not in plain.as_dict()
+    assert plain.mlflow_params()["train.micro_batch_size"] == plain.batch_size
+
+    raw["train"]["overrides"]["minilm-samsum"]["micro_batch_size"] = 12
+    with pytest.raises(RunSettingsError, match=r"minilm-samsum.micro_batch_size: 12 must divide the batch size 32"):
+        RunSettings.resolve("minilm", "samsum", parse_params(raw))
+    raw["train"]["overrides"]["minilm-samsum"]["micro_batch_size"] = 16
+    raw["train"]["overrides"]["rnn-samsum"]["micro_batch_size"] = 16
+    with pytest.raises(RunSettingsError, match=r"rnn-samsum.micro_batch_size: only the gpt/bert families"):
+        RunSettings.resolve("rnn", "samsum", parse_params(raw))

@@ -377,3 +377,27 @@ def test_a_scratch_twin_trains_tracks_and_writes_its_test_items(
     assert (tags["family"], tags["init"], tags["twin_of"], tags["stage"]) == ("gpt", "scratch", "gpt", "scratch")
     assert "attention" not in tags
     assert run.data.params["architecture"] == "GPT2ForSequenceClassification"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_micro_batches_accumulate_to_the_batch_and_learn(
+    pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    """micro_batch_size 4 of a batch of 8: two forward/backward passes per optimizer step (the Trainer's gradient
+    accumulation), the same number of optimizer steps as whole batches, and the model still learns."""
+    from pipeline.train.driver import build
+    from pipeline.train.finetune import _training_args
+
+    rows = memorization_rows_by_task["emotion"]
+    data = memorization_split("gpt", "emotion", rows)
+    raw = finetune_params(pretrained_repo, default_params_dict, "gpt", "emotion", micro_batch_size=4)
+    trainer = build("gpt", "emotion", parse_params(raw), data)
+    args = _training_args(trainer.setup, trainer.settings, resuming=False)
+    assert trainer.settings.batch_size == 8 and trainer.settings.accumulation_steps == 2
+    assert args.per_device_train_batch_size == 4 and args.gradient_accumulation_steps == 2
+    outcome = trainer.fit(None)
+    accuracy = trainer.score_test().metrics["accuracy"]
+    untrained = next(row for row in outcome.curve if int(row["epoch"]) == 0)
+    baseline = max(float(untrained["val_accuracy"]), majority_rate(rows["label"]))
+    assert accuracy >= baseline + 0.3 * (1 - baseline), f"accuracy {accuracy:.3f} from {baseline:.3f} untrained"
