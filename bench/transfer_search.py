@@ -70,6 +70,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... of train.overrides")
     parser.add_argument("--seed", type=int, default=None, help="common.seed (default: params.yaml's)")
+    parser.add_argument("--label", default="", help="suffix of the results file (one search beside another)")
     args = parser.parse_args(argv)
 
     from pipeline.compare.significance import paired_test
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"transfer_search_{args.model}-{args.task}.json"
+    out = RESULTS / f"transfer_search_{args.model}-{args.task}{f'_{args.label}' if args.label else ''}.json"
     out.write_text(
         json.dumps({"workspace": str(args.workspace), "seed": base["common"]["seed"], "rows": rows}, indent=1)
     )
