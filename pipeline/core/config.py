@@ -368,8 +368,8 @@ class TaskOverride(Strict):
     max_length: Annotated[int, Field(ge=8)] | None = None
     max_steps: PosInt | None = None
     batch_size: PosInt | None = None
-    # the examples of one forward/backward pass when less than the batch: the batch's gradients are accumulated
-    # over batch_size / micro_batch_size passes (same optimizer steps, less activation memory). gpt/bert families.
+    # at most this many examples per forward/backward pass: a larger batch's gradients are accumulated over
+    # batch_size / micro_batch_size passes (same optimizer steps, less activation memory). gpt/bert families.
     micro_batch_size: PosInt | None = None
     max_new_tokens: PosInt | None = None
     num_beams: PosInt | None = None

@@ -80,7 +80,8 @@ class RunSettings:
             model_cfg=twin_config(model, params.models),
             training=task_training,
             batch_size=batch_size,
-            micro_batch_size=micro_batch_size if micro_batch_size != batch_size else None,
+            # at most this many per pass: a batch no larger goes in one
+            micro_batch_size=micro_batch_size if micro_batch_size and micro_batch_size < batch_size else None,
             common=params.train.common,
             generation=generation,
             seed=params.common.seed,
@@ -179,7 +180,7 @@ def _check_micro_batch(where: str, micro: int, batch: int, model_cfg) -> None:
             f"{where}.micro_batch_size: only the gpt/bert families (the Trainer's gradient accumulation) split a "
             f"batch; remove it from this {model_cfg.family} run"
         )
-    if micro > batch or batch % micro:
+    if micro < batch and batch % micro:
         raise RunSettingsError(
             f"{where}.micro_batch_size: {micro} must divide the batch size {batch} (e.g. {batch // 2})"
         )

@@ -162,6 +162,8 @@ def test_micro_batch_size_splits_a_transformer_batch_only(default_params_dict):
     assert plain.accumulation_steps == 1 and "micro_batch_size" not in plain.as_dict()
     assert plain.mlflow_params()["train.micro_batch_size"] == plain.batch_size
 
+    raw["train"]["overrides"]["minilm-samsum"]["micro_batch_size"] = 64  # at most 64 a pass: the batch in one
+    assert RunSettings.resolve("minilm", "samsum", parse_params(raw)).accumulation_steps == 1
     raw["train"]["overrides"]["minilm-samsum"]["micro_batch_size"] = 12
     with pytest.raises(RunSettingsError, match=r"minilm-samsum.micro_batch_size: 12 must divide the batch size 32"):
         RunSettings.resolve("minilm", "samsum", parse_params(raw))
