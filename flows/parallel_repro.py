@@ -346,6 +346,7 @@ def reproduce_parallel(
                 history[name] = {"wall_s": round(took, 1), "peak_rss_gib": run.peak_rss_gib}
                 emit(f"Stage '{name}' finished in {took:.1f} s (peak memory {run.peak_rss_gib:.2f} GiB)")
                 finished_ok.append(name)
+            save_stage_history(repo, profile, history)  # now: a run killed later still leaves what it learnt
     finally:
         stop_all(running)
         save_stage_history(repo, profile, history)
