@@ -198,7 +198,7 @@ class StageTiming:
     start_s: float
     wall_s: float = 0.0
     peak_rss_gib: float = 0.0  # the whole tree's, sampled while the stage ran (stages beside it included)
-    own_peak_rss_gib: float | None = None  # the stage's own process tree (flows/parallel_repro.py's wait4)
+    own_peak_rss_gib: float | None = None  # the stage's own process tree (flows/parallel_repro.py, sampled)
 
 
 @dataclass

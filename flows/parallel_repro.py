@@ -21,7 +21,7 @@ flow (flows/retrain.py) runs the stages itself, in dvc.yaml's dependency order:
 5. when one fails, nothing new starts, the running ones finish and are committed, and the run fails with the
    failed stage's last lines: what finished is kept, and the next run starts from there.
 
-Each stage's wall time and peak resident memory (its process tree's largest, from wait4) are recorded in
+Each stage's wall time and peak resident memory (its process tree's, sampled every POLL_S) are recorded in
 STAGE_HISTORY_FILE for the next run. Each stage's output is streamed line by line, prefixed with its name
 (progress bars thinned to one line every PROGRESS_EVERY_S), and kept whole in LOG_DIR/<stage>.log. The
 'Running stage' / 'finished in' lines are the ones DVC prints (plus the time and peak memory), so tools reading
@@ -31,6 +31,7 @@ DVC's output work.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -69,18 +70,28 @@ class Running:
     started: float
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reader: threading.Thread | None = None
-    peak_rss_gib: float | None = None  # once it exited: its process tree's largest resident set
+    peak_rss_gib: float = 0.0  # the largest resident memory of its process tree sampled so far
+
+    def sample_rss(self) -> None:
+        """Add up the resident memory of the stage's processes now. Sampled, not the kernel's ru_maxrss: a child's
+        ru_maxrss starts from its parent's resident set at fork (here the orchestrating Python process)."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        self.peak_rss_gib = max(self.peak_rss_gib, round(total / 2**30, 3))
 
     def exited(self) -> bool:
-        """Reaps the stage's process with wait4 (Popen.poll would lose its resource usage) once it has exited."""
-        if self.proc.returncode is not None:
-            return True
-        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-        if pid == 0:
+        if self.proc.poll() is None:
+            self.sample_rss()
             return False
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
-        # ru_maxrss: the largest of the process and the descendants it waited for; KiB on Linux, bytes on macOS
-        self.peak_rss_gib = round(usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20), 3)
         return True
 
 
