@@ -26,7 +26,7 @@ TIMEOUT_S = 1800
 
 
 def affected_stages(before, after) -> list[str]:
-    """The training stages whose settings (params.effective.yaml's runs.<model>-<task>, which each lists) differ
+    """The training stages whose settings (run-params/<model>-<task>.yaml, which each reads) differ
     between two Params: the stages `dvc repro` must re-run, a control following its twin's override."""
     from pipeline.core.effective import effective_runs
     from pipeline.core.run_settings import RunSettings

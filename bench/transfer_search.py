@@ -59,7 +59,8 @@ def train_and_score(model: str, task: str, raw: dict) -> tuple[dict, list[dict],
     trainer = build(model, task, parse_params(raw))
     outcome = trainer.fit(None)
     scores = trainer.score_test()
-    values = [row[f"val_{main_metric(task)}"] for row in outcome.curve if f"val_{main_metric(task)}" in row]
+    column = f"val_{main_metric(task)}"
+    values = [row[column] for row in outcome.curve if column in row]
     return scores.metrics, scores.items, time.perf_counter() - start, max(values, default=None)
 
 
@@ -84,8 +85,8 @@ def main(argv: list[str]) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="transfer-search-") as tmp:
         work = Path(tmp)
+        (work / "data").mkdir()
         for sub in ("prepared", "pretrain", "tokenizers"):
-            (work / "data").mkdir(exist_ok=True)
             (work / "data" / sub).symlink_to((args.workspace / "data" / sub).resolve())
         os.chdir(work)
         for values in itertools.product(*grid.values()):

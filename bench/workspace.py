@@ -10,7 +10,6 @@ so params.yaml's `ingest.mirror_dir: ../shared/datasets` resolves unchanged (the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from bench.common import REPO_ROOT, read_result
 from pipeline.core.env import quiet_env
+from pipeline.core.processes import tree_rss
 
 log = logging.getLogger("bench")
 
@@ -238,21 +238,6 @@ class TrackedRun:
         }
 
 
-def tree_rss(proc) -> int:
-    """Resident bytes of a process and all its descendants (processes that vanish mid-count are skipped)."""
-    import psutil
-
-    total = 0
-    try:
-        procs = [proc] + proc.children(recursive=True)
-    except psutil.Error:
-        return 0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
 def run_tracked(
     cmd: list[str],
     cwd: Path,
@@ -268,13 +253,10 @@ def run_tracked(
     peak is the largest tree RSS sampled meanwhile (the whole tree: DVC, the stage's python, a Prefect server
     if one runs, and the stages running beside it).
     """
-    import psutil
-
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env or bench_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    ps = psutil.Process(proc.pid)
     run = TrackedRun(cmd=cmd, rc=-1, wall_s=0.0, peak_rss_gib=0.0)
     lock = threading.Lock()
     done = threading.Event()
@@ -282,7 +264,7 @@ def run_tracked(
 
     def sample() -> None:
         while not done.is_set():
-            gib = tree_rss(ps) / 2**30
+            gib = tree_rss(proc.pid) / 2**30
             with lock:
                 run.peak_rss_gib = max(run.peak_rss_gib, gib)
                 for stage in open_stages.values():

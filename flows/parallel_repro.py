@@ -31,7 +31,6 @@ DVC's output work.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import re
@@ -44,6 +43,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.core.processes import tree_rss
 
 LOG_DIR = Path(".dvc") / "tmp" / "stage-logs"
 STAGE_HISTORY_FILE = Path(".dvc") / "tmp" / "stage-history.json"  # {profile: {stage: {wall_s, peak_rss_gib}}}
@@ -73,20 +74,9 @@ class Running:
     peak_rss_gib: float = 0.0  # the largest resident memory of its process tree sampled so far
 
     def sample_rss(self) -> None:
-        """Add up the resident memory of the stage's processes now. Sampled, not the kernel's ru_maxrss: a child's
-        ru_maxrss starts from its parent's resident set at fork (here the orchestrating Python process)."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        total = 0
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        self.peak_rss_gib = max(self.peak_rss_gib, round(total / 2**30, 3))
+        """Its process tree's resident memory now. Sampled, not the kernel's ru_maxrss: a child's ru_maxrss starts
+        from its parent's resident set at fork (here the orchestrating Python process)."""
+        self.peak_rss_gib = max(self.peak_rss_gib, round(tree_rss(self.proc.pid) / 2**30, 3))
 
     def exited(self) -> bool:
         if self.proc.poll() is None:
@@ -350,7 +340,7 @@ def reproduce_parallel(
                     last = previous.get(name, {})
                     history[name] = {
                         "wall_s": last.get("wall_s", round(took, 1)),
-                        "peak_rss_gib": max(run.peak_rss_gib or 0.0, float(last.get("peak_rss_gib") or 0.0)),
+                        "peak_rss_gib": max(run.peak_rss_gib, float(last.get("peak_rss_gib") or 0.0)),
                     }
                     failed = failed or run
                     continue

@@ -1,5 +1,6 @@
 """Local server processes (Prefect, MLflow, PostgreSQL, `mlflow models serve`): a free port on 127.0.0.1, and stopping
-the process group a server was started in (start_new_session=True), so its own children go with it."""
+the process group a server was started in (start_new_session=True), so its own children go with it; and the
+resident memory of a process tree (a stage run at once with others, a benchmarked run)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ import socket
 import subprocess
 
 HOST = "127.0.0.1"  # servers bind here only
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants now (processes that vanish mid-count are skipped; 0 when
+    the process itself is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
 
 
 def free_port() -> int:
