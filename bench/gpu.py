@@ -10,6 +10,7 @@ target is about), and the pipeline's own Trainer set-up with the gpu profile (th
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -68,23 +69,43 @@ def build_gpt(cfg: dict, lean: bool = False) -> torch.nn.Module:
     return GPT2LMHeadModel(config)
 
 
-def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = True, lean: bool = False) -> dict:
-    """Hand-written bf16-autocast training loop (AdamW, fused) on random tokens; tokens/s per step."""
+def gpt_tokens_per_s(
+    cfg: dict,
+    steps: int,
+    warmup: int,
+    compile_model: bool = True,
+    lean: bool = False,
+    attention: str | None = None,
+    bf16_weights: bool = False,
+) -> dict:
+    """Hand-written bf16-autocast training loop (AdamW, fused) on random tokens; tokens/s per step.
+    attention: None (sdpa picks), "cudnn" or "flash" (that sdpa backend forced); bf16_weights: the model's
+    parameters and activations in bf16 without autocast (no fp32 master weights: a throughput ceiling, not a
+    training recipe)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     torch.manual_seed(0)
     model = build_gpt(cfg, lean).cuda()
     n = gpt_flop_params(model)
+    if bf16_weights:
+        model = model.to(torch.bfloat16)
     step_model = torch.compile(model) if compile_model else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     batch = torch.randint(0, cfg["vocab_size"], (cfg["batch_size"], cfg["block_size"]), device="cuda")
     tokens = batch.numel()
+    backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}.get(attention)
     times = []
     for i in range(warmup + steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = step_model(input_ids=batch, labels=batch)
-            loss = out if lean else out.loss
-        loss.backward()
+        precision = contextlib.nullcontext() if bf16_weights else torch.autocast("cuda", dtype=torch.bfloat16)
+        with sdpa_kernel(backend) if backend else contextlib.nullcontext():
+            with precision:
+                out = step_model(input_ids=batch, labels=batch)
+                loss = out if lean else out.loss
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
@@ -94,7 +115,12 @@ def gpt_tokens_per_s(cfg: dict, steps: int, warmup: int, compile_model: bool = T
     torch.cuda.empty_cache()
     rates = [tokens / t for t in times]
     return {
-        "config": {**cfg, "module": "bench.lean_gpt" if lean else "transformers GPT2LMHeadModel"},
+        "config": {
+            **cfg,
+            "module": "bench.lean_gpt" if lean else "transformers GPT2LMHeadModel",
+            "attention": attention or "sdpa default",
+            "precision": "bf16 weights" if bf16_weights else "bf16 autocast",
+        },
         "n_params_6n": n,
         "tokens_per_step": tokens,
         "step_s": times,
@@ -214,20 +240,33 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         },
         "gpt2_small": GPT2_SMALL,
         "gpt2_small_lean": GPT2_SMALL,
+        "gpt2_small_lean_cudnn": GPT2_SMALL,
+        "gpt2_small_lean_flash": GPT2_SMALL,
+        "gpt2_small_lean_bf16_weights": GPT2_SMALL,
+        "pipeline_trainer_gpu_params": None,
     }
+    only = [k for k in os.environ.get("HT_GPU_ONLY", "").split(",") if k]  # a subset, e.g. on a short device lease
     runs, rows = {}, []
-    for key, cfg in [*configs.items(), ("pipeline_trainer_gpu_params", None)]:
+    for key, cfg in configs.items():
+        if only and key not in only:
+            continue
         if cfg is None:  # the pipeline's Trainer set-up with the gpu profile (needs the tokenizer and corpus stages)
             r = pipeline_trainer_tokens_per_s("gpu", steps=opts.size(100, 30), warmup=opts.size(10, 5))
         else:
-            lean = key.endswith("_lean")
-            r = gpt_tokens_per_s(cfg, steps=opts.size(30, 10), warmup=opts.size(10, 5), lean=lean)
+            r = gpt_tokens_per_s(
+                cfg,
+                steps=opts.size(30, 10),
+                warmup=opts.size(10, 5),
+                lean="_lean" in key,
+                attention=next((a for a in ("cudnn", "flash") if key.endswith(a)), None),
+                bf16_weights=key.endswith("_bf16_weights"),
+            )
         med = r["stats"]["median"]
         r["mfu_datasheet"] = 6 * r["n_params_6n"] * med / sheet if sheet else None
         r["mfu_measured_peak"] = 6 * r["n_params_6n"] * med / measured["peak_flops"]
         runs[key] = r
         mfu = 6 * r["n_params_6n"] * med / peak
-        target_applies = key.startswith("gpt2_small") and "H100" in device
+        target_applies = key.startswith("gpt2_small") and "H100" in device and not key.endswith("_bf16_weights")
         rows.append(
             row(
                 f"{key} bf16 ({device})",

@@ -6,7 +6,8 @@
 #   2. bench/gpu.py: GPT-2 small MFU (transformers vs bench/lean_gpt.py) and the pipeline's own Trainer set-up.
 # Inputs: a built data/ (corpus, tokenizers, prepared/<task>) in $HT_PROBE_DATA (default .gpu/data), and wheels of
 # the packages the device image lacks in .whl/ (datasets, pydantic, ...; bench/README.md "GPU path").
-# Writes $OUT/gpu_transfer.json, $OUT/gpu.json and $OUT/probe.log.
+# Writes $OUT/gpu_transfer.json, $OUT/gpu.json and $OUT/probe.log. HT_PROBE_MFU_FIRST=1 measures MFU before the
+# transfer runs (the GPU to itself either way); HT_GPU_ONLY (bench/gpu.py) picks some of its measurements.
 set -u
 OUT=${OUT:-/tmp/gpu_probe_out}
 DATA=${HT_PROBE_DATA:-.gpu/data}
@@ -27,21 +28,36 @@ python3 -c "import torch, transformers, datasets, pyarrow; print('torch', torch.
 transformers.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__,
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
 probe() { python3 -m bench.pretrain_probe "$@" --data "$DATA" --work "$WORK"; }
+mfu() {  # 2. MFU (the GPU to itself): the pipeline's Trainer set-up reads data/tokenizers and data/corpus
+  cp -r "$DATA/tokenizers" "$DATA/corpus" data/
+  python3 -m bench.run_all --only gpu 2>&1 | tail -n 20
+  cp bench/results/gpu.json "$OUT/"
+  echo "MFU: $((SECONDS - start)) s"
+}
 start=$SECONDS
-probe pretrain gpu_gpt --family gpt --profile gpu --eval-every 1000 $PRETRAIN_ARGS >"$WORK/logs/pretrain_gpt.log" 2>&1 &
-probe pretrain gpu_bert --family bert --profile gpu --eval-every 1000 --negatives swapped --split-single \
-  --group-by-length $PRETRAIN_ARGS >"$WORK/logs/pretrain_bert.log" 2>&1 &
+[ -z "${HT_PROBE_MFU_FIRST:-}" ] || [ -n "${HT_PROBE_SKIP_MFU:-}" ] || mfu
+# Pretraining runs, one per line: NAME FAMILY WHICH [ARGS...]. WHICH: "both" fine-tunes the checkpoint and its
+# scratch twin, "pretrained" the checkpoint only (a run of the same architecture already fine-tunes the twin).
+RUNS=${HT_PROBE_RUNS:-"gpu_gpt gpt both
+gpu_bert bert both --negatives swapped --split-single --group-by-length"}
+while read -r name family which args; do
+  [ -n "$name" ] || continue
+  probe pretrain "$name" --family "$family" --profile gpu --eval-every 1000 $args $PRETRAIN_ARGS \
+    >"$WORK/logs/pretrain_$name.log" 2>&1 &
+done <<<"$RUNS"
 wait
 echo "pretraining: $((SECONDS - start)) s"
-for family in gpt bert; do
+while read -r name family which args; do
+  [ -n "$name" ] || continue
+  which_arg=$([ "$which" = both ] && echo "pretrained scratch" || echo "$which")
   for task in $TASKS; do
     for lr in $LRS; do
       lr_arg=$([ "$lr" = default ] || echo "--lr $lr")
-      probe finetune "gpu_$family" --task "$task" --own-file $lr_arg $FT_ARGS \
-        >"$WORK/logs/ft_${family}_${task}_$lr.log" 2>&1 &
+      probe finetune "$name" --task "$task" --own-file --which $which_arg $lr_arg $FT_ARGS \
+        >"$WORK/logs/ft_${name}_${task}_$lr.log" 2>&1 &
     done
   done
-done
+done <<<"$RUNS"
 wait
 echo "transfer: $((SECONDS - start)) s"
 python3 - "$OUT/gpu_transfer.json" <<'PY'
@@ -55,9 +71,5 @@ for run in runs:
         print("  ", task, {w: v["test"] for w, v in r.items()})
 PY
 for f in "$WORK"/logs/*.log; do echo "== $f"; grep -v -E "^\s*$" "$f" | tail -n 15; done >"$OUT/probe.log"
-[ -n "${HT_PROBE_SKIP_MFU:-}" ] && exit 0
-# 2. MFU (the GPU to itself): the pipeline's Trainer set-up reads data/tokenizers and data/corpus
-cp -r "$DATA/tokenizers" "$DATA/corpus" data/
-python3 -m bench.run_all --only gpu 2>&1 | tail -n 20
-cp bench/results/gpu.json "$OUT/"
+[ -n "${HT_PROBE_SKIP_MFU:-}" ] || [ -n "${HT_PROBE_MFU_FIRST:-}" ] || mfu
 echo "total: $((SECONDS - start)) s"

@@ -89,6 +89,23 @@ class Curve(TrainerCallback):
             self.start = time.perf_counter()
 
 
+class TimeLimit(TrainerCallback):
+    """Stops training after `seconds` of wall time (a short device lease): the run keeps its curve and saves
+    the checkpoint reached, with the step it stopped at."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.stopped_at = seconds, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds and time.perf_counter() - self.start > self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+            log.info("time limit of %.0f s reached at step %d: stopping", self.seconds, state.global_step)
+
+
 def pretrain(opts) -> None:
     data = Path(opts.data)
     family = opts.family
@@ -122,6 +139,7 @@ def pretrain(opts) -> None:
     scratch.save_pretrained(out / "scratch")
     tok.save_pretrained(out / "scratch")
     curve = Curve(evaluate, opts.eval_every)
+    limit = TimeLimit(opts.time_limit)
     args = TrainingArguments(
         output_dir=str(out / "ckpt"),
         max_steps=cfg.max_steps,
@@ -144,11 +162,18 @@ def pretrain(opts) -> None:
     )
     trainer_cls = Trainer if family == "gpt" else pretrain_run.BertPretrainer
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=train, data_collator=collator, callbacks=[curve], processing_class=tok
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=collator,
+        callbacks=[curve, limit],
+        processing_class=tok,
     )
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
+    if limit.stopped_at is not None and (not curve.points or curve.points[-1]["step"] != limit.stopped_at):
+        curve.points.append({"step": limit.stopped_at, **evaluate(model)})
     model.save_pretrained(out / "pretrained")
     tok.save_pretrained(out / "pretrained")
     result = _result(opts.name)
@@ -167,6 +192,7 @@ def pretrain(opts) -> None:
             "pretrain_wall_s": round(wall, 1),
             "tokens_seen": trainer.state.num_input_tokens_seen,
             "curve": curve.points,
+            "stopped_by_time_limit_at_step": limit.stopped_at,
         }
     )
     _save(opts.name, result)
@@ -329,6 +355,7 @@ def main() -> None:
     parser.add_argument("--scheduler", default="linear")
     parser.add_argument("--group-by-length", action="store_true")
     parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--time-limit", type=float, default=None, help="pretrain: stop after this many seconds")
     parser.add_argument("--task", default="emotion")
     parser.add_argument("--which", nargs="+", default=["pretrained", "scratch"])
     parser.add_argument("--lr", type=float, default=None)
