@@ -19,6 +19,7 @@ warns (the results are complete locally; `dvc push` later).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -75,9 +76,22 @@ def push_outputs(root: Path) -> bool:
     return True
 
 
-def dvc_metrics(root: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=root, capture_output=True, text=True)
-    return (result.stdout or result.stderr).rstrip()
+def best_per_task(root: Path) -> list[str]:
+    """Each task's best test score and its champion, from the leaderboard's reports/comparison.json (the file
+    `dvc metrics show` reads, without its one-column-per-metric table)."""
+    path = root / "reports" / "comparison.json"
+    try:
+        board = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    lines = [f"  {'task':<10}  {'best on test':<28}  champion (registered)"]
+    for task, best in (board.get("best") or {}).items():
+        metric, value = next(((k, v) for k, v in best.items() if k != "model"), ("-", float("nan")))
+        champ = (board.get("champion") or {}).get(task) or {}
+        champion = f"{champ['model']} v{champ['version']}" if champ.get("model") else "-"
+        score = f"{metric} {value:.4g} ({best.get('model')})"
+        lines.append(f"  {task:<10}  {score:<28}  {champion}")
+    return lines
 
 
 def results_text(summary: dict, root: Path, params) -> str:
@@ -94,7 +108,7 @@ def results_text(summary: dict, root: Path, params) -> str:
         "  DVC metrics : dvc metrics show   (dvc plots show for the curves)",
         f"  Params      : params.effective.yaml, profile {params.profile or 'none'}   (dvc params diff: vs git)",
         "",
-        dvc_metrics(root),
+        *best_per_task(root),
     ]
     return "\n".join(lines)
 

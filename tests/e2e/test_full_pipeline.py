@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,8 @@ def test_make_run_reproduces_every_stage_and_fills_the_leaderboard(pipeline_run)
     ran = set(RAN.findall(output))
     assert ran == _stages(repo), sorted(ran)  # every stage of dvc.yaml, params (writes params.effective.yaml) too
     assert "Pipeline done in" in output and "Leaderboard :" in output
+    best_emotion = r"^  emotion +accuracy [0-9.]+ \(\w+\) +(\w+ v\d+|-)$"  # the closing best-per-task lines
+    assert re.search(best_emotion, output, re.M), output[-3000:]
     assert yaml.safe_load((repo / "params.effective.yaml").read_text())["profile"] == "smoke"
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert lock["prepare@emotion"]["params"]["params.effective.yaml"]["prepare.tasks.emotion"]["max_train"] == 200
