@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import add
 from pathlib import Path
 
 import datasets
@@ -131,12 +133,10 @@ def word_spans(text: str) -> list[tuple[int, int]]:
 
 
 def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
-    """The words as one text with single spaces, and each word's span in it."""
-    spans, pos = [], 0
-    for word in words:
-        spans.append((pos, pos + len(word)))
-        pos += len(word) + 1
-    return " ".join(words), spans
+    """The words as one text with single spaces, and each word's span in it (C-level loops: the NER hot path)."""
+    lengths = list(map(len, words))
+    starts = [0, *accumulate(map((1).__add__, lengths))][: len(lengths)]  # each start: the previous + length + 1
+    return " ".join(words), list(zip(starts, map(add, starts, lengths)))
 
 
 def token_words(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int | None]:
@@ -190,9 +190,8 @@ def first_token_labels(encoding, spans: Sequence[tuple[int, int]], word_labels: 
     space before a word hold its first character too)."""
     labels = [IGNORE_INDEX] * len(encoding)
     char_to_token = encoding.char_to_token
-    for (start, end), label in zip(spans, word_labels):
-        token = char_to_token(start)
-        if token is None:  # a first character without a token of its own (e.g. dropped by the normalizer)
+    for token, (start, end), label in zip(map(char_to_token, [s for s, _ in spans]), spans, word_labels):
+        if token is None:  # cut off by truncation, or a first character without a token (dropped by the normalizer)
             token = next((t for t in map(char_to_token, range(start + 1, end)) if t is not None), None)
             if token is None:
                 continue
@@ -205,7 +204,8 @@ def encode_ner(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.
         joined = [join_words(words) for words in batch["tokens"]]
         enc = encodings(tokenizer, [t for t, _ in joined], max_length)
         labels = [first_token_labels(e, s, tags) for e, (_, s), tags in zip(enc, joined, batch["ner_tags"])]
-        return {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc], "labels": labels}
+        ids = [e.ids for e in enc]
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}  # never padded
 
     return tokenize_split(split, encode)
 
