@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows.stage_worker import ForkedStage, StageWorker
 from pipeline.core.processes import tree_rss
 
 LOG_DIR = Path(".dvc") / "tmp" / "stage-logs"
@@ -53,6 +54,8 @@ TAIL_LINES = 40
 POLL_S = 0.2
 PROGRESS_RE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")  # a tqdm bar: " 39%|███▉      | 1173/3000 [01:03<01:37, ...]"
 PROGRESS_EVERY_S = 10.0
+# A warm worker costs its own imports (~10 s of CPU beside the first stages): worth it from this many stages on.
+WORKER_MIN_STAGES = 4
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Stage:
 @dataclass
 class Running:
     stage: Stage
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedStage
     started: float
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reader: threading.Thread | None = None
@@ -224,12 +227,16 @@ def _stream(run: Running, emit: Callable[[str], None], log_file: Path) -> None:
             emit(f"[{run.stage.name}] {line}")
 
 
-def start(repo: Path, stage: Stage, env: dict[str, str], emit: Callable[[str], None]) -> Running:
+def start(
+    repo: Path, stage: Stage, env: dict[str, str], emit: Callable[[str], None], worker: StageWorker | None = None
+) -> Running:
+    """Start the stage: in a child of the warm `worker` when it can take it, else as a subprocess (shell)."""
     remove_outs(repo, stage)
     emit(f"Running stage '{stage.name}':\n> {stage.cmd}")
     log_file = repo / LOG_DIR / f"{stage.name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
+    proc = worker.start(stage.cmd, repo / stage.wdir) if worker is not None else None
+    proc = proc or subprocess.Popen(
         stage.cmd,
         shell=True,
         cwd=repo / stage.wdir,
@@ -267,10 +274,12 @@ def reproduce_parallel(
     stale: set[str],
     emit: Callable[[str], None],
     memory_budget_gib: float | None = None,
+    stage_worker: bool = False,
 ) -> list[str]:
     """Run the out-of-date stages (`stale`: the first `dvc status`; all with `force`) `jobs` at a time, side by side
     only within `memory_budget_gib` of their recorded peaks; returns the stages that ran. Raises StageFailed (after
-    the running ones finished and were committed) on a failure."""
+    the running ones finished and were committed) on a failure. With `stage_worker`, a run of at least
+    WORKER_MIN_STAGES stages starts them from a warm worker (flows/stage_worker.py) once it is up."""
     from pipeline.core.profiles import recorded_profile
 
     stages = stage_graph(repo)
@@ -289,6 +298,10 @@ def reproduce_parallel(
     running: dict[str, Running] = {}
     failed: Running | None = None
     history = dict(previous)
+    worker = None
+    if stage_worker and len(order if force else stale & set(order)) >= WORKER_MIN_STAGES:
+        worker = StageWorker(repo, stage_env)
+        emit("Starting a warm stage worker (the stages' imports once); stages start from it once it is up")
     try:
         finished_ok: list[str] = []  # ran, not yet committed
         while len(done) < len(order):
@@ -308,7 +321,7 @@ def reproduce_parallel(
                         continue  # a smaller ready stage may fit; this one waits until the others finish
                     upstream_ran = any(up in ran for up in stages[name].upstream)
                     if force or name in stale or (upstream_ran and is_stale(repo, env, name)):
-                        running[name] = start(repo, stages[name], stage_env, emit)
+                        running[name] = start(repo, stages[name], stage_env, emit, worker)
                     else:
                         emit(f"Stage '{name}' didn't change, skipping")
                         done.add(name)
@@ -350,6 +363,8 @@ def reproduce_parallel(
             save_stage_history(repo, profile, history)  # now: a run killed later still leaves what it learnt
     finally:
         stop_all(running)
+        if worker is not None:
+            worker.stop()
         save_stage_history(repo, profile, history)
     if failed is not None:
         log = repo / LOG_DIR / f"{failed.stage.name}.log"

@@ -104,6 +104,7 @@ def reproduce(
     jobs: int = 1,
     stale: set[str] | None = None,
     memory_budget_gib: float | None = None,
+    stage_worker: bool = False,
 ) -> list[str]:
     """Run `dvc repro` (jobs > 1: flows.parallel_repro, that many stages at once), streaming its output into the
     flow-run logs; returns the stages it re-ran."""
@@ -121,6 +122,7 @@ def reproduce(
                 set(stale or ()),
                 lambda line: logger.info("%s", line),
                 memory_budget_gib,
+                stage_worker,
             )
         except Exception as err:
             raise RuntimeError(f"`dvc repro` failed in {repo}: {err}") from None
@@ -216,7 +218,10 @@ def retrain_flow(
             jobs = stage_jobs(params, jobs)
             if jobs > 1:
                 ensure_store(params, repo)  # a new store's tables made once, before stages open it together
-            rerun = reproduce(repo, targets, force, env, jobs, set(stale), params.orchestration.memory_budget_gib)
+            orchestration = params.orchestration
+            rerun = reproduce(
+                repo, targets, force, env, jobs, set(stale), orchestration.memory_budget_gib, orchestration.stage_worker
+            )
         else:
             logger.info(
                 "%s: every stage of %s/dvc.yaml is up to date, nothing to reproduce", NOTHING_CHANGED.capitalize(), repo

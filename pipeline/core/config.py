@@ -411,6 +411,7 @@ class OrchestrationConfig(Strict):
     retries: NonNegInt
     parallel_stages: PosInt
     memory_budget_gib: Annotated[float, Field(gt=0)] | None  # None: stages pair regardless of memory
+    stage_worker: bool  # stages started from a warm worker process (flows/stage_worker.py)
     retry_delay_seconds: Annotated[float, Field(ge=0)]
     retrain_cron: str
     lock_timeout_seconds: Annotated[float, Field(ge=0)]

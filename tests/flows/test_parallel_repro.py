@@ -44,8 +44,8 @@ for i in range(bars):
     print(f"{100 * (i + 1) // bars:3d}%|##| {i + 1}/{bars} [00:00<00:00]", flush=True)
 Path(f"data/{name}.txt").write_text(text)
 Path(f"runs").mkdir(exist_ok=True)
-Path(f"runs/{name}.json").write_text(json.dumps(
-    {"start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}))
+Path(f"runs/{name}.json").write_text(json.dumps({"start": start, "end": time.time(),
+    "threads": os.environ.get("OMP_NUM_THREADS"), "warm": "torch" in sys.modules, "pid": os.getpid()}))
 print(f"stage {name} done", flush=True)
 """
 
@@ -189,3 +189,24 @@ def test_fits_memory_sums_the_recorded_peaks():
     assert fits_memory("new", ["big"], history, 5)  # never run: counts as 0
     assert fits_memory("big", ["mid", "small"], history, None)  # no budget
     assert not fits_memory("small", ["big", "mid"], history, 8.5)
+
+
+def test_stages_start_from_the_warm_worker_once_it_is_up(repo):
+    """`python -m stage ...` commands (stage.py is a module of the repository root) run in children of the stage
+    worker once it has imported the stages' libraries; the ones started before it was up run as subprocesses.
+    Either way the same outputs and dvc.lock."""
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    for stage in dvc_yaml["stages"].values():
+        stage["cmd"] = stage["cmd"].replace("python stage.py", "python -m stage")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "stages as modules"], cwd=repo, check=True)
+    env = _env(SLEEP_a="12", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    lines: list[str] = []
+    ran = reproduce_parallel(repo, [], False, 2, env, {"a", "b", "c", "d"}, lines.append, stage_worker=True)
+    assert sorted(ran) == ["a", "b", "c", "d"]
+    runs = {n: json.loads((repo / "runs" / f"{n}.json").read_text()) for n in "abcd"}
+    assert runs["a"]["warm"] is False  # started at once, before the worker was up (a sleeps while it imports)
+    assert runs["b"]["warm"] and runs["c"]["warm"] and runs["d"]["warm"], lines
+    assert (repo / "data" / "d.txt").read_text() == "abacd"
+    assert _status(repo) == {}
+    assert any("warm stage worker" in line for line in lines)
