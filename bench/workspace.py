@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.common import REPO_ROOT, read_result
 from pipeline.core.env import quiet_env
-from pipeline.core.processes import tree_rss
+from pipeline.core.processes import tree_memory
 
 log = logging.getLogger("bench")
 
@@ -264,7 +264,7 @@ def run_tracked(
 
     def sample() -> None:
         while not done.is_set():
-            gib = tree_rss(proc.pid) / 2**30
+            gib = tree_memory(proc.pid) / 2**30
             with lock:
                 run.peak_rss_gib = max(run.peak_rss_gib, gib)
                 for stage in open_stages.values():

@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.stage_worker import ForkedStage, StageWorker
-from pipeline.core.processes import tree_rss
+from pipeline.core.processes import tree_memory
 
 LOG_DIR = Path(".dvc") / "tmp" / "stage-logs"
 STAGE_HISTORY_FILE = Path(".dvc") / "tmp" / "stage-history.json"  # {profile: {stage: {wall_s, peak_rss_gib}}}
 NO_PROFILE = "none"
 TAIL_LINES = 40
 POLL_S = 0.2
+SAMPLE_EVERY_S = 1.0  # a stage's memory: reading a large process's PSS costs the kernel a few ms
 PROGRESS_RE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")  # a tqdm bar: " 39%|███▉      | 1173/3000 [01:03<01:37, ...]"
 PROGRESS_EVERY_S = 10.0
 # A warm worker costs its own imports (~10 s of CPU beside the first stages): worth it from this many stages on.
@@ -74,12 +75,17 @@ class Running:
     started: float
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reader: threading.Thread | None = None
-    peak_rss_gib: float = 0.0  # the largest resident memory of its process tree sampled so far
+    peak_rss_gib: float = 0.0  # the largest memory (PSS) of its process tree sampled so far
+    sampled: float = 0.0  # when, time.monotonic()
 
     def sample_rss(self) -> None:
-        """Its process tree's resident memory now. Sampled, not the kernel's ru_maxrss: a child's ru_maxrss starts
-        from its parent's resident set at fork (here the orchestrating Python process)."""
-        self.peak_rss_gib = max(self.peak_rss_gib, round(tree_rss(self.proc.pid) / 2**30, 3))
+        """Its process tree's memory now (pipeline.core.processes.tree_memory), at most every SAMPLE_EVERY_S.
+        Sampled, not the kernel's ru_maxrss: a child's ru_maxrss starts from its parent's resident set at fork (here
+        the orchestrating Python process, or the stage worker)."""
+        now = time.monotonic()
+        if now - self.sampled >= SAMPLE_EVERY_S:
+            self.sampled = now
+            self.peak_rss_gib = max(self.peak_rss_gib, round(tree_memory(self.proc.pid) / 2**30, 3))
 
     def exited(self) -> bool:
         if self.proc.poll() is None:

@@ -1,6 +1,6 @@
 """Local server processes (Prefect, MLflow, PostgreSQL, `mlflow models serve`): a free port on 127.0.0.1, and stopping
 the process group a server was started in (start_new_session=True), so its own children go with it; and the
-resident memory of a process tree (a stage run at once with others, a benchmarked run)."""
+memory of a process tree (a stage run at once with others, a benchmarked run)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import subprocess
 HOST = "127.0.0.1"  # servers bind here only
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants now (processes that vanish mid-count are skipped; 0 when
-    the process itself is gone)."""
+def tree_memory(pid: int) -> int:
+    """Memory of a process and all its descendants now, in bytes: the sum of their proportional set sizes (PSS:
+    each page shared by k processes counts 1/k in each), so processes forked from one parent (flows/stage_worker.py)
+    are not counted with their shared pages again and again; resident set sizes where the kernel gives no PSS.
+    Processes that vanish mid-count are skipped; 0 when the process itself is gone. Reading a large process's PSS
+    takes the kernel a few ms: sample it about once a second, not in a tight loop."""
     import psutil
 
     try:
@@ -25,9 +28,21 @@ def tree_rss(pid: int) -> int:
         return 0
     total = 0
     for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
+        with contextlib.suppress(psutil.Error, OSError):
+            total += _pss(proc.pid) or proc.memory_info().rss
     return total
+
+
+def _pss(pid: int) -> int | None:
+    """Proportional set size in bytes (Linux /proc/PID/smaps_rollup), None where there is none."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def free_port() -> int:

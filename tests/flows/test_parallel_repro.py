@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,11 @@ if Path(f"fail_{name}").exists():
     sys.exit(3)
 blob = b"x" * (int(os.environ.get("MEM_" + name, "0")) * 2**20)  # resident: filled, not just reserved
 time.sleep(float(os.environ.get("SLEEP_" + name, "0")))
+if os.environ.get("AWAIT_WORKER_" + name):  # until the stage worker of the run is up (its socket exists)
+    import glob, tempfile
+    deadline = time.time() + 300
+    while not glob.glob(os.path.join(tempfile.gettempdir(), "ht-stage-worker-*", "socket")) and time.time() < deadline:
+        time.sleep(0.1)
 bars = int(os.environ.get("BARS_" + name, "0"))
 for i in range(bars):
     print(f"{100 * (i + 1) // bars:3d}%|##| {i + 1}/{bars} [00:00<00:00]", flush=True)
@@ -191,7 +198,7 @@ def test_fits_memory_sums_the_recorded_peaks():
     assert not fits_memory("small", ["big", "mid"], history, 8.5)
 
 
-def test_stages_start_from_the_warm_worker_once_it_is_up(repo):
+def test_stages_start_from_the_warm_worker_once_it_is_up(repo, monkeypatch):
     """`python -m stage ...` commands (stage.py is a module of the repository root) run in children of the stage
     worker once it has imported the stages' libraries; the ones started before it was up run as subprocesses.
     Either way the same outputs and dvc.lock."""
@@ -200,13 +207,18 @@ def test_stages_start_from_the_warm_worker_once_it_is_up(repo):
         stage["cmd"] = stage["cmd"].replace("python stage.py", "python -m stage")
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     subprocess.run(["git", "commit", "-qam", "stages as modules"], cwd=repo, check=True)
-    env = _env(SLEEP_a="12", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    tmp = tempfile.mkdtemp(prefix="w", dir="/tmp")  # the run's worker alone in it (and a short socket path)
+    monkeypatch.setattr(tempfile, "tempdir", tmp)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = _env(AWAIT_WORKER_a="1", TMPDIR=tmp, PATH=path)
     lines: list[str] = []
     ran = reproduce_parallel(repo, [], False, 2, env, {"a", "b", "c", "d"}, lines.append, stage_worker=True)
     assert sorted(ran) == ["a", "b", "c", "d"]
     runs = {n: json.loads((repo / "runs" / f"{n}.json").read_text()) for n in "abcd"}
-    assert runs["a"]["warm"] is False  # started at once, before the worker was up (a sleeps while it imports)
+    assert runs["a"]["warm"] is False  # started at once, before the worker was up (a waits for it)
     assert runs["b"]["warm"] and runs["c"]["warm"] and runs["d"]["warm"], lines
     assert (repo / "data" / "d.txt").read_text() == "abacd"
     assert _status(repo) == {}
     assert any("warm stage worker" in line for line in lines)
+    assert not [n for n in os.listdir(tmp) if n.startswith("ht-stage-worker-")]  # stopped, its folder removed
+    shutil.rmtree(tmp)
