@@ -21,7 +21,7 @@ flow (flows/retrain.py) runs the stages itself, in dvc.yaml's dependency order:
 5. when one fails, nothing new starts, the running ones finish and are committed, and the run fails with the
    failed stage's last lines: what finished is kept, and the next run starts from there.
 
-Each stage's wall time and peak resident memory (its process tree's, sampled every POLL_S) are recorded in
+Each stage's wall time and peak memory (its process tree's PSS, sampled every SAMPLE_EVERY_S) are recorded in
 STAGE_HISTORY_FILE for the next run. Each stage's output is streamed line by line, prefixed with its name
 (progress bars thinned to one line every PROGRESS_EVERY_S), and kept whole in LOG_DIR/<stage>.log. The
 'Running stage' / 'finished in' lines are the ones DVC prints (plus the time and peak memory), so tools reading
@@ -52,7 +52,7 @@ STAGE_HISTORY_FILE = Path(".dvc") / "tmp" / "stage-history.json"  # {profile: {s
 NO_PROFILE = "none"
 TAIL_LINES = 40
 POLL_S = 0.2
-SAMPLE_EVERY_S = 1.0  # a stage's memory: reading a large process's PSS costs the kernel a few ms
+SAMPLE_EVERY_S = 0.5  # a stage's memory: reading a large process's PSS costs the kernel a few ms
 PROGRESS_RE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")  # a tqdm bar: " 39%|███▉      | 1173/3000 [01:03<01:37, ...]"
 PROGRESS_EVERY_S = 10.0
 # A warm worker costs its own imports (~10 s of CPU beside the first stages): worth it from this many stages on.
@@ -76,21 +76,26 @@ class Running:
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     reader: threading.Thread | None = None
     peak_rss_gib: float = 0.0  # the largest memory (PSS) of its process tree sampled so far
-    sampled: float = 0.0  # when, time.monotonic()
+    done: threading.Event = field(default_factory=threading.Event)
+    sampler: threading.Thread | None = None
 
-    def sample_rss(self) -> None:
-        """Its process tree's memory now (pipeline.core.processes.tree_memory), at most every SAMPLE_EVERY_S.
-        Sampled, not the kernel's ru_maxrss: a child's ru_maxrss starts from its parent's resident set at fork (here
-        the orchestrating Python process, or the stage worker)."""
-        now = time.monotonic()
-        if now - self.sampled >= SAMPLE_EVERY_S:
-            self.sampled = now
-            self.peak_rss_gib = max(self.peak_rss_gib, round(tree_memory(self.proc.pid) / 2**30, 3))
+    def sample_memory(self) -> None:
+        """Its process tree's memory (pipeline.core.processes.tree_memory) every SAMPLE_EVERY_S until it ends, from
+        its own thread: the orchestrating loop blocks for seconds in `dvc status`/`dvc commit`, longer than a short
+        stage lives. Sampled, not the kernel's ru_maxrss: a child's ru_maxrss starts from its parent's resident set
+        at fork (here the orchestrating Python process, or the stage worker)."""
+        while True:
+            gib = round(tree_memory(self.proc.pid) / 2**30, 3)
+            self.peak_rss_gib = max(self.peak_rss_gib, gib)
+            if self.done.wait(SAMPLE_EVERY_S):
+                return
 
     def exited(self) -> bool:
         if self.proc.poll() is None:
-            self.sample_rss()
             return False
+        self.done.set()
+        if self.sampler is not None:
+            self.sampler.join()
         return True
 
 
@@ -257,10 +262,14 @@ def start(
     run = Running(stage, proc, time.monotonic())
     run.reader = threading.Thread(target=_stream, args=(run, emit, log_file), daemon=True)
     run.reader.start()
+    run.sampler = threading.Thread(target=run.sample_memory, daemon=True)
+    run.sampler.start()
     return run
 
 
 def stop_all(running: dict[str, Running]) -> None:
+    for run in running.values():
+        run.done.set()
     for run in running.values():
         if run.proc.poll() is None:
             os.killpg(run.proc.pid, signal.SIGTERM)

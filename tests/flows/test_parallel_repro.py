@@ -220,5 +220,7 @@ def test_stages_start_from_the_warm_worker_once_it_is_up(repo, monkeypatch):
     assert (repo / "data" / "d.txt").read_text() == "abacd"
     assert _status(repo) == {}
     assert any("warm stage worker" in line for line in lines)
+    history = json.loads((repo / STAGE_HISTORY_FILE).read_text())["none"]
+    assert all(history[n]["peak_rss_gib"] > 0.005 for n in "bcd"), history  # short forked stages are sampled too
     assert not [n for n in os.listdir(tmp) if n.startswith("ht-stage-worker-")]  # stopped, its folder removed
     shutil.rmtree(tmp)
