@@ -136,9 +136,10 @@ def _child(request: dict, fds: list[int]) -> None:
         try:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-            if not isinstance(stop.code, int) and stop.code is not None:
+        except SystemExit as stop:  # as the interpreter treats it: None 0, an int itself, anything else printed, 1
+            if stop.code is None or isinstance(stop.code, int):
+                code = stop.code or 0
+            else:
                 print(stop.code, file=sys.stderr)
         except BaseException:
             import traceback
@@ -246,10 +247,11 @@ class ForkedStage:
         try:
             while b"\n" not in self._buffer:
                 chunk = self.conn.recv(256)
-                if not chunk:  # the worker died: the stage's status is lost with it
-                    self.returncode = -1 if self._alive() is False else None
-                    if self.returncode is None:
+                if not chunk:  # the worker died: the stage's status is lost with it; -1 once the stage is gone
+                    if self._alive():
                         time.sleep(timeout or 0.2)
+                    else:
+                        self.returncode = -1
                     return
                 self._buffer += chunk
         except (TimeoutError, BlockingIOError):
