@@ -53,6 +53,7 @@ NO_PROFILE = "none"
 TAIL_LINES = 40
 POLL_S = 0.2
 SAMPLE_EVERY_S = 0.5  # a stage's memory: reading a large process's PSS costs the kernel a few ms
+FIRST_SAMPLE_AFTER_S = 0.05  # then doubled up to SAMPLE_EVERY_S
 PROGRESS_RE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")  # a tqdm bar: " 39%|███▉      | 1173/3000 [01:03<01:37, ...]"
 PROGRESS_EVERY_S = 10.0
 # A warm worker costs its own imports (~10 s of CPU beside the first stages): worth it from this many stages on.
@@ -83,12 +84,15 @@ class Running:
         """Its process tree's memory (pipeline.core.processes.tree_memory) every SAMPLE_EVERY_S until it ends, from
         its own thread: the orchestrating loop blocks for seconds in `dvc status`/`dvc commit`, longer than a short
         stage lives. Sampled, not the kernel's ru_maxrss: a child's ru_maxrss starts from its parent's resident set
-        at fork (here the orchestrating Python process, or the stage worker)."""
+        at fork (here the orchestrating Python process, or the stage worker). The first samples come quicker
+        (0.05, 0.1, 0.2 s ...), so a stage that fails within a second still leaves a peak."""
+        wait = FIRST_SAMPLE_AFTER_S
         while True:
             gib = round(tree_memory(self.proc.pid) / 2**30, 3)
             self.peak_rss_gib = max(self.peak_rss_gib, gib)
-            if self.done.wait(SAMPLE_EVERY_S):
+            if self.done.wait(wait):
                 return
+            wait = min(2 * wait, SAMPLE_EVERY_S)
 
     def exited(self) -> bool:
         if self.proc.poll() is None:
