@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
-from operator import add
+from itertools import accumulate, chain, repeat
+from operator import call
 from pathlib import Path
 
 import datasets
@@ -88,7 +88,29 @@ def tokenize_split(split: datasets.Dataset, encode) -> datasets.Dataset:
     cache-*.arrow lands in data/."""
     if len(split) == 0:  # no rows to infer the columns' types from: map keeps the empty columns typed
         return split.map(encode, batched=True, remove_columns=split.column_names, keep_in_memory=True)
-    return datasets.Dataset.from_dict(encode(split[:]))
+    import pyarrow as pa
+    from datasets.fingerprint import generate_random_fingerprint
+    from datasets.table import InMemoryTable
+
+    columns = {k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in encode(split[:]).items()}
+    # a random fingerprint, as for any in-memory data: hashing the new table's state took longer than encoding it
+    return datasets.Dataset(InMemoryTable(pa.table(columns)), fingerprint=generate_random_fingerprint())
+
+
+def list_column(values, lengths: Sequence[int], dtype: str):
+    """A column of integer lists as one Arrow array from its flat values (an iterable, a numpy array, or None: all
+    ones) and each row's length: no per-value type inference as in `Dataset.from_dict` (bench data_tokenization)."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    if values is None:
+        values = np.ones(total, dtype=dtype)
+    elif not isinstance(values, np.ndarray):
+        values = np.fromiter(values, dtype, total)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(dtype, copy=False)))
 
 
 def encodings(tokenizer, texts: list[str], max_length: int) -> list:
@@ -117,9 +139,10 @@ def encodings(tokenizer, texts: list[str], max_length: int) -> list:
 def encode_classification(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     def encode(batch):
         enc = encodings(tokenizer, batch["text"], max_length)
-        return {
-            "input_ids": [e.ids for e in enc],
-            "attention_mask": [e.attention_mask for e in enc],
+        lengths = [len(e) for e in enc]
+        return {  # never padded: the attention mask is all ones
+            "input_ids": list_column(chain.from_iterable(e.ids for e in enc), lengths, "int32"),
+            "attention_mask": list_column(None, lengths, "int8"),
             "labels": batch["label"],
         }
 
@@ -132,11 +155,9 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _WORD.finditer(text)]
 
 
-def join_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
-    """The words as one text with single spaces, and each word's span in it (C-level loops: the NER hot path)."""
-    lengths = list(map(len, words))
-    starts = [0, *accumulate(map((1).__add__, lengths))][: len(lengths)]  # each start: the previous + length + 1
-    return " ".join(words), list(zip(starts, map(add, starts, lengths)))
+def word_starts(words: Sequence[str]) -> list[int]:
+    """Where each word starts in `" ".join(words)` (C-level loops: the NER hot path)."""
+    return [0, *accumulate(map((1).__add__, map(len, words)))][: len(words)]  # each: the previous + length + 1
 
 
 def token_words(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int | None]:
@@ -183,29 +204,42 @@ def first_subtoken_labels(word_index: Sequence[int], word_labels: Sequence[int])
     return labels
 
 
-def first_token_labels(encoding, spans: Sequence[tuple[int, int]], word_labels: Sequence[int]) -> list[int]:
-    """Each word's label on the token that holds its first character (the Rust encoding's `char_to_token`, one
-    call per word instead of every token's offsets), IGNORE_INDEX elsewhere; a word cut off by truncation gets
-    none. The same first tokens as token_words + first_subtoken_labels (byte-level tokens that start on the
-    space before a word hold its first character too)."""
-    labels = [IGNORE_INDEX] * len(encoding)
-    char_to_token = encoding.char_to_token
-    for token, (start, end), label in zip(map(char_to_token, [s for s, _ in spans]), spans, word_labels):
-        if token is None:  # cut off by truncation, or a first character without a token (dropped by the normalizer)
-            token = next((t for t in map(char_to_token, range(start + 1, end)) if t is not None), None)
-            if token is None:
-                continue
-        labels[token] = int(label)
+def first_token_labels(encodings: Sequence, words: Sequence[Sequence[str]], word_labels: Sequence[Sequence[int]]):
+    """The labels of a batch, flat (numpy int64, [sum of the encodings' lengths]): each word's label on the token that
+    holds its first character in `" ".join(words)` (the Rust encoding's `char_to_token`, one call per word instead
+    of every token's offsets), IGNORE_INDEX elsewhere; a word cut off by truncation gets none. The same first tokens
+    as token_words + first_subtoken_labels (byte-level tokens that start on the space before a word hold its first
+    character too). Word-level C loops and one numpy scatter: no Python loop per word or per text."""
+    import numpy as np
+
+    n_words = list(map(len, words))
+    starts = list(chain.from_iterable(map(word_starts, words)))
+    per_word = chain.from_iterable(map(repeat, (e.char_to_token for e in encodings), n_words))
+    tokens = list(map(call, per_word, starts))
+    row = np.repeat(np.arange(len(encodings)), n_words)  # [words]: the text each word is in
+    if None in tokens:  # cut off by truncation, or a first character without a token (dropped by the normalizer)
+        flat_words = list(chain.from_iterable(words))
+        for i in (i for i, t in enumerate(tokens) if t is None):
+            later = map(encodings[row[i]].char_to_token, range(starts[i] + 1, starts[i] + len(flat_words[i])))
+            tokens[i] = next((t for t in later if t is not None), -1)
+    token = np.array(tokens, dtype=np.int64)  # [words]
+    offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encodings], out=offsets[1:])
+    labels = np.full(int(offsets[-1]), IGNORE_INDEX, dtype=np.int64)  # [tokens of all texts]
+    kept = token >= 0
+    labels[(token + offsets[row])[kept]] = np.fromiter(chain.from_iterable(word_labels), np.int64, len(token))[kept]
     return labels
 
 
 def encode_ner(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     def encode(batch):
-        joined = [join_words(words) for words in batch["tokens"]]
-        enc = encodings(tokenizer, [t for t, _ in joined], max_length)
-        labels = [first_token_labels(e, s, tags) for e, (_, s), tags in zip(enc, joined, batch["ner_tags"])]
-        ids = [e.ids for e in enc]
-        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": labels}  # never padded
+        enc = encodings(tokenizer, list(map(" ".join, batch["tokens"])), max_length)
+        lengths = [len(e) for e in enc]
+        return {  # never padded: the attention mask is all ones
+            "input_ids": list_column(chain.from_iterable(e.ids for e in enc), lengths, "int32"),
+            "attention_mask": list_column(None, lengths, "int8"),
+            "labels": list_column(first_token_labels(enc, batch["tokens"], batch["ner_tags"]), lengths, "int64"),
+        }
 
     return tokenize_split(split, encode)
 

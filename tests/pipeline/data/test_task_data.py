@@ -20,7 +20,6 @@ from pipeline.data.task_data import (
     encode_words,
     encodings,
     first_subtoken_labels,
-    join_words,
     label_names,
     prompt_ids,
     prompt_text,
@@ -31,6 +30,7 @@ from pipeline.data.task_data import (
     translation_prompt,
     word_predictions,
     word_spans,
+    word_starts,
 )
 from pipeline.models.loading import load_tokenizer
 from tests.fixtures.models import MIRROR
@@ -56,10 +56,10 @@ def conll() -> datasets.Dataset:
     return read_mirror("conll2003", MIRROR / "conll2003")["validation"].select(range(40))
 
 
-def test_word_spans_and_join_words_agree():
-    text, spans = join_words(["EU", "rejects", "German", "call"])
-    assert text == "EU rejects German call"
-    assert spans == word_spans(text) == [(0, 2), (3, 10), (11, 17), (18, 22)]
+def test_word_starts_agree_with_word_spans():
+    words = ["EU", "rejects", "German", "call"]
+    assert word_starts(words) == [s for s, _ in word_spans(" ".join(words))] == [0, 3, 11, 18]
+    assert word_starts([]) == []
 
 
 def test_token_words_maps_byte_level_tokens_that_start_on_the_space():
@@ -103,8 +103,8 @@ def test_rust_encodings_equal_the_tokenizer_call(name, tokenizers, conll):
     assert tok(texts[:2])["input_ids"] == [tok(t)["input_ids"] for t in texts[:2]]  # no truncation left behind
     # NER training labels (char_to_token per word) == the serving path's alignment (every token's offsets)
     for max_length in (8, 512):
-        joined = [join_words(words) for words in conll["tokens"]]
-        aligned = encode_words(tok, [t for t, _ in joined], [s for _, s in joined], max_length)
+        texts = [" ".join(words) for words in conll["tokens"]]
+        aligned = encode_words(tok, texts, list(map(word_spans, texts)), max_length)
         expected = [first_subtoken_labels(w, tags) for w, tags in zip(aligned["word_index"], conll["ner_tags"])]
         assert list(encode_ner(conll, tok, max_length)["labels"]) == expected
     assert max(len(ids) for ids in tok(texts)["input_ids"]) > 8
@@ -280,3 +280,18 @@ def test_seq2seq_summarization_cuts_source_and_target_at_their_own_lengths(token
         assert len(item["input_ids"]) <= 40 and len(item["labels"]) <= 16
         assert item["labels"][-1] == tokenizers["gpt"].eos_token_id
         assert row["summary"].strip().startswith(tokenizers["gpt"].decode(item["labels"][:-1]))
+
+
+@pytest.mark.integration
+def test_ner_label_of_a_word_whose_first_character_has_no_token(tokenizers):
+    """MiniLM's normalizer drops the soft hyphen (U+00AD) that starts a word: its label goes on the token of its
+    next character; a word cut off by truncation gets no label; the labels stay aligned across texts."""
+    words = [["\u00adEU", "rejects"], ["German", "call", "to", "boycott", "British", "lamb"], ["Peter"]]
+    tags = [[3, 0], [7, 0, 0, 0, 7, 0], [1]]
+    data = datasets.Dataset.from_dict({"tokens": words, "ner_tags": tags})
+    tok = tokenizers["minilm"]
+    enc = encode_ner(data, tok, max_length=6)
+    assert tok.convert_ids_to_tokens(enc[0]["input_ids"])[1] == "eu"
+    assert enc[0]["labels"] == [IGNORE_INDEX, 3, 0, IGNORE_INDEX]
+    assert enc[1]["labels"] == [IGNORE_INDEX, 7, 0, 0, 0, IGNORE_INDEX]  # "British", "lamb": truncated away
+    assert enc[2]["labels"] == [IGNORE_INDEX, 1, IGNORE_INDEX]
