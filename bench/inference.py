@@ -23,6 +23,8 @@ NAME = "inference"
 CLASSIFICATION_P50_MS = 20.0
 TASK_KINDS = {task: spec.kind for task, spec in TASK_SPECS.items()}
 BATCHES = (1, 32)
+BATCH_32_MAX_RATIO = 5.0  # for transformers models
+TRANSFORMER_FAMILIES = ("encdec", "gpt", "bert")
 
 
 def tracking_store(root: Path):
@@ -97,6 +99,27 @@ def measure_model(name: str, texts: list, opts: BenchOptions) -> dict:
     return out
 
 
+def model_families(root: Path) -> dict[str, str]:
+    """model name -> family (rnn, encdec, gpt, bert), from the workspace's params."""
+    from pipeline.core.config import load_params
+
+    return {name: m.family for name, m in load_params(root / "params.yaml").models.items()}
+
+
+def batch_scaling_row(name: str, b1_ms: float, b32_ms: float) -> dict:
+    """Batch 32 against batch 1 (target: <= BATCH_32_MAX_RATIO x), with the time per text of each: a ratio near 32
+    means a batch-1 call is almost all model compute, which batching cannot share out."""
+    ratio = b32_ms / b1_ms
+    per_text = b32_ms / 32
+    return row(
+        name,
+        f"batch 32 p50 <= {BATCH_32_MAX_RATIO:g}x batch 1",
+        f"{ratio:.1f}x ({b32_ms:.0f} vs {b1_ms:.1f} ms)",
+        verdict(ratio <= BATCH_32_MAX_RATIO),
+        f"per text: {per_text:.2f} ms at batch 32 vs {b1_ms:.2f} ms at batch 1 ({per_text / b1_ms:.0%})",
+    )
+
+
 def run(opts: BenchOptions, ctx: dict) -> dict:
     root, why = find_finished_workspace(opts.workspace, check_status=False)
     if root is None:
@@ -126,6 +149,7 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
             except Exception as err:  # one broken model must not hide the others
                 log.exception("inference %s failed", name)
                 results[name] = {"error": f"{type(err).__name__}: {err}"}
+    families = model_families(root)
     for task, kind in TASK_KINDS.items():
         models = {n: r for n, r in results.items() if n.startswith(f"{task}-")}
         if not models:
@@ -151,6 +175,8 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
                         f"load {r['load_s']:.1f} s",
                     )
                 )
+                if families.get(name.partition("-")[2]) in TRANSFORMER_FAMILIES:
+                    rows.append(batch_scaling_row(name, b1["p50"], b32["p50"]))
             else:
                 rows.append(row(name, "report", measured, REPORT, f"{kind}; load {r['load_s']:.1f} s"))
     return result_body(rows, workspace=str(root), tracking_uri=uri, models=results)

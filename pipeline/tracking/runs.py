@@ -23,7 +23,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -220,16 +220,21 @@ def params_hash(params: Params) -> str:
 
 
 def dvc_hashes(paths: list[str | Path], root: Path | None = None) -> dict[str, str]:
-    """DVC md5 of each input path, read from dvc.lock (the outs of the stages that produced them).
+    """DVC md5 of each input path inside the repository, read from dvc.lock: the md5 of the stage out that is the
+    path or holds it (data/tokenizers for data/tokenizers/gpt), keyed by the path relative to the root. Paths
+    outside the repository (a checkpoint in an installed package) are no DVC outs and are left out.
 
     DVC rewrites dvc.lock in place: a stage running beside a `dvc commit` (flows/parallel_repro.py) may read it
     half-written, so an unreadable file, or one that lacks some of the paths, is read again a few times."""
-    lock = (root or Path.cwd()) / "dvc.lock"
+    root = (root or Path.cwd()).resolve()
+    lock = root / "dvc.lock"
     if not lock.exists():
         return {}
     # libyaml's loader when present: dvc.lock grows with every stage, the pure-Python parser took 0.5-2 s
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    wanted = {str(Path(p)).rstrip("/") for p in paths}
+    wanted = {rel for rel in (_repo_relative(p, root) for p in paths) if rel is not None}
+    if not wanted:
+        return {}
     for attempt in range(LOCK_READ_TRIES):
         last = attempt == LOCK_READ_TRIES - 1
         try:
@@ -246,18 +251,32 @@ def dvc_hashes(paths: list[str | Path], root: Path | None = None) -> dict[str, s
     return {}
 
 
+def _repo_relative(path: str | Path, root: Path) -> str | None:
+    """`path` relative to the repository root (as dvc.lock writes it), None when it lies outside."""
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            path = path.resolve().relative_to(root)
+        except ValueError:
+            return None
+    return path.as_posix().rstrip("/")
+
+
 def _out_hashes(stages: object, wanted: set[str]) -> dict[str, str]:
-    """md5 of each wanted out in dvc.lock's `stages`; entries a half-written file leaves empty (a stage cut
-    after its name, an out without its md5) are skipped, so the caller reads the file again."""
-    found: dict[str, str] = {}
+    """md5 of the out that is, or holds, each wanted path in dvc.lock's `stages`; entries a half-written file
+    leaves empty (a stage cut after its name, an out without its md5) are skipped, so the caller reads the file
+    again."""
+    outs_md5: dict[str, str] = {}
     for stage in stages.values() if isinstance(stages, dict) else ():
         outs = stage.get("outs") if isinstance(stage, dict) else None
         for out in outs if isinstance(outs, list) else ():
-            if not isinstance(out, dict):
-                continue
-            path = str(out.get("path", "")).rstrip("/")
-            if path in wanted and out.get("md5"):
-                found[path] = out["md5"]
+            if isinstance(out, dict) and out.get("md5"):
+                outs_md5[str(out.get("path", "")).rstrip("/")] = out["md5"]
+    found: dict[str, str] = {}
+    for path in wanted:
+        holder = next((p for p in (path, *map(str, PurePosixPath(path).parents)) if p in outs_md5), None)
+        if holder is not None:
+            found[path] = outs_md5[holder]
     return found
 
 

@@ -453,6 +453,16 @@ def test_inference_shapes_qa_rows_and_texts_like_the_logged_example():
     assert shaped(["x"], ["y", "z"]) == ["y", "z"]
 
 
+def test_inference_batch_scaling_row_judges_batch_32_against_batch_1():
+    from bench.inference import batch_scaling_row
+
+    met = batch_scaling_row("emotion-bert", 2.0, 9.6)
+    assert met["status"] == "met" and met["measured"].startswith("4.8x")
+    missed = batch_scaling_row("emotion-minilm", 6.4, 160.0)
+    assert missed["status"] != "met" and missed["measured"].startswith("25.0x")
+    assert "5.00 ms at batch 32 vs 6.40 ms at batch 1 (78%)" in missed["note"]
+
+
 def test_transfer_search_grid_parses_typed_values():
     from bench.transfer_search import parse_grid
 
