@@ -18,7 +18,9 @@ from typing import Any
 from pipeline.core.config import Params
 from pipeline.core.run_settings import RunSettings
 
-LATENCY_EXAMPLES = 20  # batch-1 inference over the first 20 test examples
+LATENCY_EXAMPLES = 20  # batch-1 inference over the first 20 test examples ...
+LATENCY_BUDGET_S = 2.0  # ... or as many as fit in 2 s (at least LATENCY_MIN_EXAMPLES): beam search on long
+LATENCY_MIN_EXAMPLES = 3  # inputs (encdec on squad/samsum) took 0.5 s a call, 10 s of the stage's fixed cost
 ATTENTION_EXAMPLES = 3  # the first validation examples get an attention heatmap (families that have attention)
 
 
@@ -100,10 +102,20 @@ class ModelFamily(ABC):
         """Log the model to the active MLflow run, register it as <task>-<model>; returns the version."""
 
 
-def measure_latency_ms(infer_one: Callable[[Any], None], examples: Sequence) -> float:
-    """Mean wall time of `infer_one` per example, after one warm-up call."""
+def measure_latency_ms(
+    infer_one: Callable[[Any], None],
+    examples: Sequence,
+    budget_s: float = LATENCY_BUDGET_S,
+    min_examples: int = LATENCY_MIN_EXAMPLES,
+) -> float:
+    """Mean wall time of `infer_one` per example, after one warm-up call, over the examples in order until
+    `budget_s` has passed (and at least `min_examples` were timed)."""
     infer_one(examples[0])
     start = time.perf_counter()
+    timed = 0
     for example in examples:
         infer_one(example)
-    return (time.perf_counter() - start) * 1000 / len(examples)
+        timed += 1
+        if timed >= min_examples and time.perf_counter() - start >= budget_s:
+            break
+    return (time.perf_counter() - start) * 1000 / timed
