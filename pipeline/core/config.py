@@ -345,6 +345,7 @@ class TrainCommon(Strict):
     warmup_ratio: Fraction
     patience: PosInt
     save_total_limit: PosInt
+    length_grouped_batches: bool
 
 
 class TaskTraining(Strict):

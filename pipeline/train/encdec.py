@@ -27,9 +27,10 @@ import torch
 from pipeline.core import paths
 from pipeline.core.config import Params
 from pipeline.core.run_settings import RunSettings
+from pipeline.models.conditional_generation import reorder_only_decoder_cache
 from pipeline.models.loading import load_tokenizer
 from pipeline.train.family import AttentionMap, TrainOutcome
-from pipeline.train.hf_trainer import best_epoch
+from pipeline.train.hf_trainer import OrderedSeq2SeqTrainer, best_epoch
 from pipeline.train.text2text import (
     TaskFormat,
     Text2TextError,
@@ -124,7 +125,7 @@ def build_bart(tokenizer, cfg, max_positions: int):
     model = BartForConditionalGeneration(config)
     model.generation_config.forced_eos_token_id = None
     model.generation_config.forced_bos_token_id = None
-    return model
+    return reorder_only_decoder_cache(model)
 
 
 @torch.no_grad()
@@ -218,7 +219,7 @@ class EncDecText2Text(Text2TextModel):
         return metrics
 
     def _build_trainer(self, callbacks: list):
-        from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+        from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainingArguments
 
         common = self.settings.common
         args = Seq2SeqTrainingArguments(
@@ -243,12 +244,13 @@ class EncDecText2Text(Text2TextModel):
             include_num_input_tokens_seen="non_padding",
             seed=self.settings.seed,
             data_seed=self.settings.seed,
+            train_sampling_strategy="group_by_length" if common.length_grouped_batches else "random",
             use_cpu=not torch.cuda.is_available(),
             report_to="none",
             dataloader_num_workers=0,
             disable_tqdm=False,
         )
-        return Seq2SeqTrainer(
+        return OrderedSeq2SeqTrainer(
             model=self.model,
             args=args,
             data_collator=DataCollatorForSeq2Seq(self.tokenizer, model=self.model, label_pad_token_id=-100),
@@ -390,7 +392,7 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
         self.meta = meta
         folder = context.artifacts["model"]
         self.tokenizer = load_tokenizer(folder)
-        self.model = BartForConditionalGeneration.from_pretrained(folder)
+        self.model = reorder_only_decoder_cache(BartForConditionalGeneration.from_pretrained(folder))
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         self.codec = TextCodec(self.tokenizer, self.fmt, meta["max_length"], meta["max_new_tokens"])
         set_generation_length(self.model, self.codec.gen_max_new_tokens)

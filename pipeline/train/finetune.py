@@ -27,7 +27,13 @@ from pipeline.core.run_settings import RunSettings
 from pipeline.data.task_data import TEXT_PAIRS, word_predictions
 from pipeline.train.family import ModelFamily, TestScores, TrainOutcome
 from pipeline.train.finetune_setup import TaskSetup, argmax_logits, build_setup, qa_references
-from pipeline.train.hf_trainer import GenerationEvalTrainer, MlflowEpochLogger, TrainingSpeed, best_epoch
+from pipeline.train.hf_trainer import (
+    GenerationEvalTrainer,
+    MlflowEpochLogger,
+    OrderedTrainer,
+    TrainingSpeed,
+    best_epoch,
+)
 from pipeline.train.plots import learning_curve_from_history
 
 log = logging.getLogger(__name__)
@@ -96,6 +102,7 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
         report_to="none",
         seed=s.seed,
         data_seed=s.seed,
+        train_sampling_strategy="group_by_length" if common.length_grouped_batches else "random",
         dataloader_num_workers=0,
         disable_tqdm=False,
         **_device_settings(),
@@ -103,7 +110,7 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
 
 
 def _trainer(setup: TaskSetup, s: RunSettings, callbacks: list, resuming: bool):
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     kwargs = dict(
         model=setup.model,
@@ -136,8 +143,8 @@ def _trainer(setup: TaskSetup, s: RunSettings, callbacks: list, resuming: bool):
             **kwargs,
         )
     if setup.kind == "qa":  # extractive: EM/F1 from the windows' start/end logits (finetune_setup.compute_metrics)
-        return Trainer(compute_metrics=setup.compute_metrics, **kwargs)
-    return Trainer(compute_metrics=setup.compute_metrics, preprocess_logits_for_metrics=argmax_logits, **kwargs)
+        return OrderedTrainer(compute_metrics=setup.compute_metrics, **kwargs)
+    return OrderedTrainer(compute_metrics=setup.compute_metrics, preprocess_logits_for_metrics=argmax_logits, **kwargs)
 
 
 # ---------------------------------------------------------------- the family

@@ -1,6 +1,6 @@
-"""transformers Trainer pieces for fine-tuning: MLflow per-epoch logging, a training-speed meter, and a
-Trainer that adds the metrics of generated text (BLEU/chrF, ROUGE, QA's EM/F1) to each validation pass (model
-selection on what the model generates)."""
+"""transformers Trainer pieces for fine-tuning: MLflow per-epoch logging, a training-speed meter, Trainers that
+predict in the dataset's order, and one that adds the metrics of generated text (BLEU/chrF, ROUGE, QA's EM/F1) to
+each validation pass (model selection on what the model generates)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import logging
 import time
 from collections.abc import Sequence
 
-from transformers import Trainer, TrainerCallback
+from torch.utils.data import SequentialSampler
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
+from transformers.trainer_utils import has_length
 
 from pipeline.core.metrics import text_metrics
 
@@ -67,7 +69,26 @@ class TrainingSpeed(TrainerCallback):
         return self.tokens / self.step_seconds if self.step_seconds else 0.0
 
 
-class GenerationEvalTrainer(Trainer):
+class OrderedEvaluation:
+    """Evaluation and prediction batches in the dataset's order. With train_sampling_strategy "group_by_length",
+    transformers 5 also draws them length-grouped, i.e. shuffled: the pipeline scores predictions against the rows
+    by position (test items, QA windows), so only the training batches are grouped."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None  # None: sharded in order
+
+
+class OrderedTrainer(OrderedEvaluation, Trainer):
+    pass
+
+
+class OrderedSeq2SeqTrainer(OrderedEvaluation, Seq2SeqTrainer):
+    pass
+
+
+class GenerationEvalTrainer(OrderedTrainer):
     """Validation = loss plus the task kind's metrics (text_metrics) of greedy outputs for the validation
     sources (the first `sources` given: the caller caps them, generation is the dear part). A source may be anything
     the generator takes, e.g. a (question, context) pair for generative QA."""

@@ -404,3 +404,40 @@ def test_micro_batches_accumulate_to_the_batch_and_learn(
     untrained = next(row for row in outcome.curve if int(row["epoch"]) == 0)
     baseline = max(float(untrained["val_accuracy"]), majority_rate(rows["label"]))
     assert accuracy >= baseline + 0.3 * (1 - baseline), f"accuracy {accuracy:.3f} from {baseline:.3f} untrained"
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_training_batches_group_texts_of_similar_lengths(
+    pretrained_repo, memorization_rows_by_task, default_params_dict, grouped
+):
+    """train.common.length_grouped_batches: the Trainer draws batches of similar lengths (less padding to compute),
+    every training example once per epoch; off: plain random batches. Either way predictions come back in the
+    dataset's order (transformers 5 would group, i.e. shuffle, evaluation batches too: test items are scored by
+    position)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from pipeline.train.driver import build
+    from pipeline.train.finetune import _trainer
+
+    rows = memorization_rows_by_task["emotion"]
+    data = memorization_split("gpt", "emotion", rows)
+    raw = finetune_params(pretrained_repo, default_params_dict, "gpt", "emotion")
+    raw["train"]["common"]["length_grouped_batches"] = grouped
+    family = build("gpt", "emotion", parse_params(raw), data)
+    hf = _trainer(family.setup, family.settings, [], resuming=False)
+    sampler = hf._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) is grouped
+    order = list(sampler)
+    train = hf.train_dataset
+    assert sorted(order) == list(range(len(train)))
+    lengths = [len(train[i]["input_ids"]) for i in order]
+    size = family.settings.batch_size
+    padded = sum(max(lengths[i : i + size]) * len(lengths[i : i + size]) for i in range(0, len(lengths), size))
+    assert len(set(lengths)) > 1  # texts of different lengths to group
+    if grouped:  # the megabatches sort by length: batches pad (almost) nothing
+        assert padded <= 1.1 * sum(lengths)
+    try:
+        predicted = hf.predict(train)
+    finally:
+        mlflow.end_run()
+    assert list(predicted.label_ids) == list(train["labels"])
