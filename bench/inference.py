@@ -12,10 +12,11 @@ import gc
 import logging
 import time
 from pathlib import Path
+from typing import get_args
 
 from bench.common import NOT_MEASURED, REPORT, BenchOptions, result_body, row, summarize, verdict
 from bench.workspace import NOT_RUN_HINT, find_finished_workspace
-from pipeline.core.config import TASK_SPECS
+from pipeline.core.config import TASK_SPECS, Family
 
 log = logging.getLogger("bench")
 
@@ -24,7 +25,7 @@ CLASSIFICATION_P50_MS = 20.0
 TASK_KINDS = {task: spec.kind for task, spec in TASK_SPECS.items()}
 BATCHES = (1, 32)
 BATCH_32_MAX_RATIO = 5.0  # for transformers models
-TRANSFORMER_FAMILIES = ("encdec", "gpt", "bert")
+TRANSFORMER_FAMILIES = tuple(f for f in get_args(Family) if f != "rnn")
 
 
 def tracking_store(root: Path):

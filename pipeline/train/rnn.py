@@ -227,15 +227,16 @@ class RNNText2Text(Text2TextModel):
     def _train_epoch(self, epoch, optimizer, scheduler, loss_fn, state, total_steps) -> tuple[float, int]:
         model = self.model
         model.train()
-        if self.settings.common.length_grouped_batches:  # grouped as the transformers' Trainer groups them, and
+        grouped = self.settings.common.length_grouped_batches  # as the transformers' Trainer groups them
+        if grouped:
             from transformers.trainer_pt_utils import get_length_grouped_indices
 
             order = get_length_grouped_indices([len(s) + len(t) for s, t in self.train_pairs], self.batch_size)
-            batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-            batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]  # no long-to-short sweeps
         else:
             order = torch.randperm(len(self.train_pairs)).tolist()
-            batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if grouped:  # in shuffled order: no long-to-short sweeps within a megabatch
+            batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
         total_loss, n_batches, tokens = 0.0, 0, 0
         bar = tqdm(batches, desc=f"{self.name}-{self.fmt.task} epoch {epoch}", leave=False)
         for idx in bar:
