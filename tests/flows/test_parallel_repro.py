@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from flows.parallel_repro import (
+    SAMPLE_EVERY_S,
     STAGE_HISTORY_FILE,
     StageFailed,
     fits_memory,
@@ -154,7 +155,8 @@ def test_runs_independent_stages_at_once_and_records_each_in_dvc_lock(repo):
 def test_a_failed_stage_stops_new_ones_and_keeps_what_finished(repo):
     (repo / "fail_b").write_text("")
     with pytest.raises(StageFailed, match=r"stage 'b' failed \(exit 3\)") as err:
-        _run(repo, SLEEP_b="0.5", MEM_b="20", SLEEP_c="2")  # b fails after 0.5 s holding 20 MiB
+        # b holds 20 MiB for three sampling periods before it fails: sampled at least twice however slow the machine
+        _run(repo, SLEEP_b=str(3 * SAMPLE_EVERY_S), MEM_b="20", SLEEP_c="2")
     assert "stage b breaks on purpose" in str(err.value) and "stage-logs/b.log" in str(err.value)
     # c was running beside b: it finished and is recorded; d never ran
     assert not (repo / "data" / "d.txt").exists()
