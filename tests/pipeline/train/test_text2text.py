@@ -234,6 +234,28 @@ def test_rnn_stage_writes_outputs_and_registers_a_loadable_ner_model(t2t_repo, t
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_encdec_ner_stage_decodes_one_tag_per_word_and_serves_entities(t2t_repo, t2t_params):
+    """NER decoding under the tag-sequence constraint (validation, beam-search test, serving): every output is
+    exactly one tag per word, so none is invalid even for a barely trained model."""
+    import mlflow
+
+    params = t2t_params("encdec", "conll2003", epochs=1, learning_rate=0.002, batch_size=64, max_steps=8)
+    summary = train("encdec", "conll2003", params)
+    data = _check_stage_outputs(t2t_repo, "encdec", "conll2003", summary, "entity_f1")
+    assert summary["test"]["invalid_rate"] == 0.0 and data.metrics["val_invalid_rate"] == 0.0
+    items = (t2t_repo / "data" / "models" / "encdec-conll2003" / "test_items.jsonl").read_text().splitlines()
+    assert items and all(len(i["gold"]) == len(i["prediction"]) for i in map(json.loads, items))
+
+    loaded = mlflow.pyfunc.load_model(f"models:/conll2003-encdec/{summary['registered_version']}")
+    texts = ["Peter Blackburn flew to Germany .", "EU  rejects German call to boycott British lamb ."]
+    for text, entities in zip(texts, loaded.predict(texts)):
+        for entity in entities:
+            assert entity["entity"] in {"PER", "ORG", "LOC", "MISC"}
+            assert text[entity["start"] : entity["end"]] == entity["word"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_encdec_stage_trains_registers_and_serves_labels(t2t_repo, t2t_params):
     import mlflow
     import pandas as pd
