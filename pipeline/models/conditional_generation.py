@@ -93,9 +93,12 @@ def set_decoder_special_tokens(model, decoder_tokenizer) -> None:
     model.config.vocab_size = model.config.decoder.vocab_size
 
 
-def _batches(items: Sequence, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def length_sorted_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices of the sources in batches of `size`, longest first: a batch pads to its longest source and decodes
+    until its longest output, so sources of similar lengths share one (the caller puts each output back at its
+    index). Ties keep the sources' order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 class GptGenerator:
@@ -141,10 +144,12 @@ class GptGenerator:
         model.eval()
         side = tok.padding_side
         tok.padding_side = "left"  # generation continues every row from its last real token
-        out: list[str] = []
+        prompts = self.prompt_ids(list(sources), self.max_prompt_length(max_new_tokens))
+        out = [""] * len(prompts)
         try:
-            for batch in tqdm(list(_batches(list(sources), batch_size)), desc="generate", disable=not progress):
-                ids = self.prompt_ids(batch, self.max_prompt_length(max_new_tokens))
+            batches = length_sorted_batches([len(p) for p in prompts], batch_size)
+            for batch in tqdm(batches, desc="generate", disable=not progress):
+                ids = [prompts[i] for i in batch]
                 enc = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(model.device)
                 room = model.config.n_positions - enc["input_ids"].shape[1]  # never past the last position
                 generated = model.generate(
@@ -158,7 +163,8 @@ class GptGenerator:
                     pad_token_id=tok.pad_token_id,
                 )  # [batch, prompt_len + new]
                 new_tokens = generated[:, enc["input_ids"].shape[1] :]
-                out.extend(t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True))
+                for i, text in zip(batch, tok.batch_decode(new_tokens, skip_special_tokens=True)):
+                    out[i] = text.strip()
         finally:
             tok.padding_side = side
         return out
@@ -211,16 +217,19 @@ class EncoderDecoderGenerator:
         progress: bool = False,
     ) -> list[str]:
         self.model.eval()
-        out: list[str] = []
         dec = self.decoder_tokenizer
-        for batch in tqdm(list(_batches(list(sources), batch_size)), desc="generate", disable=not progress):
-            enc = self.encoder_tokenizer(
-                list(batch),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.model.config.encoder.max_position_embeddings,
-                return_token_type_ids=False,
+        encoded = self.encoder_tokenizer(
+            list(sources),
+            truncation=True,
+            max_length=self.model.config.encoder.max_position_embeddings,
+            return_token_type_ids=False,
+        )["input_ids"]
+        out = [""] * len(encoded)
+        for batch in tqdm(
+            length_sorted_batches([len(e) for e in encoded], batch_size), desc="generate", disable=not progress
+        ):
+            enc = self.encoder_tokenizer.pad(
+                {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
             ).to(self.model.device)
             generated = self.model.generate(
                 **enc,  # input_ids [batch, src_len]
@@ -233,7 +242,8 @@ class EncoderDecoderGenerator:
                 eos_token_id=dec.eos_token_id,
                 pad_token_id=dec.pad_token_id,
             )  # [batch, 1 + new]
-            out.extend(t.strip() for t in dec.batch_decode(generated, skip_special_tokens=True))
+            for i, text in zip(batch, dec.batch_decode(generated, skip_special_tokens=True)):
+                out[i] = text.strip()
         return out
 
 

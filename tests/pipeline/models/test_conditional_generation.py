@@ -1,4 +1,5 @@
-"""Encoder-decoder generation: beam search that reorders only the decoder's own cache."""
+"""Generation: beam search that reorders only the encoder-decoder's own decoder cache; sources batched by length,
+outputs in the sources' order."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import copy
 
 import torch
 
-from pipeline.models.conditional_generation import EncoderDecoderGenerator, reorder_only_decoder_cache
+from pipeline.models.conditional_generation import (
+    EncoderDecoderGenerator,
+    GptGenerator,
+    length_sorted_batches,
+    reorder_only_decoder_cache,
+)
 
 
 def _tiny_bart():
@@ -59,3 +65,25 @@ def test_the_generator_applies_it_to_every_model_it_is_given():
     assert hasattr(generator.model, "_reorder_cache")
     generator.model = _tiny_bart()  # e.g. a scratch twin's fresh model
     assert hasattr(generator.model, "_reorder_cache")
+
+
+def test_length_sorted_batches_put_the_longest_sources_together_and_keep_the_order_of_ties():
+    assert length_sorted_batches([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert length_sorted_batches([], 4) == []
+
+
+def test_batched_generation_returns_each_output_at_its_source(t2t_data_root):
+    """Sources batched by length (GptGenerator; EncoderDecoderGenerator batches the same way): every output is
+    the one its source gets alone (sharp random weights: outputs differ between sources)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pipeline.models.loading import load_tokenizer
+
+    tok = load_tokenizer(t2t_data_root / "data" / "tokenizers" / "gpt")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.5)
+    generator = GptGenerator(GPT2LMHeadModel(config).eval(), tok, "translation")
+    sources = ["A dog .", "Two men are playing football in a large park .", "A woman sings .", "People walk outside ."]
+    alone = [generator.generate([s], max_new_tokens=6, batch_size=1)[0] for s in sources]
+    assert len(set(alone)) == len(sources)
+    assert generator.generate(sources, max_new_tokens=6, batch_size=2) == alone
