@@ -40,6 +40,7 @@ log = logging.getLogger("bench")
 # cpu_utilisation reuses training_engine's GPT samples from the same run.
 BENCHMARKS: dict[str, str] = {
     "whole_pipeline": "bench.whole_pipeline",
+    "smoke_pipeline": "bench.smoke_pipeline",
     "quality": "bench.quality",
     "noop_repro": "bench.noop_repro",
     "incremental_repro": "bench.incremental_repro",

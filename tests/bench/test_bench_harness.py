@@ -259,13 +259,15 @@ def test_clone_repo_copies_worktree_files_hardlinks_outputs_and_breaks_links(tmp
 
 
 def test_pipeline_level_benchmarks_say_not_measured_without_a_finished_run(tmp_path, monkeypatch):
-    from bench import quality, whole_pipeline
+    from bench import quality, smoke_pipeline, whole_pipeline
 
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(workspace, "candidate_workspaces", lambda explicit: [tmp_path])
     body = quality.run(BenchOptions(), {})
     assert len(body["rows"]) == len(quality.TARGETS) and {r["status"] for r in body["rows"]} == {common.NOT_MEASURED}
     body = whole_pipeline.run(BenchOptions(), {})
+    assert body["rows"][0]["status"] == common.NOT_MEASURED and "FULL=1" in body["rows"][0]["note"]
+    body = smoke_pipeline.run(BenchOptions(), {})
     assert body["rows"][0]["status"] == common.NOT_MEASURED and "FULL=1" in body["rows"][0]["note"]
 
 
@@ -429,6 +431,23 @@ def test_whole_pipeline_reports_the_fixed_cost_of_training_stages_from_their_tim
     )
     assert "3 stages" in fixed["note"] and "150.0 GFLOP/s" in fixed["note"] and "register 2.0 s" in fixed["note"]
     assert compare["status"] == common.verdict(True)
+
+
+def test_the_smoke_run_is_judged_against_eight_minutes_and_names_its_slowest_stages(tmp_path, monkeypatch):
+    from bench import smoke_pipeline
+
+    stages = [{"name": "pretrain@gpt", "wall_s": 50.0}, {"name": "compare", "wall_s": 9.0}]
+    run = {"rc": 0, "wall_s": 420.0, "peak_rss_gib": 2.5, "stages": stages}
+    (met,) = smoke_pipeline.rows_for(run)
+    assert met["status"] == common.verdict(True) and "2 stages" in met["note"] and "pretrain@gpt" in met["note"]
+    (missed,) = smoke_pipeline.rows_for({**run, "wall_s": 481.0})
+    assert missed["status"] == common.verdict(False)
+    (failed,) = smoke_pipeline.rows_for({**run, "rc": 1, "log_tail": ["boom"]})
+    assert failed["status"] == common.ERROR and "boom" in failed["note"]
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)  # a measured run is re-reported with its date
+    common.write_result("smoke_pipeline", common.envelope("smoke_pipeline", {"rows": [met], "run": run}, 0.0, 1.0))
+    again = smoke_pipeline.run(BenchOptions(), {})
+    assert again["rows"][0]["measured"] == met["measured"] and "run of" in again["rows"][0]["note"]
 
 
 def test_the_whole_run_budget_scales_up_on_a_slower_machine_only():

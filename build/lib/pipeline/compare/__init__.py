@@ -1,0 +1,1 @@
+"""Comparison: leaderboard, reports, champion aliases."""

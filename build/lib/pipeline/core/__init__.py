@@ -1,0 +1,1 @@
+"""Foundations every step uses: typed params, paths, atomic writes, locks, task metrics."""

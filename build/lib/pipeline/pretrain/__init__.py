@@ -1,0 +1,1 @@
+"""Pretraining: tokenizers trained on the corpus, GPT (causal LM) and BERT (MLM + NSP)."""

@@ -1,0 +1,1 @@
+"""MLflow conventions: stage runs, model registration, resumable checkpoints."""
