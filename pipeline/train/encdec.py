@@ -155,8 +155,9 @@ class TagSequenceConstraint:
         return allowed
 
 
-class TaggingSeq2SeqTrainer(OrderedSeq2SeqTrainer):
-    """Seq2SeqTrainer whose generation (validation, test prediction) adds the codec's per-batch constraint."""
+class CodecSeq2SeqTrainer(OrderedSeq2SeqTrainer):
+    """Seq2SeqTrainer whose generation (validation, test prediction) adds the codec's per-batch arguments (NER:
+    the tag-sequence constraint, sized from each batch's sources)."""
 
     def __init__(self, *args, codec: TextCodec, **kwargs):
         super().__init__(*args, **kwargs)
@@ -319,7 +320,7 @@ class EncDecText2Text(Text2TextModel):
             dataloader_num_workers=0,
             disable_tqdm=False,
         )
-        return TaggingSeq2SeqTrainer(
+        return CodecSeq2SeqTrainer(
             model=self.model,
             codec=self.codec,
             args=args,
