@@ -1,1 +1,0 @@
-"""hello-transformers library: one sub-package per lifecycle step (no Prefect, no DVC; flows/ orchestrates)."""

@@ -1,1 +1,0 @@
-"""Comparison: leaderboard, reports, champion aliases."""

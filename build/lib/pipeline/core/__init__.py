@@ -1,1 +1,0 @@
-"""Foundations every step uses: typed params, paths, atomic writes, locks, task metrics."""

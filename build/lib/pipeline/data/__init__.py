@@ -1,1 +1,0 @@
-"""Data lifecycle: ingest (mirror or hub), validate (Great Expectations), prepare tasks and the corpus."""

@@ -1,2 +1,0 @@
-"""Model code shared by training and serving: the GRU seq2seq, text generators (translation, summarization),
-NER tagger, loading, pyfunc."""

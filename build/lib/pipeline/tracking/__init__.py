@@ -1,1 +1,0 @@
-"""MLflow conventions: stage runs, model registration, resumable checkpoints."""
