@@ -285,7 +285,7 @@ class RnnModel(_ScratchOnly):
 
 
 class EncDecModel(_ScratchOnly):
-    """Transformer encoder-decoder (BART architecture)."""
+    """Transformer encoder-decoder (T5 architecture: pre-layer-norm, relative positions)."""
 
     family: Literal["encdec"]
     d_model: PosInt
