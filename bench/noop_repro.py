@@ -15,7 +15,6 @@ from bench.common import (
     ERROR,
     NOT_MEASURED,
     REPO_ROOT,
-    REPORT,
     BenchOptions,
     fmt_s,
     interleave,
@@ -32,6 +31,7 @@ log = logging.getLogger("bench")
 
 NAME = "noop_repro"
 TARGET_S = 3.0
+MAKE_RUN_TARGET_S = 10.0  # `make run` with nothing changed (the performance issue)
 
 
 def run(opts: BenchOptions, ctx: dict) -> dict:
@@ -73,13 +73,12 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         )
     # What a user waits for: `make run` with nothing to do (Prefect server start + retrain flow + dvc status),
     # with the profile the run in the copy was made with (a smoke workspace's: smoke), so nothing is out of date.
+    # Twice: a user's `make run` with nothing changed follows an earlier one in the same checkout, which pushed
+    # to the DVC remote (.dvc/tmp/last-push); the copy has no such record, so its first run pushes and is not timed.
     profile = recorded_profile(copy) or ""
-    make_run = run_tracked(
-        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "flows.run_pipeline", "--profile", profile],
-        copy,
-        env,
-        timeout=900,
-    )
+    command = [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "flows.run_pipeline", "--profile", profile]
+    first = run_tracked(command, copy, env, timeout=900)
+    make_run = run_tracked(command, copy, env, timeout=900) if first.rc == 0 else first
     noop, start = summarize(samples["a"]), summarize(samples["b"])
     share = paired_ratios(samples["b"], samples["a"])
     note = (
@@ -97,13 +96,14 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
             ),
             row(
                 "make run, nothing changed",
-                "report",
+                f"<= {MAKE_RUN_TARGET_S:g} s",
                 fmt_s(make_run.wall_s) if make_run.rc == 0 else "-",
-                REPORT if make_run.rc == 0 else ERROR,
+                verdict(make_run.wall_s <= MAKE_RUN_TARGET_S) if make_run.rc == 0 else ERROR,
                 f"ran {make_run.ran}"
                 if make_run.ran
                 else (
-                    "one sample: Prefect server start + retrain flow + dvc status"
+                    "the second of two runs (the first, which pushed to the DVC remote: "
+                    f"{fmt_s(first.wall_s)}): Prefect server start + retrain flow + dvc status"
                     if make_run.rc == 0
                     else f"exited {make_run.rc}: {' / '.join(make_run.tail[-3:])}"
                 ),
@@ -115,4 +115,5 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         stats={"noop": noop, "cli_startup": start},
         stages_checked=skipped[-1],
         make_run=make_run.to_dict(),
+        make_run_first=first.to_dict(),
     )
