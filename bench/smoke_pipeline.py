@@ -9,31 +9,25 @@ re-reported (marked with its date), or "not measured".
 
 from __future__ import annotations
 
-import logging
-import shutil
-
-from bench.common import ERROR, NOT_MEASURED, REPO_ROOT, BenchOptions, fmt_s, read_result, result_body, row, verdict
-from bench.whole_pipeline import make_run_command, run_env
-from bench.workspace import DEFAULT_WORKDIR, clone_repo, run_tracked
-
-log = logging.getLogger("bench")
+from bench.common import ERROR, NOT_MEASURED, BenchOptions, fmt_s, read_result, result_body, row, verdict
+from bench.whole_pipeline import run_in_fresh_copy
 
 NAME = "smoke_pipeline"
 WALL_TARGET_S = 8 * 60  # on 2 cores (the performance issue's budget for the smoke profile)
 TIMEOUT_S = 3600
 ITEM = "make run PROFILE=smoke wall time"
+TARGET = f"<= {WALL_TARGET_S // 60} min on 2 cores"
 
 
 def rows_for(run: dict, when: str = "") -> list[dict]:
     suffix = f" (run of {when})" if when else ""
-    target = f"<= {WALL_TARGET_S // 60} min on 2 cores"
     if run["rc"] != 0:
         tail = " / ".join(run.get("log_tail", [])[-3:])
-        return [row(ITEM, target, fmt_s(run["wall_s"]), ERROR, f"exited {run['rc']}{suffix}: {tail}")]
+        return [row(ITEM, TARGET, fmt_s(run["wall_s"]), ERROR, f"exited {run['rc']}{suffix}: {tail}")]
     stages = sorted(run["stages"], key=lambda s: -s["wall_s"])
     top = ", ".join(f"{s['name']} {fmt_s(s['wall_s'])}" for s in stages[:3])
     note = f"{len(stages)} stages, peak RSS {run['peak_rss_gib']:.2f} GiB; slowest: {top or '-'}{suffix}"
-    return [row(ITEM, target, fmt_s(run["wall_s"]), verdict(run["wall_s"] <= WALL_TARGET_S), note)]
+    return [row(ITEM, TARGET, fmt_s(run["wall_s"]), verdict(run["wall_s"] <= WALL_TARGET_S), note)]
 
 
 def run(opts: BenchOptions, ctx: dict) -> dict:
@@ -41,16 +35,9 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
         previous = read_result(NAME)
         if not previous or not previous.get("run"):
             note = "not measured: opt-in, run `make bench FULL=1`"
-            return result_body([row(ITEM, f"<= {WALL_TARGET_S // 60} min on 2 cores", "-", NOT_MEASURED, note)])
+            return result_body([row(ITEM, TARGET, "-", NOT_MEASURED, note)])
         when = previous.get("reused_from") or previous["started_at"]
         return result_body(rows_for(previous["run"], when), reused_from=when, run=previous["run"])
 
-    workdir = DEFAULT_WORKDIR / "smoke"
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    repo = clone_repo(REPO_ROOT, workdir)
-    cmd = make_run_command(repo)
-    log.info("smoke pipeline: %s in %s (log: %s)", " ".join(cmd), repo, workdir / "run.log")
-    tracked = run_tracked(cmd, repo, run_env(smoke=True), timeout=TIMEOUT_S, log_file=workdir / "run.log")
-    result = tracked.to_dict()
+    _, repo, cmd, result = run_in_fresh_copy("smoke", smoke=True, timeout_s=TIMEOUT_S)
     return result_body(rows_for(result), run=result, workspace=str(repo), command=cmd)

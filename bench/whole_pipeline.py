@@ -66,6 +66,19 @@ def make_run_command(repo: Path) -> list[str]:
     return ["dvc", "repro"]
 
 
+def run_in_fresh_copy(name: str, smoke: bool, timeout_s: float) -> tuple[Path, Path, list[str], dict]:
+    """`make run` (the smoke profile or none) in a fresh copy of the repo at DEFAULT_WORKDIR/<name>/repo, each
+    stage timed: (workdir, repo, command, the tracked run as a dict); the log is <workdir>/run.log."""
+    workdir = DEFAULT_WORKDIR / name
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    repo = clone_repo(REPO_ROOT, workdir)
+    cmd = make_run_command(repo)
+    log.info("%s pipeline: %s in %s (log: %s)", name, " ".join(cmd), repo, workdir / "run.log")
+    tracked = run_tracked(cmd, repo, run_env(smoke), timeout=timeout_s, log_file=workdir / "run.log")
+    return workdir, repo, cmd, tracked.to_dict()
+
+
 def stage_costs(stages: list[dict], repo: Path) -> dict:
     """Per stage: wall time, and for training stages the driver's phases from data/models/<model>-<task>/
     metrics.json `timing` (fit_s: the training loop incl. its validation; test_s: the test prediction), so
@@ -203,15 +216,8 @@ def run(opts: BenchOptions, ctx: dict) -> dict:
             **body,
         )
 
-    workdir = DEFAULT_WORKDIR / "full"
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    repo = clone_repo(REPO_ROOT, workdir)
     smoke = smoke_enabled()
-    cmd = make_run_command(repo)
-    log.info("whole pipeline: %s in %s (log: %s)", " ".join(cmd), repo, workdir / "run.log")
-    tracked = run_tracked(cmd, repo, run_env(smoke), timeout=TIMEOUT_S, log_file=workdir / "run.log")
-    result = tracked.to_dict()
+    workdir, repo, cmd, result = run_in_fresh_copy("full", smoke, TIMEOUT_S)
     result["stage_costs"] = stage_costs(result.get("stages") or [], repo)
     from bench.flops import matmul_peak  # the machine's fp32 peak, next to the stage costs (as cpu_utilisation)
 
