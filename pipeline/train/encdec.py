@@ -483,12 +483,9 @@ class EncDecPyfunc(mlflow.pyfunc.PythonModel):
             return results
         results = []
         for start in range(0, len(texts), 32):
-            batch = [self.codec.source(t) for t in sources[start : start + 32]]
-            width = max(len(b) for b in batch)
-            ids = torch.tensor(
-                [b + [self.codec.pad] * (width - len(b)) for b in batch], device=self.model.device
-            )  # [batch, src_len]
-            mask = (ids != self.codec.pad).long()  # [batch, src_len]
+            ids, mask = pad_sources(
+                [self.codec.source(t) for t in sources[start : start + 32]], self.codec.pad, self.model.device
+            )  # [batch, src_len] each
             with torch.no_grad():
                 generated = self.model.generate(
                     input_ids=ids,
