@@ -8,9 +8,10 @@ import logging
 import time
 from collections.abc import Sequence
 
+import numpy as np
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
-from transformers.trainer_utils import has_length
+from transformers.trainer_utils import EvalPrediction, has_length
 
 from pipeline.core.metrics import text_metrics
 
@@ -70,14 +71,72 @@ class TrainingSpeed(TrainerCallback):
 
 
 class OrderedEvaluation:
-    """Evaluation and prediction batches in the dataset's order. With train_sampling_strategy "group_by_length",
-    transformers 5 also draws them length-grouped, i.e. shuffled: the pipeline scores predictions against the rows
-    by position (test items, QA windows), so only the training batches are grouped."""
+    """Evaluation and prediction batches of similar lengths, the predictions back in the dataset's order.
+
+    The batches go longest first (padding only to their own longest text: in dataset order a batch of 64 pads to
+    the longest of 64 random texts), then predictions, labels and what compute_metrics sees are put back in the
+    dataset's order: the pipeline scores them against the rows by position (test items, QA windows). transformers
+    5's "group_by_length" would shuffle them instead; only the training batches are grouped that way."""
+
+    _eval_order: np.ndarray | None = None
 
     def _get_eval_sampler(self, eval_dataset):
+        self._eval_order = None
         if eval_dataset is None or not has_length(eval_dataset):
             return None
-        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None  # None: sharded in order
+        if self.args.world_size > 1:
+            return None  # sharded in order
+        self._eval_order = longest_first(eval_dataset)
+        if self._eval_order is None:
+            return SequentialSampler(eval_dataset)
+        return self._eval_order.tolist()
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        order, self._eval_order = self._eval_order, None
+        if order is None:
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        restore = np.argsort(order, kind="stable")  # position in the batches -> dataset row
+        compute = self.compute_metrics
+        if compute is not None:
+            self.compute_metrics = lambda pred: compute(
+                EvalPrediction(
+                    predictions=in_order(pred.predictions, restore),
+                    label_ids=in_order(pred.label_ids, restore),
+                    inputs=in_order(pred.inputs, restore),
+                    losses=pred.losses,
+                )
+            )
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+        finally:
+            self.compute_metrics = compute
+        return output._replace(
+            predictions=in_order(output.predictions, restore), label_ids=in_order(output.label_ids, restore)
+        )
+
+
+def longest_first(dataset) -> np.ndarray | None:
+    """Row indices by input length, longest first (ties in dataset order); None without an input_ids column."""
+    if "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+    return np.argsort(-lengths, kind="stable")
+
+
+def in_order(arrays, restore: np.ndarray):
+    """arrays (one per example, in batch order; or a tuple/list of such, e.g. QA's start and end logits) in the
+    dataset's order."""
+    if arrays is None:
+        return None
+    if isinstance(arrays, (tuple, list)):
+        return type(arrays)(in_order(a, restore) for a in arrays)
+    return arrays[restore]
 
 
 class OrderedTrainer(OrderedEvaluation, Trainer):

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -441,3 +442,39 @@ def test_training_batches_group_texts_of_similar_lengths(
     finally:
         mlflow.end_run()
     assert list(predicted.label_ids) == list(train["labels"])
+
+
+def test_evaluation_batches_go_longest_first_and_predictions_come_back_in_order(
+    pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    """Validation and test batches hold texts of similar lengths (longest first: less padding to compute); the
+    predictions, labels and what compute_metrics sees come back in the dataset's order, each the row's own."""
+    from pipeline.train.driver import build
+    from pipeline.train.finetune import _trainer
+
+    rows = memorization_rows_by_task["emotion"]
+    data = memorization_split("gpt", "emotion", rows)
+    raw = finetune_params(pretrained_repo, default_params_dict, "gpt", "emotion")
+    family = build("gpt", "emotion", parse_params(raw), data)
+    hf = _trainer(family.setup, family.settings, [], resuming=False)
+    dataset = hf.train_dataset
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    assert len(set(lengths)) > 1  # texts of different lengths to sort
+
+    order = list(hf._get_eval_sampler(dataset))
+    assert sorted(order) == list(range(len(dataset)))
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+
+    seen = []
+    compute = hf.compute_metrics
+    hf.compute_metrics = lambda pred: seen.append(pred.label_ids.tolist()) or compute(pred)
+    try:
+        batched = hf.predict(dataset)
+        one_by_one = [hf.predict(dataset.select([i])).predictions[0] for i in range(min(len(dataset), 12))]
+    finally:
+        mlflow.end_run()
+    assert list(batched.label_ids) == list(dataset["labels"])
+    assert seen[0] == list(dataset["labels"])
+    assert list(batched.predictions[: len(one_by_one)]) == one_by_one
+    accuracy = float(np.mean(np.asarray(batched.predictions) == np.asarray(batched.label_ids)))
+    assert batched.metrics["test_accuracy"] == pytest.approx(accuracy)
