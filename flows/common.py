@@ -31,8 +31,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +87,8 @@ def run_cli(flow: Callable, *args) -> None:
     setup_logging()
     # the stage's own program (`python -m flows.<x>`: the flow is defined in __main__) leaves through exit_now
     own_process = getattr(flow, "fn", flow).__module__ == "__main__"
+    if own_process:
+        stop_temporary_server_on_sigterm()
     try:
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             flow(*args)
@@ -97,6 +101,25 @@ def run_cli(flow: Callable, *args) -> None:
         raise SystemExit(1) from None
     if own_process:
         exit_now(0)
+
+
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+def stop_temporary_server_on_sigterm() -> None:
+    """A stage killed with SIGTERM (`kill`, `timeout`, a scheduler stopping it) exits through SystemExit, so the
+    exit hooks run. Without a PREFECT_API_URL Prefect runs a temporary API server (uvicorn) in a child process that
+    only those hooks stop: Python's default SIGTERM ends the process at once and leaves that server running."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate(signum, frame):
+        print("\nterminated (SIGTERM): stopping", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def exit_now(code: int) -> None:

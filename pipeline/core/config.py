@@ -359,6 +359,10 @@ class TaskTraining(Strict):
     max_new_tokens: PosInt | None = None
     num_beams: PosInt | None = None
     val_generation_examples: PosInt | None = None
+    # train on at most this many examples of the prepared train split (a seeded sample of it; unset: all of it).
+    # prepare.tasks.<task>.max_train is the pool every model of the task draws from; this is each run's share,
+    # so that a model that learns fast from more data (train.overrides) can take more of the pool than the others.
+    max_train_examples: PosInt | None = None
 
 
 class TaskOverride(Strict):
@@ -374,6 +378,7 @@ class TaskOverride(Strict):
     micro_batch_size: PosInt | None = None
     max_new_tokens: PosInt | None = None
     num_beams: PosInt | None = None
+    max_train_examples: PosInt | None = None
     val_generation_examples: PosInt | None = None
 
 

@@ -27,6 +27,7 @@ from pipeline.core.config import TASK_SPECS, TASKS, Params
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.data.corpus import CORPUS_HELDOUT, CORPUS_STATS, CORPUS_TRAIN
 from pipeline.data.readers import FEATURES
+from pipeline.data.task_data import cap_split
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +97,6 @@ def load_raw(dataset: str, splits: Iterable[str] | None = None) -> DatasetDict:
 
 
 # ---------------------------------------------------------------- task data
-def cap_split(ds: Dataset, cap: int | None, seed: int) -> Dataset:
-    """At most `cap` rows: a seeded shuffle then the first `cap`; all rows in their order when cap is None or larger."""
-    if cap is None or len(ds) <= cap:
-        return ds
-    # keep_in_memory: datasets would otherwise write cache-*.arrow files into data/raw/<dataset>/, which
-    # changes the ingest stage's DVC output and makes every downstream stage look stale.
-    return (
-        ds.shuffle(seed=seed, keep_in_memory=True)
-        .select(range(cap), keep_in_memory=True)
-        .flatten_indices(keep_in_memory=True)
-    )
-
-
 def label_names(ds: Dataset) -> list[str] | None:
     """Class or tag names of a classification/NER dataset (None for translation)."""
     for column in ("label", "ner_tags"):

@@ -61,6 +61,27 @@ def load_prepared(task: str, root: Path | None = None) -> datasets.DatasetDict:
     return data
 
 
+def cap_split(ds: datasets.Dataset, cap: int | None, seed: int) -> datasets.Dataset:
+    """At most `cap` rows: a seeded shuffle then the first `cap`; all rows in their order when cap is None or larger."""
+    if cap is None or len(ds) <= cap:
+        return ds
+    # keep_in_memory: datasets would otherwise write cache-*.arrow files into data/raw/<dataset>/, which
+    # changes the ingest stage's DVC output and makes every downstream stage look stale.
+    return (
+        ds.shuffle(seed=seed, keep_in_memory=True)
+        .select(range(cap), keep_in_memory=True)
+        .flatten_indices(keep_in_memory=True)
+    )
+
+
+def train_share(data: datasets.DatasetDict, max_examples: int | None, seed: int) -> datasets.DatasetDict:
+    """data with its train split cut to a run's share (train.tasks.<task>.max_train_examples): a seeded sample of
+    at most max_examples rows, the whole split when None or larger; validation and test unchanged."""
+    if max_examples is None or len(data["train"]) <= max_examples:
+        return data
+    return datasets.DatasetDict({**data, "train": cap_split(data["train"], max_examples, seed)})
+
+
 def check_columns(data: datasets.DatasetDict, task: str, where: str = "task data") -> None:
     for split in ("train", "validation", "test"):
         if split not in data:

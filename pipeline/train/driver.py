@@ -29,7 +29,7 @@ from pipeline.core import distributed, paths
 from pipeline.core.config import PRETRAINED_FAMILIES, Params
 from pipeline.core.io import METRICS_FILE, PLOTS_DIR, TEST_ITEMS_FILE, atomic_dir, write_json
 from pipeline.core.run_settings import RunSettings
-from pipeline.data.task_data import load_prepared
+from pipeline.data.task_data import load_prepared, train_share
 from pipeline.tracking import runs
 from pipeline.tracking.checkpoints import files_digest, prepare_checkpoints
 from pipeline.train.attention_plots import save_heatmap
@@ -75,7 +75,18 @@ def build(model: str, task: str, params: Params, data=None) -> ModelFamily:
     if params.common.num_threads:
         torch.set_num_threads(params.common.num_threads)
     data = data if data is not None else load_prepared(task)
-    return family_class(settings.family)(settings, data, params)
+    share = train_share(data, settings.training.max_train_examples, settings.seed)
+    if share is not data:
+        log.info(
+            "%s-%s trains on %d of the %d prepared training examples (train.tasks.%s.max_train_examples, or its "
+            "train.overrides)",
+            model,
+            task,
+            len(share["train"]),
+            len(data["train"]),
+            task,
+        )
+    return family_class(settings.family)(settings, share, params)
 
 
 class PhaseTimer:

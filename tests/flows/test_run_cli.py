@@ -96,3 +96,62 @@ def test_without_a_server_the_stage_exits_normally_and_stops_its_temporary_serve
     )
     assert proc.returncode == 1 and "FAILED: ValueError: bad row 3" in proc.stderr, proc.stderr[-2000:]
     assert "never reached" not in proc.stdout  # and run() returned: no server left holding the pipes (timeout)
+
+
+LONG_STAGE_SCRIPT = textwrap.dedent(
+    """
+    import time
+    from prefect import flow
+    from flows.common import run_cli
+
+    @flow(name="test-run-cli-long-stage")
+    def stage() -> None:
+        print("stage running", flush=True)
+        time.sleep(300)
+
+    run_cli(stage)
+    """
+)
+
+
+@pytest.mark.integration
+def test_a_stage_killed_with_sigterm_stops_its_temporary_server(prefect_env, tmp_path):
+    """No PREFECT_API_URL and a SIGTERM mid-stage (`kill`, `timeout`): the stage exits 143 through its exit hooks,
+    which stop Prefect's temporary API server; Python's default SIGTERM left that uvicorn process running."""
+    import signal
+    import time
+
+    import psutil
+
+    from tests.fixtures.orchestration import REPO_ROOT
+
+    script = tmp_path / "stage.py"
+    script.write_text(LONG_STAGE_SCRIPT)
+    env = {k: v for k, v in prefect_env.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(REPO_ROOT), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    children: list[psutil.Process] = []
+    try:
+        for line in proc.stdout:
+            if "stage running" in line:
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("uvicorn" in " ".join(c.cmdline()) for c in children), "no temporary server to stop"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+            assert time.monotonic() < deadline, [c.cmdline() for c in children if c.is_running()]
+            time.sleep(0.5)
+    finally:  # nothing left behind, pass or fail (an orphaned server is no longer our child)
+        proc.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()

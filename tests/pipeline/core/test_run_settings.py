@@ -171,3 +171,22 @@ def test_micro_batch_size_splits_a_transformer_batch_only(default_params_dict):
     raw["train"]["overrides"]["rnn-samsum"]["micro_batch_size"] = 16
     with pytest.raises(RunSettingsError, match=r"rnn-samsum.micro_batch_size: only the gpt/bert families"):
         RunSettings.resolve("rnn", "samsum", parse_params(raw))
+
+
+def test_a_run_takes_its_share_of_the_prepared_training_pool_and_a_control_takes_its_twins(default_params_dict):
+    """train.tasks.<task>.max_train_examples is each run's share of prepare's pool; a model that learns fast from
+    more data takes more in its override, and its control (twin_of) the same, so they differ only in what the
+    control is for."""
+    raw = copy.deepcopy(default_params_dict)
+    raw["train"]["tasks"]["multi30k"]["max_train_examples"] = 2000
+    raw["train"]["overrides"]["rnn-multi30k"] = {"max_train_examples": 8000}
+    raw["train"]["overrides"].pop("rnn_noattn-multi30k", None)
+    params = parse_params(raw)
+    shares = {
+        m: RunSettings.resolve(m, "multi30k", params).training.max_train_examples for m in ("rnn", "rnn_noattn", "gpt")
+    }
+    assert shares == {"rnn": 8000, "rnn_noattn": 8000, "gpt": 2000}
+    assert RunSettings.resolve("rnn", "multi30k", params).mlflow_params()["train.max_train_examples"] == 8000
+    raw["train"]["tasks"]["multi30k"]["max_train_examples"] = 0
+    with pytest.raises(ValueError, match="max_train_examples"):
+        parse_params(raw)

@@ -27,6 +27,7 @@ from pipeline.data.task_data import (
     qa_prompt_ids,
     target_room,
     token_words,
+    train_share,
     translation_prompt,
     word_predictions,
     word_spans,
@@ -295,3 +296,23 @@ def test_ner_label_of_a_word_whose_first_character_has_no_token(tokenizers):
     assert enc[0]["labels"] == [IGNORE_INDEX, 3, 0, IGNORE_INDEX]
     assert enc[1]["labels"] == [IGNORE_INDEX, 7, 0, 0, 0, IGNORE_INDEX]  # "British", "lamb": truncated away
     assert enc[2]["labels"] == [IGNORE_INDEX, 1, IGNORE_INDEX]
+
+
+def test_a_runs_training_share_is_a_seeded_sample_of_the_pool_and_leaves_validation_and_test_alone():
+    pool = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"text": [f"{split} {i}" for i in range(n)], "label": [i % 3 for i in range(n)]}
+            )
+            for split, n in (("train", 50), ("validation", 7), ("test", 9))
+        }
+    )
+    share = train_share(pool, 20, seed=42)
+    texts = share["train"]["text"]
+    assert len(texts) == 20 and len(set(texts)) == 20 and set(texts) <= set(pool["train"]["text"])
+    assert texts != pool["train"]["text"][:20]  # a sample, not the pool's head
+    assert train_share(pool, 20, seed=42)["train"]["text"] == texts  # deterministic
+    assert train_share(pool, 20, seed=7)["train"]["text"] != texts
+    for split in ("validation", "test"):
+        assert share[split]["text"] == pool[split]["text"]
+    assert train_share(pool, None, seed=42) is pool and train_share(pool, 50, seed=42) is pool

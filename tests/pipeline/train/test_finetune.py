@@ -478,3 +478,23 @@ def test_evaluation_batches_go_longest_first_and_predictions_come_back_in_order(
     assert list(batched.predictions[: len(one_by_one)]) == one_by_one
     accuracy = float(np.mean(np.asarray(batched.predictions) == np.asarray(batched.label_ids)))
     assert batched.metrics["test_accuracy"] == pytest.approx(accuracy)
+
+
+def test_the_driver_trains_on_the_runs_share_of_the_prepared_pool(
+    pretrained_repo, memorization_rows_by_task, default_params_dict
+):
+    """train.tasks.<task>.max_train_examples: the family gets a seeded sample of that many training rows; the
+    validation and test splits stay whole."""
+    from pipeline.train.driver import build
+
+    rows = memorization_rows_by_task["emotion"]
+    data = memorization_split("gpt", "emotion", rows)
+    raw = finetune_params(pretrained_repo, default_params_dict, "gpt", "emotion")
+    share = len(data["train"]) // 2
+    raw["train"]["tasks"]["emotion"]["max_train_examples"] = share
+    family = build("gpt", "emotion", parse_params(raw), data)
+    assert len(family.data["train"]) == share
+    assert set(family.data["train"]["text"]) <= set(data["train"]["text"])
+    assert [len(family.data[s]) for s in ("validation", "test")] == [len(data[s]) for s in ("validation", "test")]
+    raw["train"]["tasks"]["emotion"]["max_train_examples"] = None
+    assert len(build("gpt", "emotion", parse_params(raw), data).data["train"]) == len(data["train"])
