@@ -86,6 +86,8 @@ class OrderedEvaluation:
             return None
         if self.args.world_size > 1:
             return None  # sharded in order
+        if self.args.dataloader_persistent_workers:  # the Trainer reuses that loader: keep the dataset's order
+            return SequentialSampler(eval_dataset)
         self._eval_order = longest_first(eval_dataset)
         if self._eval_order is None:
             return SequentialSampler(eval_dataset)
