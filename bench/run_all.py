@@ -46,6 +46,7 @@ BENCHMARKS: dict[str, str] = {
     "incremental_repro": "bench.incremental_repro",
     "orchestration_overhead": "bench.orchestration_overhead",
     "inference": "bench.inference",
+    "eval_order": "bench.eval_order",
     "serving": "bench.serving",
     "data_tokenization": "bench.data_tokenization",
     "training_engine": "bench.training_engine",

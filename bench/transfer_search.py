@@ -18,15 +18,14 @@ import argparse
 import copy
 import itertools
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 from bench.common import REPO_ROOT
+from bench.workspace import read_only_view
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -83,12 +82,7 @@ def main(argv: list[str]) -> None:
     twin = f"{args.model}_scratch"
     grid = parse_grid(args.grid)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="transfer-search-") as tmp:
-        work = Path(tmp)
-        (work / "data").mkdir()
-        for sub in ("prepared", "pretrain", "tokenizers"):
-            (work / "data" / sub).symlink_to((args.workspace / "data" / sub).resolve())
-        os.chdir(work)
+    with read_only_view(args.workspace):
         for values in itertools.product(*grid.values()):
             setting = dict(zip(grid, values))
             raw = copy.deepcopy(base)

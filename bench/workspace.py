@@ -10,14 +10,17 @@ so params.yaml's `ingest.mirror_dir: ../shared/datasets` resolves unchanged (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,6 +239,20 @@ class TrackedRun:
             "jobs": self.jobs,
             "log_tail": self.tail[-40:],
         }
+
+
+@contextlib.contextmanager
+def read_only_view(root: Path, subfolders: tuple[str, ...] = ("prepared", "pretrain", "tokenizers")) -> Iterator[Path]:
+    """A temporary working directory whose data/<sub> link to a finished run's (read only), the process inside it
+    for the block: the pipeline's code reads its inputs there and writes checkpoints and stores into the temporary
+    folder, never into the run."""
+    with tempfile.TemporaryDirectory(prefix="ht-bench-view-") as tmp:
+        work = Path(tmp)
+        (work / "data").mkdir()
+        for sub in subfolders:
+            (work / "data" / sub).symlink_to((root / "data" / sub).resolve())
+        with contextlib.chdir(work):
+            yield work
 
 
 def run_tracked(

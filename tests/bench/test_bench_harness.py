@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -259,7 +260,7 @@ def test_clone_repo_copies_worktree_files_hardlinks_outputs_and_breaks_links(tmp
 
 
 def test_pipeline_level_benchmarks_say_not_measured_without_a_finished_run(tmp_path, monkeypatch):
-    from bench import quality, smoke_pipeline, whole_pipeline
+    from bench import eval_order, quality, smoke_pipeline, whole_pipeline
 
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(workspace, "candidate_workspaces", lambda explicit: [tmp_path])
@@ -269,6 +270,8 @@ def test_pipeline_level_benchmarks_say_not_measured_without_a_finished_run(tmp_p
     assert body["rows"][0]["status"] == common.NOT_MEASURED and "FULL=1" in body["rows"][0]["note"]
     body = smoke_pipeline.run(BenchOptions(), {})
     assert body["rows"][0]["status"] == common.NOT_MEASURED and "FULL=1" in body["rows"][0]["note"]
+    body = eval_order.run(BenchOptions(), {})
+    assert body["rows"][0]["status"] == common.NOT_MEASURED and "make run" in body["rows"][0]["note"]
 
 
 def test_quality_reads_the_agreed_metrics_files(tmp_path):
@@ -489,3 +492,28 @@ def test_transfer_search_grid_parses_typed_values():
         "learning_rate": [0.0005, 0.001],
         "epochs": [4, 8],
     }
+
+
+def test_read_only_view_links_the_runs_data_and_restores_the_working_directory(tmp_path):
+    run = tmp_path / "run"
+    for sub in ("prepared", "pretrain", "tokenizers"):
+        (run / "data" / sub).mkdir(parents=True)
+    (run / "data" / "prepared" / "marker").write_text("x")
+    before = Path.cwd()
+    with workspace.read_only_view(run) as view:
+        assert Path.cwd() == view
+        assert (view / "data" / "prepared").is_symlink()
+        assert (Path("data") / "prepared" / "marker").read_text() == "x"
+        Path("checkpoints").mkdir()  # what the code writes lands in the view, not the run
+    assert Path.cwd() == before
+    assert not view.exists()
+    assert sorted(p.name for p in run.iterdir()) == ["data"]
+
+
+def test_eval_order_compares_metrics_up_to_float_summation_order():
+    from bench.eval_order import same_metrics
+
+    a = {"test_loss": 1.8530538082122803, "test_accuracy": 0.1155}
+    assert same_metrics(a, {"test_loss": 1.8530535697937012, "test_accuracy": 0.1155})
+    assert not same_metrics(a, {"test_loss": 1.8530538082122803, "test_accuracy": 0.1160})
+    assert not same_metrics(a, {"test_loss": 1.8530538082122803})
