@@ -138,8 +138,8 @@ def test_load_params_composes_in_memory_and_does_not_trust_a_stale_effective_fil
 
 
 def test_gpu_profile_only_grows_sizes():
-    """GPU-sized pretraining, and the new tasks' full data (the CPU default caps SQuAD and SAMSum); one stage at
-    a time on the one GPU."""
+    """GPU-sized pretraining, every task's full data (the CPU default samples each), every multi30k run on the whole
+    pool; one stage at a time on the one GPU."""
     overlay = yaml.safe_load((REPO_ROOT / "profiles" / "gpu.yaml").read_text())
     assert list(overlay) == ["pretrain", "prepare", "train", "orchestration"]
     assert overlay["orchestration"] == {"parallel_stages": 1}
@@ -147,9 +147,11 @@ def test_gpu_profile_only_grows_sizes():
     cpu = load_params(REPO_ROOT / "params.yaml", profile=None)
     for family in ("gpt", "bert"):
         assert getattr(gpu.pretrain, family).n_embd > getattr(cpu.pretrain, family).n_embd
-    for task in ("squad", "samsum"):
-        caps = gpu.prepare.tasks[task]
-        assert caps.max_train is caps.max_validation is caps.max_test is None
+    for task, caps in gpu.prepare.tasks.items():
+        assert caps.max_train is caps.max_validation is caps.max_test is None, task
+    assert cpu.train.tasks["multi30k"].max_train_examples and cpu.train.overrides["rnn-multi30k"].max_train_examples
+    assert gpu.train.tasks["multi30k"].max_train_examples is None
+    assert gpu.train.overrides["rnn-multi30k"].max_train_examples is None
     assert gpu.train.tasks["squad"].max_length > cpu.train.tasks["squad"].max_length
 
 
