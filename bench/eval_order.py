@@ -42,30 +42,22 @@ def loss_note(a: dict, b: dict) -> str:
 
 
 def measure_pair(model: str, task: str, params, reps: int) -> dict:
-    from transformers import Trainer
-
     from pipeline.train.driver import build
-    from pipeline.train.finetune import _trainer
+    from pipeline.train.finetune import build_trainer
 
     family = build(model, task, params)
-    trainer = _trainer(family.setup, family.settings, [], resuming=False)
+    trainer = build_trainer(family.setup, family.settings, [], resuming=False)
     test = family.setup.encoded["test"]
-    longest_first = trainer._get_eval_sampler
-
-    def dataset_order(dataset):
-        trainer._eval_order = None
-        return Trainer._get_eval_sampler(trainer, dataset)
-
     metrics = {}
 
-    def arm(name: str, sampler):
+    def arm(name: str, longest_first: bool):
         def predict():
-            trainer._get_eval_sampler = sampler
+            trainer.longest_first = longest_first
             metrics[name] = _metrics(trainer.predict(test, metric_key_prefix="test"))
 
         return predict
 
-    arms = {"longest_first": arm("longest_first", longest_first), "dataset_order": arm("dataset_order", dataset_order)}
+    arms = {"longest_first": arm("longest_first", True), "dataset_order": arm("dataset_order", False)}
     times = interleave_many(arms, reps)
     return {
         "rows": len(test),

@@ -109,7 +109,9 @@ def _training_args(setup: TaskSetup, s: RunSettings, resuming: bool):
     )
 
 
-def _trainer(setup: TaskSetup, s: RunSettings, callbacks: list, resuming: bool):
+def build_trainer(setup: TaskSetup, s: RunSettings, callbacks: list, resuming: bool):
+    """The transformers Trainer that fine-tunes setup's model with settings s: early stopping on the main
+    validation metric, generated validation scores for the generative setups, evaluation longest first."""
     from transformers import EarlyStoppingCallback
 
     kwargs = dict(
@@ -202,7 +204,7 @@ class PretrainedTransformer(ModelFamily):
 
     def fit(self, resume_from: Path | None) -> TrainOutcome:
         speed = TrainingSpeed()
-        self.trainer = trainer = _trainer(
+        self.trainer = trainer = build_trainer(
             self.setup, self.settings, [MlflowEpochLogger(), speed], resuming=bool(resume_from)
         )
         start = time.perf_counter()

@@ -76,8 +76,10 @@ class OrderedEvaluation:
     The batches go longest first (padding only to their own longest text: in dataset order a batch of 64 pads to
     the longest of 64 random texts), then predictions, labels and what compute_metrics sees are put back in the
     dataset's order: the pipeline scores them against the rows by position (test items, QA windows). transformers
-    5's "group_by_length" would shuffle them instead; only the training batches are grouped that way."""
+    5's "group_by_length" would shuffle them instead; only the training batches are grouped that way.
+    `longest_first = False` turns it off (plain dataset order: bench/eval_order.py compares the two)."""
 
+    longest_first: bool = True
     _eval_order: np.ndarray | None = None
 
     def _get_eval_sampler(self, eval_dataset):
@@ -86,7 +88,7 @@ class OrderedEvaluation:
             return None
         if self.args.world_size > 1:
             return None  # sharded in order
-        if self.args.dataloader_persistent_workers:  # the Trainer reuses that loader: keep the dataset's order
+        if not self.longest_first or self.args.dataloader_persistent_workers:  # persistent: the loader is reused
             return SequentialSampler(eval_dataset)
         self._eval_order = longest_first(eval_dataset)
         if self._eval_order is None:

@@ -418,14 +418,14 @@ def test_training_batches_group_texts_of_similar_lengths(
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from pipeline.train.driver import build
-    from pipeline.train.finetune import _trainer
+    from pipeline.train.finetune import build_trainer
 
     rows = memorization_rows_by_task["emotion"]
     data = memorization_split("gpt", "emotion", rows)
     raw = finetune_params(pretrained_repo, default_params_dict, "gpt", "emotion")
     raw["train"]["common"]["length_grouped_batches"] = grouped
     family = build("gpt", "emotion", parse_params(raw), data)
-    hf = _trainer(family.setup, family.settings, [], resuming=False)
+    hf = build_trainer(family.setup, family.settings, [], resuming=False)
     sampler = hf._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler) is grouped
     order = list(sampler)
@@ -450,13 +450,13 @@ def test_evaluation_batches_go_longest_first_and_predictions_come_back_in_order(
     """Validation and test batches hold texts of similar lengths (longest first: less padding to compute); the
     predictions, labels and what compute_metrics sees come back in the dataset's order, each the row's own."""
     from pipeline.train.driver import build
-    from pipeline.train.finetune import _trainer
+    from pipeline.train.finetune import build_trainer
 
     rows = memorization_rows_by_task["emotion"]
     data = memorization_split("gpt", "emotion", rows)
     raw = finetune_params(pretrained_repo, default_params_dict, "gpt", "emotion")
     family = build("gpt", "emotion", parse_params(raw), data)
-    hf = _trainer(family.setup, family.settings, [], resuming=False)
+    hf = build_trainer(family.setup, family.settings, [], resuming=False)
     dataset = hf.train_dataset
     lengths = [len(ids) for ids in dataset["input_ids"]]
     assert len(set(lengths)) > 1  # texts of different lengths to sort
@@ -464,6 +464,9 @@ def test_evaluation_batches_go_longest_first_and_predictions_come_back_in_order(
     order = list(hf._get_eval_sampler(dataset))
     assert sorted(order) == list(range(len(dataset)))
     assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    hf.longest_first = False  # the plain Trainer's order (bench/eval_order.py's baseline)
+    assert list(hf._get_eval_sampler(dataset)) == list(range(len(dataset)))
+    hf.longest_first = True
 
     seen = []
     compute = hf.compute_metrics
