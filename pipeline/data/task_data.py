@@ -375,29 +375,53 @@ def qa_prompt_budget(max_length: int) -> int:
     return max_length - min(QA_ANSWER_TOKENS, max_length // 4)
 
 
-def qa_prompt_ids(tokenizer, pairs: Sequence[tuple[str, str]], max_tokens: int) -> list[list[int]]:
+def qa_prompt_ids(
+    tokenizer, pairs: Sequence[tuple[str, str]], max_tokens: int, answer_spans: Sequence[tuple[int, int]] | None = None
+) -> list[list[int]]:
     """Token ids of the QA prompt of each (question, context): the context is cut to fit max_tokens; the question
-    (at most half of max_tokens) and the "Answer:" cue are kept."""
+    (at most half of max_tokens) and the "Answer:" cue are kept. Without answer_spans the context's first tokens
+    are kept (as at generation time); with them ((start, end) character offsets into each context, as training
+    knows them), the window of context tokens is moved, when the answer lies beyond the first tokens, so that it
+    holds the answer, centred (a window cut at the start would teach the model to answer what it cannot see)."""
     context_part, question_part, cue = (tokenizer(p, add_special_tokens=False)["input_ids"] for p in QA_PROMPT_PARTS)
     questions = tokenizer([" " + q.strip() for q, _ in pairs], add_special_tokens=False)["input_ids"]
-    contexts = tokenizer([" " + c.strip() for _, c in pairs], add_special_tokens=False)["input_ids"]
+    contexts = tokenizer([" " + c.strip() for _, c in pairs], add_special_tokens=False, return_offsets_mapping=True)
     fixed = len(context_part) + len(question_part) + len(cue)
     out = []
-    for q, c in zip(questions, contexts):
+    for i, (q, c) in enumerate(zip(questions, contexts["input_ids"])):
         q = q[: max(1, max_tokens // 2)]
         room = max(1, max_tokens - fixed - len(q))
-        out.append(context_part + c[:room] + question_part + q + cue)
+        start = 0
+        if answer_spans is not None and len(c) > room:
+            raw = pairs[i][1]
+            shift = 1 - (len(raw) - len(raw.lstrip()))  # " " + stripped context: offsets move by this
+            start = _answer_window_start(contexts["offset_mapping"][i], [x + shift for x in answer_spans[i]], room)
+        out.append(context_part + c[start : start + room] + question_part + q + cue)
     return out
 
 
+def _answer_window_start(offsets: Sequence[tuple[int, int]], span: Sequence[int], room: int) -> int:
+    """The first token of a room-token window that holds the character span, centred; 0 when it already fits
+    the first window (or no token overlaps the span)."""
+    tokens = [t for t, (a, b) in enumerate(offsets) if a < span[1] and b > span[0]]
+    if not tokens or tokens[-1] < room:
+        return 0
+    first, last = tokens[0], tokens[-1]
+    start = first - max(0, room - (last - first + 1)) // 2
+    return max(0, min(start, len(offsets) - room))
+
+
 def encode_causal_qa(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-    """GPT QA: prompt + " " + first answer + eos; labels are -100 on the prompt (and padding)."""
+    """GPT QA: prompt + " " + first answer + eos; labels are -100 on the prompt (and padding). The prompt's
+    context window holds the first answer (qa_prompt_ids with answer_spans)."""
     eos = tokenizer.eos_token_id
 
     def encode(batch):
-        prompts = qa_prompt_ids(tokenizer, list(zip(batch["question"], batch["context"])), qa_prompt_budget(max_length))
-        answers = [" " + (a["text"][0] if a["text"] else "").strip() for a in batch["answers"]]
-        targets = tokenizer(answers, add_special_tokens=False)["input_ids"]
+        first = [(a["text"][0], a["answer_start"][0]) if a["text"] else ("", 0) for a in batch["answers"]]
+        spans = [(start, start + len(text)) for text, start in first]
+        pairs = list(zip(batch["question"], batch["context"]))
+        prompts = qa_prompt_ids(tokenizer, pairs, qa_prompt_budget(max_length), spans)
+        targets = tokenizer([" " + text.strip() for text, _ in first], add_special_tokens=False)["input_ids"]
         return prompted_rows(prompts, targets, eos, max_length)
 
     return tokenize_split(split, encode)

@@ -219,6 +219,22 @@ def test_qa_prompt_cuts_the_context_but_keeps_the_question_and_the_answer_cue(to
     assert qa_prompt_budget(384) == 352 and qa_prompt_budget(64) == 48  # the answer keeps min(32, max_length/4)
 
 
+def test_qa_prompt_moves_the_context_window_to_a_late_answer(tokenizers):
+    tok = tokenizers["gpt"]
+    filler = "The river runs past the old mill and the town square every spring. " * 12
+    context = f"  {filler}The treaty was signed in Zanzibar in the autumn. {filler}"  # leading blanks: offsets shift
+    start = context.index("Zanzibar")
+    pair = ("Where was the treaty signed?", context)
+    [plain] = qa_prompt_ids(tok, [pair], max_tokens=60)
+    [moved] = qa_prompt_ids(tok, [pair], max_tokens=60, answer_spans=[(start, start + len("Zanzibar"))])
+    assert "Zanzibar" not in tok.decode(plain)  # the first window ends long before the answer
+    assert len(moved) == len(plain) and "Zanzibar" in tok.decode(moved)
+    assert tok.decode(moved).endswith("\nQuestion: Where was the treaty signed?\nAnswer:")
+    early = context.index("river")
+    [first] = qa_prompt_ids(tok, [pair], max_tokens=60, answer_spans=[(early, early + 5)])
+    assert first == plain  # an answer the first window holds keeps the first window
+
+
 def test_causal_qa_loss_is_on_the_first_answer_only(tokenizers, squad):
     tok = tokenizers["gpt"]
     enc = encode_causal_qa(squad, tok, max_length=160)
@@ -229,6 +245,7 @@ def test_causal_qa_loss_is_on_the_first_answer_only(tokenizers, squad):
         assert tok.decode(ids[:prompt_len]).endswith(f"\nQuestion: {row['question'].strip()}\nAnswer:")
         assert labels[prompt_len:] == ids[prompt_len:] and ids[-1] == tok.eos_token_id
         assert tok.decode(ids[prompt_len:-1]).strip() == row["answers"]["text"][0].strip()
+        assert row["answers"]["text"][0].strip() in tok.decode(ids[:prompt_len])  # the window holds the answer
 
 
 # ---------------------------------------------------------------- summarization (dialogue -> summary)
