@@ -411,16 +411,19 @@ def _answer_window_start(offsets: Sequence[tuple[int, int]], span: Sequence[int]
     return max(0, min(start, len(offsets) - room))
 
 
-def encode_causal_qa(split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-    """GPT QA: prompt + " " + first answer + eos; labels are -100 on the prompt (and padding). The prompt's
-    context window holds the first answer (qa_prompt_ids with answer_spans)."""
+def encode_causal_qa(
+    split: datasets.Dataset, tokenizer, max_length: int, answer_windows: bool = False
+) -> datasets.Dataset:
+    """GPT QA: prompt + " " + first answer + eos; labels are -100 on the prompt (and padding). answer_windows (the
+    training split): the prompt's context window holds the first answer (qa_prompt_ids with answer_spans); without
+    it the context's first tokens, as generation sees them (the validation and test losses)."""
     eos = tokenizer.eos_token_id
 
     def encode(batch):
         first = [(a["text"][0], a["answer_start"][0]) if a["text"] else ("", 0) for a in batch["answers"]]
         spans = [(start, start + len(text)) for text, start in first]
         pairs = list(zip(batch["question"], batch["context"]))
-        prompts = qa_prompt_ids(tokenizer, pairs, qa_prompt_budget(max_length), spans)
+        prompts = qa_prompt_ids(tokenizer, pairs, qa_prompt_budget(max_length), spans if answer_windows else None)
         targets = tokenizer([" " + text.strip() for text, _ in first], add_special_tokens=False)["input_ids"]
         return prompted_rows(prompts, targets, eos, max_length)
 

@@ -285,7 +285,9 @@ def _gpt_qa(weights, data, max_length) -> TaskSetup:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     max_length = min(max_length, max_positions(model.config))
-    encoded = datasets.DatasetDict({s: encode_causal_qa(data[s], tokenizer, max_length) for s in data})
+    encoded = datasets.DatasetDict(
+        {s: encode_causal_qa(data[s], tokenizer, max_length, answer_windows=s == "train") for s in data}
+    )
     return TaskSetup(
         "qa",
         model,

@@ -237,7 +237,10 @@ def test_qa_prompt_moves_the_context_window_to_a_late_answer(tokenizers):
 
 def test_causal_qa_loss_is_on_the_first_answer_only(tokenizers, squad):
     tok = tokenizers["gpt"]
-    enc = encode_causal_qa(squad, tok, max_length=160)
+    enc = encode_causal_qa(squad, tok, max_length=160, answer_windows=True)
+    plain = encode_causal_qa(squad, tok, max_length=160)  # validation / test: the first window, as generated
+    prompts = qa_prompt_ids(tok, list(zip(squad["question"], squad["context"])), qa_prompt_budget(160))
+    assert all(row["input_ids"][: len(p)] == p for row, p in zip(plain, prompts))
     for row, item in zip(squad, enc):
         ids, labels = item["input_ids"], item["labels"]
         prompt_len = sum(1 for lab in labels if lab == IGNORE_INDEX)
