@@ -26,6 +26,7 @@ import torch
 
 from pipeline.core import paths
 from pipeline.core.config import TASK_SPECS
+from pipeline.data.qa_features import answer_tokens
 
 IGNORE_INDEX = -100  # label value the loss skips (torch CrossEntropyLoss default)
 _WORD = re.compile(r"\S+")
@@ -376,37 +377,42 @@ def qa_prompt_budget(max_length: int) -> int:
 
 
 def qa_prompt_ids(
-    tokenizer, pairs: Sequence[tuple[str, str]], max_tokens: int, answer_spans: Sequence[tuple[int, int]] | None = None
+    tokenizer, pairs: Sequence[tuple[str, str]], max_tokens: int, answers: Sequence[dict] | None = None
 ) -> list[list[int]]:
     """Token ids of the QA prompt of each (question, context): the context is cut to fit max_tokens; the question
-    (at most half of max_tokens) and the "Answer:" cue are kept. Without answer_spans the context's first tokens
-    are kept (as at generation time); with them ((start, end) character offsets into each context, as training
-    knows them), the window of context tokens is moved, when the answer lies beyond the first tokens, so that it
-    holds the answer, centred (a window cut at the start would teach the model to answer what it cannot see)."""
+    (at most half of max_tokens) and the "Answer:" cue are kept. Without answers the context's first tokens are
+    kept (as at generation time); with them (SQuAD's {"text": [...], "answer_start": [...]} per pair, as training
+    knows them), the window of context tokens is moved, when the first answer lies beyond the first tokens, so that
+    it holds the answer, centred (a window cut at the start would teach the model to answer what it cannot see)."""
     context_part, question_part, cue = (tokenizer(p, add_special_tokens=False)["input_ids"] for p in QA_PROMPT_PARTS)
     questions = tokenizer([" " + q.strip() for q, _ in pairs], add_special_tokens=False)["input_ids"]
-    contexts = tokenizer([" " + c.strip() for _, c in pairs], add_special_tokens=False, return_offsets_mapping=True)
+    contexts = tokenizer(
+        [" " + c.strip() for _, c in pairs], add_special_tokens=False, return_offsets_mapping=answers is not None
+    )
     fixed = len(context_part) + len(question_part) + len(cue)
     out = []
     for i, (q, c) in enumerate(zip(questions, contexts["input_ids"])):
         q = q[: max(1, max_tokens // 2)]
         room = max(1, max_tokens - fixed - len(q))
         start = 0
-        if answer_spans is not None and len(c) > room:
-            raw = pairs[i][1]
-            shift = 1 - (len(raw) - len(raw.lstrip()))  # " " + stripped context: offsets move by this
-            start = _answer_window_start(contexts["offset_mapping"][i], [x + shift for x in answer_spans[i]], room)
+        if answers is not None and len(c) > room:
+            start = _answer_window_start(contexts["offset_mapping"][i], _shifted(answers[i], pairs[i][1]), room)
         out.append(context_part + c[start : start + room] + question_part + q + cue)
     return out
 
 
-def _answer_window_start(offsets: Sequence[tuple[int, int]], span: Sequence[int], room: int) -> int:
-    """The first token of a room-token window that holds the character span, centred; 0 when it already fits
-    the first window (or no token overlaps the span)."""
-    tokens = [t for t, (a, b) in enumerate(offsets) if a < span[1] and b > span[0]]
-    if not tokens or tokens[-1] < room:
+def _shifted(answer: dict, context: str) -> dict:
+    """The answer with its character offsets into " " + context.strip() (the text the prompt encodes)."""
+    shift = 1 - (len(context) - len(context.lstrip()))
+    return {"text": answer["text"], "answer_start": [int(a) + shift for a in answer["answer_start"]]}
+
+
+def _answer_window_start(offsets: Sequence[tuple[int, int]], answer: dict, room: int) -> int:
+    """The first token of a room-token window that holds the first answer, centred; 0 when the first window
+    already holds it (answer_tokens gives (0, 0) for no answer)."""
+    first, last = answer_tokens(offsets, answer)
+    if last < room:
         return 0
-    first, last = tokens[0], tokens[-1]
     start = first - max(0, room - (last - first + 1)) // 2
     return max(0, min(start, len(offsets) - room))
 
@@ -415,16 +421,15 @@ def encode_causal_qa(
     split: datasets.Dataset, tokenizer, max_length: int, answer_windows: bool = False
 ) -> datasets.Dataset:
     """GPT QA: prompt + " " + first answer + eos; labels are -100 on the prompt (and padding). answer_windows (the
-    training split): the prompt's context window holds the first answer (qa_prompt_ids with answer_spans); without
-    it the context's first tokens, as generation sees them (the validation and test losses)."""
+    training split): the prompt's context window holds the first answer (qa_prompt_ids with answers); without it
+    the context's first tokens, as generation sees them (the validation and test losses)."""
     eos = tokenizer.eos_token_id
 
     def encode(batch):
-        first = [(a["text"][0], a["answer_start"][0]) if a["text"] else ("", 0) for a in batch["answers"]]
-        spans = [(start, start + len(text)) for text, start in first]
-        pairs = list(zip(batch["question"], batch["context"]))
-        prompts = qa_prompt_ids(tokenizer, pairs, qa_prompt_budget(max_length), spans if answer_windows else None)
-        targets = tokenizer([" " + text.strip() for text, _ in first], add_special_tokens=False)["input_ids"]
+        answers, pairs = batch["answers"], list(zip(batch["question"], batch["context"]))
+        prompts = qa_prompt_ids(tokenizer, pairs, qa_prompt_budget(max_length), answers if answer_windows else None)
+        texts = [" " + (a["text"][0] if a["text"] else "").strip() for a in answers]
+        targets = tokenizer(texts, add_special_tokens=False)["input_ids"]
         return prompted_rows(prompts, targets, eos, max_length)
 
     return tokenize_split(split, encode)

@@ -226,12 +226,12 @@ def test_qa_prompt_moves_the_context_window_to_a_late_answer(tokenizers):
     start = context.index("Zanzibar")
     pair = ("Where was the treaty signed?", context)
     [plain] = qa_prompt_ids(tok, [pair], max_tokens=60)
-    [moved] = qa_prompt_ids(tok, [pair], max_tokens=60, answer_spans=[(start, start + len("Zanzibar"))])
+    [moved] = qa_prompt_ids(tok, [pair], max_tokens=60, answers=[{"text": ["Zanzibar"], "answer_start": [start]}])
     assert "Zanzibar" not in tok.decode(plain)  # the first window ends long before the answer
     assert len(moved) == len(plain) and "Zanzibar" in tok.decode(moved)
     assert tok.decode(moved).endswith("\nQuestion: Where was the treaty signed?\nAnswer:")
     early = context.index("river")
-    [first] = qa_prompt_ids(tok, [pair], max_tokens=60, answer_spans=[(early, early + 5)])
+    [first] = qa_prompt_ids(tok, [pair], max_tokens=60, answers=[{"text": ["river"], "answer_start": [early]}])
     assert first == plain  # an answer the first window holds keeps the first window
 
 
